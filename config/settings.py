@@ -1,0 +1,161 @@
+"""One Settings object for the whole product, read from the environment and `.env`.
+
+No `SUPABASE_URL` means the embedded SQLite store (`ML_LOCAL_DB`), so a newcomer can run the job at once.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+TIMEFRAMES: tuple[str, ...] = ("m15", "h1", "h4", "d1", "w1")
+
+GbBackend = Literal["lightgbm", "hist_gb", "sklearn_gb"]
+ThresholdMode = Literal["fixed", "quantile"]
+
+
+class TimeframeSpec(BaseModel):
+    """How one timeframe is labelled and how much history it trains on."""
+
+    horizon_bars: int = Field(gt=0, le=100)
+    threshold: float = Field(gt=0, lt=0.5, description="fixed mode: |horizon return| above this is a move")
+    target_bars: int = Field(gt=0, description="bars in the training window, before warm-up history")
+    warmup_bars: int = Field(ge=0, description="extra history fetched so every feature is defined")
+    bars_per_year: float = Field(gt=0, description="for annualising trading metrics")
+    max_model_age_days: float = Field(gt=0, description="a champion older than this is expired")
+    max_gap_days: float = Field(default=7.0, gt=0, description="a longer hole between two bars fails the pair")
+
+
+# Horizons and thresholds are the seed's for m15..d1. w1: a 4-week horizon, with the d1 threshold scaled by
+# sqrt(20/5) = 2 (returns grow with the square root of time), so a "move" is about as rare as on d1.
+# warmup_bars must cover the feature set's own WARMUP_BARS (checked at start-up by the pipeline).
+DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
+    "m15": TimeframeSpec(horizon_bars=5, threshold=0.002, target_bars=500, warmup_bars=200,
+                         bars_per_year=252 * 26, max_model_age_days=3),
+    "h1": TimeframeSpec(horizon_bars=5, threshold=0.003, target_bars=500, warmup_bars=200,
+                        bars_per_year=252 * 7, max_model_age_days=7),
+    "h4": TimeframeSpec(horizon_bars=3, threshold=0.005, target_bars=500, warmup_bars=200,
+                        bars_per_year=252 * 2, max_model_age_days=10),
+    "d1": TimeframeSpec(horizon_bars=5, threshold=0.009, target_bars=500, warmup_bars=200,
+                        bars_per_year=252, max_model_age_days=14),
+    "w1": TimeframeSpec(horizon_bars=4, threshold=0.018, target_bars=400, warmup_bars=200,
+                        bars_per_year=52, max_model_age_days=45, max_gap_days=21),
+}
+
+
+def _split_list(value: Any) -> Any:
+    """Accept `AAPL,MSFT`, `AAPL MSFT` or a JSON list for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part for part in text.replace(",", " ").split() if part]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ML_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- where things live -------------------------------------------------------------------------------
+    supabase_url: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_URL"))
+    supabase_service_role_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_KEY")
+    )
+    local_db: Path = Field(default=Path(".local/swiftbolt_ml.sqlite3"), validation_alias=AliasChoices("ML_LOCAL_DB"))
+    models_dir: Path = Field(default=Path("trained_models"), validation_alias=AliasChoices("ML_MODELS_DIR"))
+
+    # --- what to train -----------------------------------------------------------------------------------
+    default_symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["SPY", "QQQ", "AAPL"])
+    timeframes: dict[str, TimeframeSpec] = Field(default_factory=lambda: dict(DEFAULT_TIMEFRAMES))
+    threshold_mode: ThresholdMode = "fixed"
+
+    # --- split ------------------------------------------------------------------------------------------
+    train_fraction: float = Field(default=0.6, gt=0, lt=1)
+    valid_fraction: float = Field(default=0.2, gt=0, lt=1)
+    min_rows_per_split: int = Field(default=30, ge=5)
+
+    # --- models (RandomForest defaults are the seed's) ------------------------------------------------------
+    random_state: int = 42
+    rf_n_estimators: int = Field(default=200, ge=1)
+    rf_max_depth: int | None = 15
+    rf_min_samples_split: int = Field(default=10, ge=2)
+    rf_min_samples_leaf: int = Field(default=5, ge=1)
+    gb_backend: GbBackend = "lightgbm"
+    gb_n_estimators: int = Field(default=100, ge=1)
+    gb_learning_rate: float = Field(default=0.05, gt=0, le=1)
+    gb_max_depth: int = Field(default=7, ge=1)
+    gb_min_samples_leaf: int = Field(default=5, ge=1)
+    ridge_alpha: float = Field(default=1.0, gt=0)
+
+    # --- execution ------------------------------------------------------------------------------------
+    workers: int = Field(default=0, ge=0, description="processes training pairs in parallel; 0 = one per core")
+    db_timeout_s: float = Field(default=30.0, gt=0)
+    db_max_retries: int = Field(default=4, ge=0)
+    db_backoff_s: float = Field(default=0.5, ge=0)
+
+    @field_validator("default_symbols", mode="before")
+    @classmethod
+    def _parse_symbols(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if isinstance(value, list):
+            return [str(v).strip().upper() for v in value]
+        return value
+
+    @field_validator("timeframes", mode="before")
+    @classmethod
+    def _merge_timeframes(cls, value: Any) -> Any:
+        # ML_TIMEFRAMES='{"d1": {"threshold": 0.01}}' overrides one field and keeps the other defaults.
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(set(value) - set(TIMEFRAMES))
+        if unknown:
+            raise ValueError(f"unknown timeframe(s) {unknown}; expected a subset of {list(TIMEFRAMES)}")
+        merged: dict[str, Any] = {}
+        for tf, spec in DEFAULT_TIMEFRAMES.items():
+            override = value.get(tf, {})
+            if isinstance(override, TimeframeSpec):
+                override = override.model_dump()
+            merged[tf] = {**spec.model_dump(), **override}
+        return merged
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> Settings:
+        if self.train_fraction + self.valid_fraction >= 1:
+            raise ValueError("train_fraction + valid_fraction must leave room for a test slice (< 1)")
+        if self.supabase_url and self.supabase_service_role_key is None:
+            raise ValueError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_KEY) is not")
+        return self
+
+    @property
+    def uses_supabase(self) -> bool:
+        return bool(self.supabase_url)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The configuration as recorded in the run ledger: no secrets."""
+        data = self.model_dump(mode="json", exclude={"supabase_service_role_key"})
+        data["supabase_service_role_key"] = "***" if self.supabase_service_role_key else None
+        return data
+
+
+def settings_error_line(exc: ValidationError) -> str:
+    """One line for a settings error: which setting, what is wrong."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or "settings"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

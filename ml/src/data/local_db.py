@@ -1,0 +1,310 @@
+"""Embedded store on SQLite (standard library): the default when no Supabase is configured.
+
+Same tables and columns as the Postgres schema in supabase/migrations. Timestamps are stored as fixed-width
+ISO-8601 UTC text (`2024-01-02T14:30:00.000000Z`), which sorts like the instant it names; JSON as text.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.store import BAR_COLUMNS, StoreError, TrainingStore, empty_bars, normalise_bars
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+SCHEMA = """
+create table if not exists symbols (
+    ticker text primary key check (ticker = upper(ticker) and length(ticker) between 1 and 20),
+    active integer not null default 1,
+    created_at text not null
+);
+create table if not exists ohlc_bars (
+    symbol text not null,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    ts text not null,
+    open real not null, high real not null, low real not null, close real not null,
+    volume real not null check (volume >= 0),
+    primary key (symbol, timeframe, ts)
+) without rowid;
+create table if not exists feature_cache (
+    symbol text not null,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    feature_version text not null,
+    ts text not null,
+    features text not null,
+    computed_at text not null,
+    primary key (symbol, timeframe, feature_version, ts)
+) without rowid;
+create table if not exists training_runs (
+    run_id text primary key,
+    status text not null check (status in
+        ('running','succeeded','partial','failed','interrupted','skipped','abandoned')),
+    trigger text not null default 'manual' check (trigger in ('manual','scheduled','api')),
+    started_at text not null,
+    finished_at text,
+    heartbeat_at text,
+    host text, pid integer, git_sha text,
+    package_versions text, config text, config_hash text, scope text,
+    n_pairs integer not null default 0,
+    n_succeeded integer not null default 0,
+    n_failed integer not null default 0,
+    n_skipped integer not null default 0,
+    error text
+);
+create table if not exists training_results (
+    id integer primary key autoincrement,
+    run_id text not null references training_runs(run_id) on delete cascade,
+    symbol text not null,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    status text not null check (status in ('succeeded','failed','skipped')),
+    error text,
+    horizon_bars integer, n_train integer, n_valid integer, n_test integer,
+    split text, weights text, metrics text,
+    artifact_path text, artifact_sha256 text, duration_s real,
+    created_at text not null,
+    unique (run_id, symbol, timeframe)
+);
+create index if not exists training_results_pair on training_results (symbol, timeframe, created_at);
+create table if not exists model_versions (
+    id integer primary key autoincrement,
+    symbol text not null,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    run_id text not null references training_runs(run_id) on delete cascade,
+    artifact_path text not null,
+    artifact_sha256 text not null,
+    feature_version text not null,
+    weights text, metrics text,
+    trained_at text not null,
+    is_champion integer not null default 0,
+    created_at text not null
+);
+create unique index if not exists model_versions_one_champion on model_versions (symbol, timeframe)
+    where is_champion = 1;
+"""
+
+_JSON_COLUMNS = frozenset({"package_versions", "config", "scope", "split", "weights", "metrics"})
+_BOOL_COLUMNS = frozenset({"active", "is_champion"})
+
+
+def format_ts(value: datetime | pd.Timestamp) -> str:
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        raise StoreError(f"naive timestamp {value!r}: timestamps must be tz-aware UTC")
+    return ts.tz_convert("UTC").strftime(TS_FORMAT)
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    return None if value is None else pd.Timestamp(value).to_pydatetime()
+
+
+def _now() -> str:
+    return format_ts(datetime.now(UTC))
+
+
+def _to_db(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in _JSON_COLUMNS:
+        return json.dumps(value, allow_nan=False, default=str)
+    if isinstance(value, datetime):
+        return format_ts(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _from_db(row: sqlite3.Row) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in row.keys():  # noqa: SIM118 - sqlite3.Row is not a mapping
+        value = row[key]
+        if value is not None and key in _JSON_COLUMNS:
+            value = json.loads(value)
+        elif value is not None and key in _BOOL_COLUMNS:
+            value = bool(value)
+        out[key] = value
+    return out
+
+
+class SqliteStore(TrainingStore):
+    name = "embedded"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("pragma journal_mode=wal")
+            self._conn.execute("pragma foreign_keys=on")
+            self._conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open embedded store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> int:
+        with self._lock:
+            try:
+                with self._conn:
+                    if isinstance(rows, tuple):
+                        cur = self._conn.execute(sql, rows)
+                    else:
+                        cur = self._conn.executemany(sql, rows)
+                    return cur.rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"embedded store write failed: {exc}") from exc
+
+    def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"embedded store read failed: {exc}") from exc
+
+    # --- market data ------------------------------------------------------------------------------
+    def read_bars(self, symbol, timeframe, *, end=None, start=None, limit=None) -> pd.DataFrame:
+        sql = "select ts, open, high, low, close, volume from ohlc_bars where symbol = ? and timeframe = ?"
+        params: list[Any] = [symbol, timeframe]
+        if end is not None:
+            sql += " and ts <= ?"
+            params.append(format_ts(end))
+        if start is not None:
+            sql += " and ts >= ?"
+            params.append(format_ts(start))
+        sql += " order by ts desc"
+        if limit is not None:
+            sql += " limit ?"
+            params.append(int(limit))
+        rows = self._query(sql, tuple(params))
+        if not rows:
+            return empty_bars()
+        frame = pd.DataFrame([tuple(r) for r in reversed(rows)], columns=list(BAR_COLUMNS))
+        frame["ts"] = pd.to_datetime(frame["ts"], format=TS_FORMAT, utc=True)
+        return frame
+
+    def upsert_bars(self, symbol, timeframe, bars) -> int:
+        frame = normalise_bars(bars)
+        ts_text = frame["ts"].dt.strftime(TS_FORMAT)
+        rows = [
+            (symbol, timeframe, t, float(o), float(h), float(lo), float(c), float(v))
+            for t, o, h, lo, c, v in zip(
+                ts_text, frame["open"], frame["high"], frame["low"], frame["close"], frame["volume"], strict=True
+            )
+        ]
+        self._write(
+            "insert into ohlc_bars (symbol, timeframe, ts, open, high, low, close, volume) values (?,?,?,?,?,?,?,?)"
+            " on conflict (symbol, timeframe, ts) do update set open=excluded.open, high=excluded.high,"
+            " low=excluded.low, close=excluded.close, volume=excluded.volume",
+            rows,
+        )
+        return len(rows)
+
+    def count_bars(self, symbol, timeframe) -> int:
+        rows = self._query("select count(*) from ohlc_bars where symbol = ? and timeframe = ?", (symbol, timeframe))
+        return int(rows[0][0])
+
+    def upsert_symbols(self, tickers, active=True) -> None:
+        now = _now()
+        self._write(
+            "insert into symbols (ticker, active, created_at) values (?,?,?)"
+            " on conflict (ticker) do update set active = excluded.active",
+            [(t.upper(), int(active), now) for t in tickers],
+        )
+
+    def list_active_symbols(self) -> list[str]:
+        return [r[0] for r in self._query("select ticker from symbols where active = 1 order by ticker")]
+
+    # --- feature cache ----------------------------------------------------------------------------
+    def read_feature_cache(self, symbol, timeframe, version, start, end) -> pd.DataFrame:
+        rows = self._query(
+            "select ts, features from feature_cache where symbol = ? and timeframe = ? and feature_version = ?"
+            " and ts >= ? and ts <= ? order by ts",
+            (symbol, timeframe, version, format_ts(start), format_ts(end)),
+        )
+        if not rows:
+            return pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
+        frame = pd.DataFrame.from_records([json.loads(r[1]) for r in rows])
+        frame.insert(0, "ts", pd.to_datetime([r[0] for r in rows], format=TS_FORMAT, utc=True))
+        return frame
+
+    def upsert_feature_cache(self, symbol, timeframe, version, features) -> int:
+        if features.empty:
+            return 0
+        cols = [c for c in features.columns if c != "ts"]
+        values = features[cols].to_numpy(dtype="float64")
+        if not np.isfinite(values).all():
+            raise StoreError(f"{symbol}/{timeframe}: refusing to cache non-finite feature values")
+        ts_text = pd.to_datetime(features["ts"], utc=True).dt.strftime(TS_FORMAT)
+        now = _now()
+        rows = [
+            (symbol, timeframe, version, t, json.dumps(dict(zip(cols, map(float, row), strict=True))), now)
+            for t, row in zip(ts_text, values, strict=True)
+        ]
+        self._write(
+            "insert into feature_cache (symbol, timeframe, feature_version, ts, features, computed_at)"
+            " values (?,?,?,?,?,?) on conflict (symbol, timeframe, feature_version, ts)"
+            " do update set features = excluded.features, computed_at = excluded.computed_at",
+            rows,
+        )
+        return len(rows)
+
+    # --- run ledger and registry ------------------------------------------------------------------
+    def _insert(self, table: str, row: dict[str, Any], conn: sqlite3.Connection) -> None:
+        keys = list(row)
+        conn.execute(
+            f"insert into {table} ({', '.join(keys)}) values ({', '.join('?' for _ in keys)})",
+            tuple(_to_db(k, row[k]) for k in keys),
+        )
+
+    def start_run(self, run: RunRecord) -> None:
+        with self._lock:
+            try:
+                with self._conn:
+                    self._insert("training_runs", run.to_row(), self._conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot record run {run.run_id}: {exc}") from exc
+
+    def finish_run(self, run_id, outcome: RunOutcome) -> None:
+        row = outcome.to_row()
+        sets = ", ".join(f"{k} = ?" for k in row)
+        self._write(
+            f"update training_runs set {sets} where run_id = ?",
+            (*(_to_db(k, v) for k, v in row.items()), run_id),
+        )
+
+    def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
+        with self._lock:
+            try:
+                with self._conn:  # one transaction: both rows or neither
+                    self._insert("training_results", {**result.to_row(), "created_at": _now()}, self._conn)
+                    if model_version is not None:
+                        self._insert("model_versions", {**model_version.to_row(), "created_at": _now()}, self._conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot record result {result.symbol}/{result.timeframe}: {exc}") from exc
+
+    def get_run(self, run_id) -> dict | None:
+        rows = self._query("select * from training_runs where run_id = ?", (run_id,))
+        return _from_db(rows[0]) if rows else None
+
+    def list_results(self, run_id) -> list[dict]:
+        rows = self._query("select * from training_results where run_id = ? order by id", (run_id,))
+        return [_from_db(r) for r in rows]
+
+    def list_model_versions(self, symbol, timeframe) -> list[dict]:
+        rows = self._query(
+            "select * from model_versions where symbol = ? and timeframe = ? order by id desc", (symbol, timeframe)
+        )
+        return [_from_db(r) for r in rows]

@@ -1,0 +1,134 @@
+"""The store interface the pipeline depends on; implementations: embedded SQLite and Supabase."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+BAR_COLUMNS: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message is one line, safe to log (no secrets)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached (after retries): transient by nature."""
+
+
+def empty_bars() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in BAR_COLUMNS[1:]})
+    frame.insert(0, "ts", pd.Series(dtype="datetime64[ns, UTC]"))
+    return frame
+
+
+class TrainingStore(ABC):
+    """Bars, the feature cache, the run ledger and the model registry.
+
+    Timestamps in and out are tz-aware UTC. Bars come back ascending by ts with BAR_COLUMNS.
+    """
+
+    name: str = "store"
+
+    # --- market data -------------------------------------------------------------------------------
+    @abstractmethod
+    def read_bars(
+        self,
+        symbol: str,
+        timeframe: str,
+        *,
+        end: datetime | None = None,
+        start: datetime | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """The latest `limit` bars with start <= ts <= end, returned in ascending ts order."""
+
+    @abstractmethod
+    def upsert_bars(self, symbol: str, timeframe: str, bars: pd.DataFrame) -> int:
+        """Insert or replace bars on (symbol, timeframe, ts); returns rows written."""
+
+    @abstractmethod
+    def count_bars(self, symbol: str, timeframe: str) -> int: ...
+
+    @abstractmethod
+    def upsert_symbols(self, tickers: Iterable[str], active: bool = True) -> None: ...
+
+    @abstractmethod
+    def list_active_symbols(self) -> list[str]: ...
+
+    # --- feature cache -----------------------------------------------------------------------------
+    @abstractmethod
+    def read_feature_cache(
+        self, symbol: str, timeframe: str, version: str, start: datetime, end: datetime
+    ) -> pd.DataFrame:
+        """Cached rows with start <= ts <= end: a `ts` column plus one column per feature, ascending."""
+
+    @abstractmethod
+    def upsert_feature_cache(self, symbol: str, timeframe: str, version: str, features: pd.DataFrame) -> int:
+        """Write rows (a `ts` column plus feature columns, all finite); returns rows written."""
+
+    # --- run ledger and registry -------------------------------------------------------------------
+    @abstractmethod
+    def start_run(self, run: RunRecord) -> None: ...
+
+    @abstractmethod
+    def finish_run(self, run_id: str, outcome: RunOutcome) -> None: ...
+
+    @abstractmethod
+    def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
+        """Write a result row and, for a trained pair, its model version: both or neither."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> dict | None: ...
+
+    @abstractmethod
+    def list_results(self, run_id: str) -> list[dict]: ...
+
+    @abstractmethod
+    def list_model_versions(self, symbol: str, timeframe: str) -> list[dict]:
+        """Model versions of a pair, newest first."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def __enter__(self) -> TrainingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(settings: Settings) -> TrainingStore:
+    """The store the settings point at: Supabase when SUPABASE_URL is set, else the embedded one."""
+    if settings.uses_supabase:
+        from ml.src.data.supabase_db import SupabaseStore
+
+        return SupabaseStore.from_settings(settings)
+    from ml.src.data.local_db import SqliteStore
+
+    return SqliteStore(settings.local_db)
+
+
+def normalise_bars(bars: pd.DataFrame) -> pd.DataFrame:
+    """Bars with BAR_COLUMNS, float prices, tz-aware UTC ts, ascending."""
+    frame = bars.loc[:, list(BAR_COLUMNS)].copy()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    for col in BAR_COLUMNS[1:]:
+        frame[col] = frame[col].astype("float64")
+    return frame.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def unique_upper(symbols: Sequence[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for s in symbols:
+        seen.setdefault(s.strip().upper(), None)
+    return list(seen)

@@ -1,0 +1,95 @@
+"""Read-through feature cache keyed by (symbol, timeframe, feature-set version, ts).
+
+Features are computed on the fetched bars (warm-up history included) only when some rows of the training
+window are missing from the cache; only the missing rows are written back. The returned frame is the same
+set of columns, in the same order, whether the rows came from the cache or were computed now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from ml.src.data.store import TrainingStore
+from ml.src.features.technical_indicators import (
+    FEATURE_COLUMNS,
+    FEATURE_SET_VERSION,
+    WARMUP_BARS,
+    add_technical_features,
+)
+
+
+class FeatureError(ValueError):
+    """Features could not be built for a window (e.g. not enough history for the warm-up)."""
+
+
+@dataclass(frozen=True)
+class FeatureFrame:
+    """Features for the training window: `frame` has ts, close and FEATURE_COLUMNS, ascending by ts."""
+
+    frame: pd.DataFrame
+    n_cached: int
+    n_computed: int
+
+
+def _finite_rows(frame: pd.DataFrame) -> np.ndarray:
+    return np.isfinite(frame.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")).all(axis=1)
+
+
+def features_for_window(
+    store: TrainingStore, symbol: str, timeframe: str, bars: pd.DataFrame, warmup_bars: int = WARMUP_BARS
+) -> FeatureFrame:
+    """Features for bars[warmup_bars:], from the cache where present and computed (and cached) otherwise.
+
+    `bars` must carry at least `warmup_bars` rows of history before the window.
+    """
+    warmup_bars = max(warmup_bars, WARMUP_BARS)
+    if len(bars) <= warmup_bars:
+        raise FeatureError(f"{symbol}/{timeframe}: {len(bars)} bars leave nothing after {warmup_bars} warm-up bars")
+    window = bars.iloc[warmup_bars:].reset_index(drop=True)
+    start, end = window["ts"].iloc[0], window["ts"].iloc[-1]
+    cached = store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
+    if not cached.empty and set(FEATURE_COLUMNS).issubset(cached.columns):
+        cached = cached.loc[_finite_rows(cached), ["ts", *FEATURE_COLUMNS]]
+        cached = cached[cached["ts"].isin(window["ts"])]
+    else:
+        cached = pd.DataFrame(columns=["ts", *FEATURE_COLUMNS])
+    missing = ~window["ts"].isin(cached["ts"])
+
+    n_computed = int(missing.sum())
+    parts = [cached]
+    if n_computed:
+        computed = add_technical_features(bars).iloc[warmup_bars:].reset_index(drop=True)
+        computed = computed.loc[missing.to_numpy(), ["ts", *FEATURE_COLUMNS]]
+        bad = ~_finite_rows(computed)
+        if bad.any():
+            first = computed.loc[bad, "ts"].iloc[0]
+            raise FeatureError(f"{symbol}/{timeframe}: non-finite features at {first.isoformat()} after warm-up")
+        store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed)
+        parts.append(computed)
+    # The window is non-empty, so at least one part has rows.
+    merged = pd.concat([p for p in parts if not p.empty], ignore_index=True)
+    merged["ts"] = pd.to_datetime(merged["ts"], utc=True)
+    merged = merged.sort_values("ts", kind="stable").reset_index(drop=True)
+    merged[list(FEATURE_COLUMNS)] = merged[list(FEATURE_COLUMNS)].astype("float64")
+    merged.insert(1, "close", window["close"].to_numpy())
+    return FeatureFrame(frame=merged, n_cached=len(window) - n_computed, n_computed=n_computed)
+
+
+def fetch_or_build_features(
+    store: TrainingStore,
+    symbol: str,
+    timeframes: Iterable[str],
+    limits: Mapping[str, int],
+    as_of: datetime | None = None,
+) -> dict[str, FeatureFrame]:
+    """Features for the latest `limits[tf]` bars of each timeframe (as of `as_of`), via the cache."""
+    out: dict[str, FeatureFrame] = {}
+    for tf in timeframes:
+        bars = store.read_bars(symbol, tf, end=as_of, limit=limits[tf] + WARMUP_BARS)
+        out[tf] = features_for_window(store, symbol, tf, bars)
+    return out

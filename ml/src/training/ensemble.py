@@ -1,0 +1,48 @@
+"""A trained ensemble: member models, their weights, and the feature order they expect."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.src.training.labels import CLASSES
+from ml.src.training.weights import blend, direction_score
+
+
+@dataclass(frozen=True)
+class EnsembleModel:
+    models: Mapping[str, Any]
+    weights: Mapping[str, float]
+    feature_names: tuple[str, ...]
+    classes: tuple[str, ...] = CLASSES
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def _matrix(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        if isinstance(features, pd.DataFrame):
+            missing = [c for c in self.feature_names if c not in features.columns]
+            if missing:
+                raise ValueError(f"features missing {len(missing)} column(s) the model needs, e.g. {missing[:5]}")
+            return features.loc[:, list(self.feature_names)].to_numpy(dtype="float64")
+        x = np.asarray(features, dtype="float64")
+        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+            raise ValueError(f"expected a 2-D array with {len(self.feature_names)} columns, got shape {x.shape}")
+        return x
+
+    def model_probas(self, features: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
+        x = self._matrix(features)
+        return {name: np.asarray(m.predict_proba(x), dtype="float64") for name, m in self.models.items()}
+
+    def predict_proba(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Class probabilities in `classes` order: the weighted average of the members'."""
+        return blend(self.model_probas(features), self.weights)
+
+    def predict(self, features: pd.DataFrame | np.ndarray) -> list[str]:
+        return [self.classes[i] for i in self.predict_proba(features).argmax(axis=1)]
+
+    def direction_score(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """P(BULLISH) - P(BEARISH), in [-1, 1]."""
+        return direction_score(self.predict_proba(features))

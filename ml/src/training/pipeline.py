@@ -1,0 +1,416 @@
+"""One (symbol, timeframe) pair, from bars to a recorded ensemble, in three phases.
+
+prepare_pair (store reads, features, labels, split) -> fit_pair (pure compute, runs in a worker process)
+-> persist_pair (artifact + result row). Any expected problem raises PairFailure with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from config.settings import Settings, TimeframeSpec
+from ml.src.data.records import ModelVersionRecord, ResultRecord
+from ml.src.data.store import StoreError, TrainingStore
+from ml.src.features.feature_cache import FeatureError, features_for_window
+from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VERSION, WARMUP_BARS
+from ml.src.training import artifacts
+from ml.src.training.labels import (
+    CLASSES,
+    DIRECTION,
+    Thresholds,
+    fixed_thresholds,
+    forward_returns,
+    label_codes,
+    quantile_thresholds,
+)
+from ml.src.training.metrics import (
+    class_counts,
+    label_metrics,
+    majority_class,
+    persistence_predictions,
+    prefixed,
+    prior_proba,
+    proba_metrics,
+)
+from ml.src.training.models import MODEL_NAMES, build_models
+from ml.src.training.splits import PurgedSplit, SplitError, purged_split
+from ml.src.training.weights import blend, direction_score, equal_weights, fit_ridge_weights
+
+
+class PairFailure(RuntimeError):
+    """A pair that cannot be trained; str() is the one-line reason recorded with the result."""
+
+
+@dataclass(frozen=True)
+class PairRequest:
+    symbol: str
+    timeframe: str
+    as_of: datetime | None = None
+    lookback_days: float | None = None
+    target_bars: int | None = None
+
+
+@dataclass
+class PreparedPair:
+    request: PairRequest
+    spec: TimeframeSpec
+    ts: pd.Series  # labelled rows only
+    x: np.ndarray
+    codes: np.ndarray
+    returns: np.ndarray
+    thresholds: Thresholds
+    split: PurgedSplit
+    split_info: dict[str, Any]
+    n_bars: int
+    n_cached: int
+    n_computed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FittedPair:
+    models: dict[str, Any]
+    weights: dict[str, float]
+    weights_fallback: bool
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+
+
+@dataclass
+class PairResult:
+    """What a pair produced; `to_json()` is the shape of `--json` results and of `training_results`."""
+
+    symbol: str
+    timeframe: str
+    status: str
+    error: str | None = None
+    horizon_bars: int | None = None
+    n_train: int | None = None
+    n_valid: int | None = None
+    n_test: int | None = None
+    split: dict[str, Any] | None = None
+    weights: dict[str, float] | None = None
+    metrics: dict[str, Any] | None = None
+    artifact_path: str | None = None
+    artifact_sha256: str | None = None
+    duration_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "status": self.status,
+            "error": self.error,
+            "horizon_bars": self.horizon_bars,
+            "n_train": self.n_train,
+            "n_valid": self.n_valid,
+            "n_test": self.n_test,
+            "split": self.split,
+            "weights": self.weights,
+            "metrics": self.metrics,
+            "artifact_path": self.artifact_path,
+            "artifact_sha256": self.artifact_sha256,
+            "duration_s": round(self.duration_s, 3),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+    def to_record(self, run_id: str) -> ResultRecord:
+        return ResultRecord(
+            run_id=run_id,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            status=self.status,
+            error=self.error,
+            horizon_bars=self.horizon_bars,
+            n_train=self.n_train,
+            n_valid=self.n_valid,
+            n_test=self.n_test,
+            split=self.split,
+            weights=self.weights,
+            metrics=self.metrics,
+            artifact_path=self.artifact_path,
+            artifact_sha256=self.artifact_sha256,
+            duration_s=round(self.duration_s, 3),
+        )
+
+
+# --------------------------------------------------------------------------------------------------- prepare
+def _read_window(store: TrainingStore, req: PairRequest, target: int, warmup: int) -> pd.DataFrame:
+    if req.lookback_days is None:
+        return store.read_bars(req.symbol, req.timeframe, end=req.as_of, limit=target + warmup)
+    latest = store.read_bars(req.symbol, req.timeframe, end=req.as_of, limit=1)
+    if latest.empty:
+        return latest
+    anchor = latest["ts"].iloc[-1]
+    start = anchor - timedelta(days=req.lookback_days)
+    window = store.read_bars(req.symbol, req.timeframe, end=anchor, start=start, limit=target)
+    if window.empty:
+        return window
+    history = store.read_bars(
+        req.symbol, req.timeframe, end=window["ts"].iloc[0] - timedelta(microseconds=1), limit=warmup
+    )
+    return pd.concat([history, window], ignore_index=True)
+
+
+def check_bars(bars: pd.DataFrame, label: str, spec: TimeframeSpec) -> None:
+    """Reject bars a model must not learn from: NaN/inf, non-positive prices, holes in the series."""
+    values = bars[["open", "high", "low", "close", "volume"]].to_numpy(dtype="float64")
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise PairFailure(f"{label}: bar at {bars['ts'].iloc[int(np.argmax(bad))].isoformat()} has NaN or inf values")
+    nonpos = (values[:, :4] <= 0).any(axis=1)
+    if nonpos.any():
+        raise PairFailure(f"{label}: bar at {bars['ts'].iloc[int(np.argmax(nonpos))].isoformat()} has a price <= 0")
+    gaps = bars["ts"].diff().dt.total_seconds().to_numpy()[1:] / 86400.0
+    if gaps.size and np.nanmax(gaps) > spec.max_gap_days:
+        i = int(np.nanargmax(gaps))
+        raise PairFailure(
+            f"{label}: gap of {gaps[i]:.1f} days between bars {bars['ts'].iloc[i].isoformat()} and "
+            f"{bars['ts'].iloc[i + 1].isoformat()} (max_gap_days={spec.max_gap_days:g})"
+        )
+
+
+def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> PreparedPair:
+    label = f"{req.symbol}/{req.timeframe}"
+    spec = settings.timeframes[req.timeframe]
+    h = spec.horizon_bars
+    target = req.target_bars or spec.target_bars
+    warmup = max(spec.warmup_bars, WARMUP_BARS)
+    min_rows = settings.min_rows_per_split
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    bars = _read_window(store, req, target, warmup)
+    timings["load"] = time.perf_counter() - t0
+    if bars.empty:
+        where = f" up to {req.as_of.isoformat()}" if req.as_of else ""
+        raise PairFailure(f"{label}: no bars in the {store.name} store{where}")
+    check_bars(bars, label, spec)
+    # warm-up + at least min_rows per split + two purges + the h unlabelled rows at the end
+    need = warmup + 3 * min_rows + 3 * h
+    if len(bars) < need:
+        raise PairFailure(
+            f"{label}: only {len(bars)} bars; need at least {need} "
+            f"({warmup} warm-up + 3 x {min_rows} rows per split + 3 x {h} horizon/purge)"
+        )
+
+    t0 = time.perf_counter()
+    try:
+        feats = features_for_window(store, req.symbol, req.timeframe, bars, warmup)
+    except FeatureError as exc:
+        raise PairFailure(str(exc)) from exc
+    timings["features"] = time.perf_counter() - t0
+
+    frame = feats.frame
+    returns_all = forward_returns(frame["close"], h)
+    n_labelled = len(frame) - h  # the last h rows have no known future
+    try:
+        split = purged_split(n_labelled, h, settings.train_fraction, settings.valid_fraction, min_rows)
+    except SplitError as exc:
+        raise PairFailure(f"{label}: {exc}") from exc
+    returns = returns_all[:n_labelled]
+    thresholds = (
+        quantile_thresholds(returns[split.train])
+        if settings.threshold_mode == "quantile"
+        else fixed_thresholds(spec.threshold)
+    )
+    codes = label_codes(returns, thresholds)
+    train_counts = class_counts(codes[split.train])
+    empty = [name for name, n in train_counts.items() if n == 0]
+    if empty:
+        raise PairFailure(
+            f"{label}: class {', '.join(empty)} has no samples in train (counts {train_counts}, "
+            f"thresholds {thresholds.lower:+.4f}/{thresholds.upper:+.4f})"
+        )
+    ts = frame["ts"].iloc[:n_labelled].reset_index(drop=True)
+    return PreparedPair(
+        request=req,
+        spec=spec,
+        ts=ts,
+        x=frame.loc[: n_labelled - 1, list(FEATURE_COLUMNS)].to_numpy(dtype="float64"),
+        codes=codes,
+        returns=returns,
+        thresholds=thresholds,
+        split=split,
+        split_info=split.boundaries(ts),
+        n_bars=len(bars),
+        n_cached=feats.n_cached,
+        n_computed=feats.n_computed,
+        timings=timings,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- fit
+def evaluate(
+    probas: dict[str, dict[str, np.ndarray]], weights: dict[str, float], prep: PreparedPair
+) -> dict[str, Any]:
+    """Metrics on valid and test for each model, the fitted and the equal-weight blend, and the baselines."""
+    s = prep.split
+    y = {"valid": prep.codes[s.valid], "test": prep.codes[s.test]}
+    blends = {
+        "ensemble": weights,
+        "equal_weight": equal_weights(list(weights)),
+    }
+    out: dict[str, Any] = {}
+    for name in MODEL_NAMES:
+        out[name] = {
+            k: v for part in ("valid", "test") for k, v in prefixed(part, proba_metrics(y[part], probas[part][name])).items()
+        }
+    for name, w in blends.items():
+        out[name] = {
+            k: v
+            for part in ("valid", "test")
+            for k, v in prefixed(part, proba_metrics(y[part], blend(probas[part], w))).items()
+        }
+    train = prep.codes[s.train]
+    major = majority_class(train)
+    baseline: dict[str, Any] = {"name": "majority class of train", "majority_class": CLASSES[major]}
+    persistence: dict[str, Any] = {"name": "last fully known label (t - h)"}
+    for part, rows in (("valid", s.valid), ("test", s.test)):
+        n = rows.stop - rows.start
+        base = label_metrics(y[part], np.full(n, major))
+        base["log_loss"] = proba_metrics(y[part], prior_proba(train, n))["log_loss"]
+        baseline.update(prefixed(part, base))
+        persistence.update(prefixed(part, label_metrics(y[part], persistence_predictions(prep.codes, rows, s.purge_bars))))
+    out["baseline"] = baseline
+    out["persistence"] = persistence
+    out["class_counts"] = {
+        "train": class_counts(train),
+        "valid": class_counts(y["valid"]),
+        "test": class_counts(y["test"]),
+    }
+    out["thresholds"] = prep.thresholds.to_dict()
+    return out
+
+
+def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> FittedPair:
+    """Fit the members on train, the weights on valid, and score everything on valid and test."""
+    s = prep.split
+    x_train, y_train = prep.x[s.train], prep.codes[s.train]
+    timings: dict[str, float] = {}
+    models = build_models(settings, n_threads)
+    probas: dict[str, dict[str, np.ndarray]] = {"valid": {}, "test": {}}
+    with threadpool_limits(limits=n_threads):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            model.fit(x_train, y_train)
+            timings[f"fit_{name}"] = time.perf_counter() - t0
+            for part, rows in (("valid", s.valid), ("test", s.test)):
+                probas[part][name] = np.asarray(model.predict_proba(prep.x[rows]), dtype="float64")
+    t0 = time.perf_counter()
+    target = DIRECTION[prep.codes[s.valid]]
+    weights, fallback = fit_ridge_weights(
+        {n: direction_score(probas["valid"][n]) for n in MODEL_NAMES}, target, settings.ridge_alpha
+    )
+    metrics = evaluate(probas, weights, prep)
+    metrics["weights_fallback"] = fallback
+    timings["weights"] = time.perf_counter() - t0
+    return FittedPair(models=models, weights=weights, weights_fallback=fallback, metrics=metrics, timings=timings)
+
+
+# --------------------------------------------------------------------------------------------------- persist
+def library_versions() -> dict[str, str]:
+    import platform
+
+    import joblib
+    import lightgbm
+    import sklearn
+    import talib
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scikit-learn": sklearn.__version__,
+        "lightgbm": lightgbm.__version__,
+        "joblib": joblib.__version__,
+        "ta-lib": talib.__version__,
+    }
+
+
+def persist_pair(
+    store: TrainingStore,
+    prep: PreparedPair,
+    fitted: FittedPair,
+    *,
+    run_id: str,
+    models_dir: Path,
+    trained_at: datetime,
+    duration_s: float,
+) -> PairResult:
+    """Write the artifact, then the result row and model version together; no row without its artifact."""
+    req = prep.request
+    t0 = time.perf_counter()
+    path = artifacts.artifact_path(models_dir, req.symbol, req.timeframe, run_id, trained_at)
+    bundle = {
+        "symbol": req.symbol,
+        "timeframe": req.timeframe,
+        "run_id": run_id,
+        "trained_at": trained_at.isoformat(),
+        "models": fitted.models,
+        "weights": fitted.weights,
+        "classes": list(CLASSES),
+        "feature_names": list(FEATURE_COLUMNS),
+        "feature_version": FEATURE_SET_VERSION,
+        "timeframe_settings": prep.spec.model_dump(),
+        "thresholds": prep.thresholds.to_dict(),
+        "split": prep.split_info,
+        "metrics": fitted.metrics,
+        "library_versions": library_versions(),
+    }
+    sha = artifacts.save_bundle(bundle, path)
+    timings = {**prep.timings, **fitted.timings, "save": time.perf_counter() - t0}
+    result = PairResult(
+        symbol=req.symbol,
+        timeframe=req.timeframe,
+        status="succeeded",
+        horizon_bars=prep.spec.horizon_bars,
+        n_train=prep.split.n_train,
+        n_valid=prep.split.n_valid,
+        n_test=prep.split.n_test,
+        split=prep.split_info,
+        weights=fitted.weights,
+        metrics=fitted.metrics,
+        artifact_path=str(path),
+        artifact_sha256=sha,
+        duration_s=duration_s + timings["save"],
+        timings=timings,
+    )
+    version = ModelVersionRecord(
+        symbol=req.symbol,
+        timeframe=req.timeframe,
+        run_id=run_id,
+        artifact_path=str(path),
+        artifact_sha256=sha,
+        feature_version=FEATURE_SET_VERSION,
+        trained_at=trained_at,
+        weights=fitted.weights,
+        metrics={k: fitted.metrics[k] for k in ("ensemble", "baseline", "persistence")},
+    )
+    try:
+        store.record_result(result.to_record(run_id), version)
+    except StoreError:
+        path.unlink(missing_ok=True)  # an artifact nobody can find is worse than none
+        raise
+    return result
+
+
+def failed_result(req: PairRequest, error: str, duration_s: float, horizon: int | None = None) -> PairResult:
+    return PairResult(
+        symbol=req.symbol, timeframe=req.timeframe, status="failed", error=error, horizon_bars=horizon,
+        duration_s=duration_s,
+    )
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value

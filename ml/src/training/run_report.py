@@ -1,0 +1,85 @@
+"""A finished run: its results, the summary table people read, and the JSON scripts read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ml.src.training.pipeline import PairResult
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    started_at: datetime
+    store: str
+    results: list[PairResult] = field(default_factory=list)
+    finished_at: datetime | None = None
+    status: str = "running"
+    error: str | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {"succeeded": 0, "failed": 0, "skipped": 0}
+        for r in self.results:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    def final_status(self) -> str:
+        c = self.counts
+        if c["failed"] == 0:
+            return "succeeded"
+        return "partial" if c["succeeded"] else "failed"
+
+    def exit_code(self) -> int:
+        return 0 if self.counts["failed"] == 0 and self.error is None else 1
+
+    def to_json(self) -> dict[str, Any]:
+        duration = (self.finished_at - self.started_at).total_seconds() if self.finished_at else None
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "error": self.error,
+            "store": self.store,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_s": round(duration, 3) if duration is not None else None,
+            "counts": self.counts,
+            "results": [r.to_json() for r in self.results],
+        }
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:5.1f}" if isinstance(value, int | float) else "    -"
+
+
+def summary_table(report: RunReport) -> str:
+    """Accuracy never stands alone: balanced accuracy and both baselines sit beside it."""
+    header = (
+        f"{'symbol':<8} {'tf':<4} {'status':<9} {'train':>5} {'test':>5} {'w_rf':>5} {'w_gb':>5} "
+        f"{'ens_acc':>7} {'ens_bal':>7} {'majority':>8} {'persist':>7} {'rf_acc':>6} {'gb_acc':>6} {'secs':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in report.results:
+        if r.status != "succeeded" or not r.metrics:
+            lines.append(
+                f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.error or ''}"[: len(header) + 60]
+            )
+            continue
+        m, w = r.metrics, r.weights or {}
+        lines.append(
+            f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.n_train or 0:>5} {r.n_test or 0:>5} "
+            f"{w.get('rf', 0):>5.2f} {w.get('gb', 0):>5.2f} "
+            f"{_pct(m['ensemble']['test_accuracy']):>7} {_pct(m['ensemble']['test_balanced_accuracy']):>7} "
+            f"{_pct(m['baseline']['test_accuracy']):>8} {_pct(m['persistence']['test_accuracy']):>7} "
+            f"{_pct(m['rf']['test_accuracy']):>6} {_pct(m['gb']['test_accuracy']):>6} {r.duration_s:>6.2f}"
+        )
+    c = report.counts
+    lines.append("-" * len(header))
+    lines.append(
+        f"run {report.run_id} {report.status}: {c['succeeded']} succeeded, {c['failed']} failed, "
+        f"{c['skipped']} skipped (test-slice percentages; majority = training majority class, "
+        f"persist = last known label)"
+    )
+    return "\n".join(lines)

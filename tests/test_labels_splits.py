@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.src.training.labels import (
+    CLASS_CODES,
+    fixed_thresholds,
+    forward_returns,
+    label_codes,
+    label_names,
+    quantile_thresholds,
+)
+from ml.src.training.splits import SplitError, purged_split
+
+
+def test_forward_returns_pin_values_and_unknown_tail():
+    r = forward_returns(pd.Series([100.0, 101.0, 99.0, 102.0]), horizon=2)
+    assert r[0] == pytest.approx(99.0 / 100.0 - 1)
+    assert r[1] == pytest.approx(102.0 / 101.0 - 1)
+    assert np.isnan(r[2:]).all()
+
+
+def test_labels_at_the_threshold_are_neutral():
+    thr = fixed_thresholds(0.01)
+    codes = label_codes(np.array([0.0100001, 0.01, -0.01, -0.0100001, 0.0, np.nan]), thr)
+    assert label_names(codes) == ["BULLISH", "NEUTRAL", "NEUTRAL", "BEARISH", "NEUTRAL", None]
+
+
+def test_quantile_thresholds_use_only_the_given_returns():
+    train = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, np.nan])
+    thr = quantile_thresholds(train)
+    assert thr.mode == "quantile"
+    assert thr.lower == pytest.approx(np.quantile(train[:-1], 1 / 3))
+    assert thr.upper == pytest.approx(np.quantile(train[:-1], 2 / 3))
+    codes = label_codes(train[:-1], thr)
+    assert np.bincount(codes, minlength=3).tolist() == [2, 3, 2]  # at a threshold is NEUTRAL
+    assert CLASS_CODES == {"BEARISH": 0, "NEUTRAL": 1, "BULLISH": 2}
+
+
+def test_purged_split_boundaries():
+    s = purged_split(110, purge=5, train_fraction=0.6, valid_fraction=0.2)
+    # 100 usable rows -> 60 / 20 / 20, with 5 rows dropped at each boundary
+    assert (s.train, s.valid, s.test) == (slice(0, 60), slice(65, 85), slice(90, 110))
+    assert s.valid.start - s.train.stop == 5 and s.test.start - s.valid.stop == 5
+    assert (s.n_train, s.n_valid, s.n_test) == (60, 20, 20)
+
+
+def test_purge_keeps_every_train_label_out_of_valid():
+    h = 3
+    s = purged_split(200, purge=h)
+    # the label of the last train row t looks at closes up to t + h: all before the first valid row
+    assert (s.train.stop - 1) + h < s.valid.start
+    assert (s.valid.stop - 1) + h < s.test.start
+
+
+def test_split_boundaries_are_timestamps():
+    ts = pd.Series(pd.date_range("2024-01-01", periods=110, freq="D", tz="UTC"))
+    b = purged_split(110, purge=5).boundaries(ts)
+    assert b["train_start"] == "2024-01-01T00:00:00+00:00"
+    assert b["train_end"] == ts.iloc[59].isoformat()
+    assert b["valid_start"] == ts.iloc[65].isoformat()
+    assert b["test_end"] == ts.iloc[109].isoformat()
+    assert b["purge_bars"] == 5
+
+
+def test_split_with_too_few_rows_is_a_clear_error():
+    with pytest.raises(SplitError, match="need at least 30 rows per split"):
+        purged_split(60, purge=5, min_rows=30)

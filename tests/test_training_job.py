@@ -1,0 +1,232 @@
+"""The job end to end on the embedded store, through main(argv), with real bars."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from freezegun import freeze_time
+
+from config.settings import Settings
+from ml.src.data.local_db import SqliteStore
+from ml.src.training import ensemble_training_job as job
+from ml.src.training.artifacts import ArtifactError, load_ensemble, sha256_file
+from ml.src.training.ensemble_training_job import main, train_ensemble_for_symbol_timeframe
+from ml.src.training.pipeline import PairFailure, PairRequest, check_bars, fit_pair, persist_pair, prepare_pair
+from ml.src.training.weights import blend
+from tests.factories import real_bars
+
+pytestmark = pytest.mark.slow
+
+TARGET = "400"  # a few hundred real bars keep each fit around a second
+
+
+def load(store: SqliteStore, symbol: str, tf: str, last: int) -> None:
+    store.upsert_bars(symbol, tf, real_bars(symbol, tf, last=last))
+    store.upsert_symbols([symbol])
+
+
+def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    code = main([*argv, "--json", "--quiet"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest.CaptureFixture[str]) -> None:
+    load(embedded_store, "AAPL", "d1", 900)
+    load(embedded_store, "SPY", "h4", 900)
+    code, out = run_json(["--symbols", "AAPL", "SPY", "--timeframes", "d1", "h4", "--target-bars", TARGET],
+                         capsys)
+    assert code == 1  # AAPL/h4 and SPY/d1 have no bars: failed pairs, the others go on
+    by_pair = {(r["symbol"], r["timeframe"]): r for r in out["results"]}
+    assert set(by_pair) == {("AAPL", "d1"), ("AAPL", "h4"), ("SPY", "d1"), ("SPY", "h4")}
+    assert out["status"] == "partial"
+    for key in (("AAPL", "h4"), ("SPY", "d1")):
+        assert by_pair[key]["status"] == "failed"
+        assert "no bars" in by_pair[key]["error"] and "\n" not in by_pair[key]["error"]
+
+    r = by_pair[("AAPL", "d1")]
+    assert r["status"] == "succeeded" and r["error"] is None
+    assert r["horizon_bars"] == 5
+    assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * 5 == 400 - 5
+    split = r["split"]
+    assert split["purge_bars"] == 5
+    assert split["train_end"] < split["valid_start"] < split["valid_end"] < split["test_start"] <= split["test_end"]
+    assert set(r["weights"]) == {"rf", "gb"} and sum(r["weights"].values()) == pytest.approx(1.0)
+    for name in ("rf", "gb", "ensemble", "equal_weight", "baseline", "persistence"):
+        m = r["metrics"][name]
+        for key in ("test_accuracy", "test_balanced_accuracy", "valid_accuracy", "test_confusion"):
+            assert key in m, (name, key)
+    assert sum(r["metrics"]["class_counts"]["test"].values()) == r["n_test"]
+    assert Path(r["artifact_path"]).is_file() and sha256_file(r["artifact_path"]) == r["artifact_sha256"]
+
+    run = embedded_store.get_run(out["run_id"])
+    assert run["status"] == "partial" and run["n_succeeded"] == 2 and run["n_failed"] == 2
+    assert run["config_hash"] and run["package_versions"]["scikit-learn"]
+    rows = {(x["symbol"], x["timeframe"]): x for x in embedded_store.list_results(out["run_id"])}
+    assert rows[("AAPL", "d1")]["artifact_sha256"] == r["artifact_sha256"]
+    assert rows[("AAPL", "d1")]["metrics"]["ensemble"]["test_accuracy"] == r["metrics"]["ensemble"]["test_accuracy"]
+    assert rows[("SPY", "d1")]["status"] == "failed"
+    versions = embedded_store.list_model_versions("AAPL", "d1")
+    assert [v["artifact_sha256"] for v in versions] == [r["artifact_sha256"]]
+
+
+def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore, ml_env: Path) -> None:
+    load(embedded_store, "MSFT", "m15", 700)
+    settings = Settings()
+    prep = prepare_pair(embedded_store, PairRequest("MSFT", "m15", target_bars=450), settings)
+    fitted = fit_pair(prep, settings)
+    run = job.start_run(embedded_store, settings, {"symbols": ["MSFT"]}, "api")
+    result = persist_pair(embedded_store, prep, fitted, run_id=run.run_id,
+                          models_dir=ml_env / "models", trained_at=pd.Timestamp("2026-01-02", tz="UTC"),
+                          duration_s=0.0)
+    model = load_ensemble(result.artifact_path, expected_sha256=result.artifact_sha256)
+    assert model.classes == ("BEARISH", "NEUTRAL", "BULLISH")
+    x_test = prep.x[prep.split.test]
+    expected = blend({n: m.predict_proba(x_test) for n, m in fitted.models.items()}, fitted.weights)
+    np.testing.assert_array_equal(model.predict_proba(x_test), expected)
+    assert np.allclose(model.predict_proba(x_test).sum(axis=1), 1.0)
+    frame = pd.DataFrame(x_test, columns=list(model.feature_names))
+    np.testing.assert_array_equal(model.predict_proba(frame[list(reversed(frame.columns))]), expected)
+
+
+def test_tampered_artifact_is_refused_before_unpickling(embedded_store, ml_env, monkeypatch) -> None:
+    load(embedded_store, "SPY", "d1", 700)
+    out = train_ensemble_for_symbol_timeframe(embedded_store, "SPY", "d1", target_bars=400)
+    path, sha = Path(out["models_path"]), out["artifact_sha256"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    def never(*a, **k):
+        raise AssertionError("unpickled a file whose hash did not match")
+
+    monkeypatch.setattr("ml.src.training.artifacts.joblib.load", never)
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_ensemble(path, expected_sha256=sha)
+
+
+def test_seed_api_shape(embedded_store: SqliteStore) -> None:
+    load(embedded_store, "QQQ", "h1", 700)
+    out = train_ensemble_for_symbol_timeframe(db=embedded_store, symbol="QQQ", timeframe="h1", target_bars=400)
+    assert out["success"] is True
+    assert 0 <= out["models"]["rf"]["valid_accuracy"] <= 1 and 0 <= out["models"]["gb"]["valid_accuracy"] <= 1
+    assert set(out["weights"]) == {"rf", "gb"}
+    assert Path(out["models_path"]).is_file()
+
+
+@freeze_time("2026-03-04 05:06:07", tick=True)
+def test_artifact_name_and_times_are_utc(embedded_store: SqliteStore, capsys) -> None:
+    load(embedded_store, "IBM", "d1", 700)
+    code, out = run_json(["--symbol", "IBM", "--timeframes", "d1", "--target-bars", TARGET], capsys)
+    assert code == 0
+    assert out["started_at"].startswith("2026-03-04T05:06") and out["started_at"].endswith("+00:00")
+    assert "IBM_d1_20260304T0506" in Path(out["results"][0]["artifact_path"]).name
+
+
+def test_as_of_ignores_later_bars(embedded_store: SqliteStore, capsys) -> None:
+    load(embedded_store, "AAPL", "d1", 1200)
+    as_of = "2019-06-28T23:59:59Z"
+    code, out = run_json(["--symbol", "AAPL", "--timeframes", "d1", "--target-bars", TARGET, "--as-of", as_of],
+                         capsys)
+    assert code == 0
+    split = out["results"][0]["split"]
+    assert pd.Timestamp(split["test_end"]) <= pd.Timestamp(as_of)
+
+
+def test_lookback_limits_the_window(embedded_store: SqliteStore, capsys) -> None:
+    load(embedded_store, "SPY", "d1", 1500)
+    code, out = run_json(["--symbol", "SPY", "--timeframes", "d1", "--lookback", "730"], capsys)
+    assert code == 0
+    r = out["results"][0]
+    last = real_bars("SPY", "d1").ts.iloc[-1]
+    assert pd.Timestamp(r["split"]["train_start"]) >= last - pd.Timedelta(days=730)
+    assert r["n_train"] + r["n_valid"] + r["n_test"] < 500
+
+
+def test_too_few_bars_and_missing_class_fail_clearly(embedded_store, capsys, monkeypatch) -> None:
+    load(embedded_store, "TSLA", "h4", 260)
+    load(embedded_store, "PG", "d1", 700)
+    monkeypatch.setenv("ML_TIMEFRAMES", '{"d1": {"threshold": 0.45}}')
+    code, out = run_json(["--symbols", "TSLA", "PG", "--timeframes", "h4", "d1", "--target-bars", TARGET], capsys)
+    assert code == 1
+    errors = {(r["symbol"], r["timeframe"]): r["error"] for r in out["results"]}
+    assert "TSLA/h4: only 260 bars; need at least" in errors[("TSLA", "h4")]
+    assert "PG/d1: class BEARISH, BULLISH has no samples in train" in errors[("PG", "d1")]
+    assert out["status"] == "failed"
+    assert not list(Path(embedded_store.path).parent.joinpath("models").rglob("*.joblib"))
+
+
+def test_gap_and_nan_bars_fail_the_pair() -> None:
+    spec = Settings().timeframes["d1"]
+    bars = real_bars("GOOG", "d1", first=300)
+    with_gap = pd.concat([bars.iloc[:100], bars.iloc[130:]], ignore_index=True)  # a 6-week hole
+    with pytest.raises(PairFailure, match=r"GOOG/d1: gap of \d+\.\d days between bars"):
+        check_bars(with_gap, "GOOG/d1", spec)
+    with_nan = bars.copy()
+    with_nan.loc[50, "close"] = np.nan
+    with pytest.raises(PairFailure, match="has NaN or inf values"):
+        check_bars(with_nan, "GOOG/d1", spec)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--timeframes", "m5"], "invalid choice"),
+        (["--symbol", "AAPL", "--all"], "not allowed with"),
+        (["--symbol", "AAPL", "--lookback", "-3"], "--lookback must be a positive"),
+        (["--symbol", "AAPL", "--as-of", "yesterday-ish"], "--as-of"),
+        (["--symbol", "AA PL!"], "invalid symbol"),
+        (["--target-bars", "0"], "--target-bars must be >= 1"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(argv, message, ml_env, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+
+
+def test_invalid_settings_exit_2(ml_env, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("ML_TRAIN_FRACTION", "0.9")
+    assert main(["--symbol", "AAPL"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("invalid settings:") and "\n" not in err
+
+
+def test_all_with_empty_store_is_usage_error(ml_env, capsys) -> None:
+    assert main(["--all"]) == 2
+    assert "no active symbols" in capsys.readouterr().err
+
+
+def test_help_explains_every_flag(capsys) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--symbol", "--symbols", "--all", "--timeframes", "--lookback", "--target-bars", "--as-of",
+                 "--workers", "--json", "Exit codes"):
+        assert flag in text
+
+
+def test_parallel_workers_match_sequential(embedded_store: SqliteStore, capsys) -> None:
+    load(embedded_store, "NVDA", "h1", 700)
+    load(embedded_store, "NVDA", "m15", 700)
+    argv = ["--symbol", "NVDA", "--timeframes", "h1", "m15", "--target-bars", TARGET]
+    code1, seq = run_json([*argv, "--workers", "1"], capsys)
+    code2, par = run_json([*argv, "--workers", "2"], capsys)
+    assert code1 == code2 == 0
+    for a, b in zip(seq["results"], par["results"], strict=True):
+        assert a["weights"] == pytest.approx(b["weights"])
+        assert a["metrics"]["ensemble"]["test_accuracy"] == b["metrics"]["ensemble"]["test_accuracy"]
+
+
+def test_summary_table_on_stdout(embedded_store: SqliteStore, capsys) -> None:
+    load(embedded_store, "DIS", "w1", 700)
+    assert main(["--symbol", "DIS", "--timeframes", "w1", "--target-bars", TARGET, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "ens_bal" in out and "majority" in out and "DIS" in out and "1 succeeded" in out
+
+
+def test_job_module_has_main_entry() -> None:
+    assert callable(job.main)

@@ -8,11 +8,18 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 TIMEFRAMES: tuple[str, ...] = ("m15", "h1", "h4", "d1", "w1")
 
@@ -29,23 +36,56 @@ class TimeframeSpec(BaseModel):
     warmup_bars: int = Field(ge=0, description="extra history fetched so every feature is defined")
     bars_per_year: float = Field(gt=0, description="for annualising trading metrics")
     max_model_age_days: float = Field(gt=0, description="a champion older than this is expired")
-    max_gap_days: float = Field(default=7.0, gt=0, description="a longer hole between two bars fails the pair")
+    max_gap_days: float = Field(
+        default=7.0, gt=0, description="a longer hole between two bars fails the pair"
+    )
 
 
 # Horizons and thresholds are the seed's for m15..d1. w1: a 4-week horizon, with the d1 threshold scaled by
 # sqrt(20/5) = 2 (returns grow with the square root of time), so a "move" is about as rare as on d1.
 # warmup_bars must cover the feature set's own WARMUP_BARS (checked at start-up by the pipeline).
 DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
-    "m15": TimeframeSpec(horizon_bars=5, threshold=0.002, target_bars=500, warmup_bars=200,
-                         bars_per_year=252 * 26, max_model_age_days=3),
-    "h1": TimeframeSpec(horizon_bars=5, threshold=0.003, target_bars=500, warmup_bars=200,
-                        bars_per_year=252 * 7, max_model_age_days=7),
-    "h4": TimeframeSpec(horizon_bars=3, threshold=0.005, target_bars=500, warmup_bars=200,
-                        bars_per_year=252 * 2, max_model_age_days=10),
-    "d1": TimeframeSpec(horizon_bars=5, threshold=0.009, target_bars=500, warmup_bars=200,
-                        bars_per_year=252, max_model_age_days=14),
-    "w1": TimeframeSpec(horizon_bars=4, threshold=0.018, target_bars=400, warmup_bars=200,
-                        bars_per_year=52, max_model_age_days=45, max_gap_days=21),
+    "m15": TimeframeSpec(
+        horizon_bars=5,
+        threshold=0.002,
+        target_bars=500,
+        warmup_bars=200,
+        bars_per_year=252 * 26,
+        max_model_age_days=3,
+    ),
+    "h1": TimeframeSpec(
+        horizon_bars=5,
+        threshold=0.003,
+        target_bars=500,
+        warmup_bars=200,
+        bars_per_year=252 * 7,
+        max_model_age_days=7,
+    ),
+    "h4": TimeframeSpec(
+        horizon_bars=3,
+        threshold=0.005,
+        target_bars=500,
+        warmup_bars=200,
+        bars_per_year=252 * 2,
+        max_model_age_days=10,
+    ),
+    "d1": TimeframeSpec(
+        horizon_bars=5,
+        threshold=0.009,
+        target_bars=500,
+        warmup_bars=200,
+        bars_per_year=252,
+        max_model_age_days=14,
+    ),
+    "w1": TimeframeSpec(
+        horizon_bars=4,
+        threshold=0.018,
+        target_bars=400,
+        warmup_bars=200,
+        bars_per_year=52,
+        max_model_age_days=45,
+        max_gap_days=21,
+    ),
 }
 
 
@@ -69,7 +109,9 @@ class Settings(BaseSettings):
     supabase_service_role_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_KEY")
     )
-    local_db: Path = Field(default=Path(".local/swiftbolt_ml.sqlite3"), validation_alias=AliasChoices("ML_LOCAL_DB"))
+    local_db: Path = Field(
+        default=Path(".local/swiftbolt_ml.sqlite3"), validation_alias=AliasChoices("ML_LOCAL_DB")
+    )
     models_dir: Path = Field(default=Path("trained_models"), validation_alias=AliasChoices("ML_MODELS_DIR"))
 
     # --- what to train -----------------------------------------------------------------------------------
@@ -96,7 +138,9 @@ class Settings(BaseSettings):
     ridge_alpha: float = Field(default=1.0, gt=0)
 
     # --- execution ------------------------------------------------------------------------------------
-    workers: int = Field(default=0, ge=0, description="processes training pairs in parallel; 0 = one per core")
+    workers: int = Field(
+        default=0, ge=0, description="processes training pairs in parallel; 0 = one per core"
+    )
     db_timeout_s: float = Field(default=30.0, gt=0)
     db_max_retries: int = Field(default=4, ge=0)
     db_backoff_s: float = Field(default=0.5, ge=0)

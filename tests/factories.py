@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +10,7 @@ import pandas as pd
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(symbol: str, timeframe: str) -> pd.DataFrame:
     path = SHARED_DATA / f"{symbol}_{timeframe}.csv"
     if not path.is_file():

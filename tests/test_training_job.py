@@ -15,7 +15,14 @@ from ml.src.data.local_db import SqliteStore
 from ml.src.training import ensemble_training_job as job
 from ml.src.training.artifacts import ArtifactError, load_ensemble, sha256_file
 from ml.src.training.ensemble_training_job import main, train_ensemble_for_symbol_timeframe
-from ml.src.training.pipeline import PairFailure, PairRequest, check_bars, fit_pair, persist_pair, prepare_pair
+from ml.src.training.pipeline import (
+    PairFailure,
+    PairRequest,
+    check_bars,
+    fit_pair,
+    persist_pair,
+    prepare_pair,
+)
 from ml.src.training.weights import blend
 from tests.factories import real_bars
 
@@ -38,8 +45,9 @@ def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest.CaptureFixture[str]) -> None:
     load(embedded_store, "AAPL", "d1", 900)
     load(embedded_store, "SPY", "h4", 900)
-    code, out = run_json(["--symbols", "AAPL", "SPY", "--timeframes", "d1", "h4", "--target-bars", TARGET],
-                         capsys)
+    code, out = run_json(
+        ["--symbols", "AAPL", "SPY", "--timeframes", "d1", "h4", "--target-bars", TARGET], capsys
+    )
     assert code == 1  # AAPL/h4 and SPY/d1 have no bars: failed pairs, the others go on
     by_pair = {(r["symbol"], r["timeframe"]): r for r in out["results"]}
     assert set(by_pair) == {("AAPL", "d1"), ("AAPL", "h4"), ("SPY", "d1"), ("SPY", "h4")}
@@ -54,7 +62,13 @@ def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest
     assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * 5 == 400 - 5
     split = r["split"]
     assert split["purge_bars"] == 5
-    assert split["train_end"] < split["valid_start"] < split["valid_end"] < split["test_start"] <= split["test_end"]
+    assert (
+        split["train_end"]
+        < split["valid_start"]
+        < split["valid_end"]
+        < split["test_start"]
+        <= split["test_end"]
+    )
     assert set(r["weights"]) == {"rf", "gb"} and sum(r["weights"].values()) == pytest.approx(1.0)
     for name in ("rf", "gb", "ensemble", "equal_weight", "baseline", "persistence"):
         m = r["metrics"][name]
@@ -68,7 +82,10 @@ def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest
     assert run["config_hash"] and run["package_versions"]["scikit-learn"]
     rows = {(x["symbol"], x["timeframe"]): x for x in embedded_store.list_results(out["run_id"])}
     assert rows[("AAPL", "d1")]["artifact_sha256"] == r["artifact_sha256"]
-    assert rows[("AAPL", "d1")]["metrics"]["ensemble"]["test_accuracy"] == r["metrics"]["ensemble"]["test_accuracy"]
+    assert (
+        rows[("AAPL", "d1")]["metrics"]["ensemble"]["test_accuracy"]
+        == r["metrics"]["ensemble"]["test_accuracy"]
+    )
     assert rows[("SPY", "d1")]["status"] == "failed"
     versions = embedded_store.list_model_versions("AAPL", "d1")
     assert [v["artifact_sha256"] for v in versions] == [r["artifact_sha256"]]
@@ -80,9 +97,15 @@ def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore,
     prep = prepare_pair(embedded_store, PairRequest("MSFT", "m15", target_bars=450), settings)
     fitted = fit_pair(prep, settings)
     run = job.start_run(embedded_store, settings, {"symbols": ["MSFT"]}, "api")
-    result = persist_pair(embedded_store, prep, fitted, run_id=run.run_id,
-                          models_dir=ml_env / "models", trained_at=pd.Timestamp("2026-01-02", tz="UTC"),
-                          duration_s=0.0)
+    result = persist_pair(
+        embedded_store,
+        prep,
+        fitted,
+        run_id=run.run_id,
+        models_dir=ml_env / "models",
+        trained_at=pd.Timestamp("2026-01-02", tz="UTC"),
+        duration_s=0.0,
+    )
     model = load_ensemble(result.artifact_path, expected_sha256=result.artifact_sha256)
     assert model.classes == ("BEARISH", "NEUTRAL", "BULLISH")
     x_test = prep.x[prep.split.test]
@@ -111,7 +134,9 @@ def test_tampered_artifact_is_refused_before_unpickling(embedded_store, ml_env, 
 
 def test_seed_api_shape(embedded_store: SqliteStore) -> None:
     load(embedded_store, "QQQ", "h1", 700)
-    out = train_ensemble_for_symbol_timeframe(db=embedded_store, symbol="QQQ", timeframe="h1", target_bars=400)
+    out = train_ensemble_for_symbol_timeframe(
+        db=embedded_store, symbol="QQQ", timeframe="h1", target_bars=400
+    )
     assert out["success"] is True
     assert 0 <= out["models"]["rf"]["valid_accuracy"] <= 1 and 0 <= out["models"]["gb"]["valid_accuracy"] <= 1
     assert set(out["weights"]) == {"rf", "gb"}
@@ -130,8 +155,9 @@ def test_artifact_name_and_times_are_utc(embedded_store: SqliteStore, capsys) ->
 def test_as_of_ignores_later_bars(embedded_store: SqliteStore, capsys) -> None:
     load(embedded_store, "AAPL", "d1", 1200)
     as_of = "2019-06-28T23:59:59Z"
-    code, out = run_json(["--symbol", "AAPL", "--timeframes", "d1", "--target-bars", TARGET, "--as-of", as_of],
-                         capsys)
+    code, out = run_json(
+        ["--symbol", "AAPL", "--timeframes", "d1", "--target-bars", TARGET, "--as-of", as_of], capsys
+    )
     assert code == 0
     split = out["results"][0]["split"]
     assert pd.Timestamp(split["test_end"]) <= pd.Timestamp(as_of)
@@ -151,7 +177,9 @@ def test_too_few_bars_and_missing_class_fail_clearly(embedded_store, capsys, mon
     load(embedded_store, "TSLA", "h4", 260)
     load(embedded_store, "PG", "d1", 700)
     monkeypatch.setenv("ML_TIMEFRAMES", '{"d1": {"threshold": 0.45}}')
-    code, out = run_json(["--symbols", "TSLA", "PG", "--timeframes", "h4", "d1", "--target-bars", TARGET], capsys)
+    code, out = run_json(
+        ["--symbols", "TSLA", "PG", "--timeframes", "h4", "d1", "--target-bars", TARGET], capsys
+    )
     assert code == 1
     errors = {(r["symbol"], r["timeframe"]): r["error"] for r in out["results"]}
     assert "TSLA/h4: only 260 bars; need at least" in errors[("TSLA", "h4")]
@@ -204,8 +232,18 @@ def test_all_with_empty_store_is_usage_error(ml_env, capsys) -> None:
 def test_help_explains_every_flag(capsys) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for flag in ("--symbol", "--symbols", "--all", "--timeframes", "--lookback", "--target-bars", "--as-of",
-                 "--workers", "--json", "Exit codes"):
+    for flag in (
+        "--symbol",
+        "--symbols",
+        "--all",
+        "--timeframes",
+        "--lookback",
+        "--target-bars",
+        "--as-of",
+        "--workers",
+        "--json",
+        "Exit codes",
+    ):
         assert flag in text
 
 

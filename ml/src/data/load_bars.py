@@ -44,8 +44,10 @@ class LoadedFile:
 def parse_file_name(path: Path) -> tuple[str, str]:
     match = FILE_RE.match(path.stem)
     if not match:
-        raise BarFileError(f"{path}: name is not SYMBOL_TF.csv (TF one of {', '.join(TIMEFRAMES)}); "
-                           "pass --symbol and --timeframe")
+        raise BarFileError(
+            f"{path}: name is not SYMBOL_TF.csv (TF one of {', '.join(TIMEFRAMES)}); "
+            "pass --symbol and --timeframe"
+        )
     return match["symbol"].upper(), match["timeframe"]
 
 
@@ -86,7 +88,9 @@ def read_bar_file(path: Path) -> pd.DataFrame:
         bad = ~np.isfinite(values.to_numpy())
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise BarFileError(f"{path}: line {line(i)}: {col} {raw[col].iloc[i]!r} is NaN, inf or not a number")
+            raise BarFileError(
+                f"{path}: line {line(i)}: {col} {raw[col].iloc[i]!r} is NaN, inf or not a number"
+            )
         frame[col] = values
 
     dup = frame["ts"].duplicated().to_numpy()
@@ -119,7 +123,9 @@ def load_file(store: TrainingStore, path: Path, symbol: str | None, timeframe: s
         timeframe = timeframe or name_tf
     symbol = check_symbol(symbol)
     if timeframe not in TIMEFRAMES:
-        raise BarFileError(f"{path}: unknown timeframe {timeframe!r} (expected one of {', '.join(TIMEFRAMES)})")
+        raise BarFileError(
+            f"{path}: unknown timeframe {timeframe!r} (expected one of {', '.join(TIMEFRAMES)})"
+        )
     frame = read_bar_file(path)
     rows = store.upsert_bars(symbol, timeframe, frame)
     store.upsert_symbols([symbol], active=True)
@@ -135,17 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", type=Path, help="CSV files named SYMBOL_TF.csv (TF: m15 h1 h4 d1 w1)")
     p.add_argument("--symbol", help="symbol for every file (overrides the file name)")
-    p.add_argument("--timeframe", choices=TIMEFRAMES, help="timeframe for every file (overrides the file name)")
-    p.add_argument("--if-missing", action="store_true",
-                   help="skip a file whose (symbol, timeframe) already has bars in the store")
+    p.add_argument(
+        "--timeframe", choices=TIMEFRAMES, help="timeframe for every file (overrides the file name)"
+    )
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="skip a file whose (symbol, timeframe) already has bars in the store",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only report errors")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -161,12 +173,23 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.files:
             try:
                 if args.if_missing:
-                    sym, tf = (args.symbol, args.timeframe) if args.symbol and args.timeframe else parse_file_name(path)
+                    sym, tf = (
+                        (args.symbol, args.timeframe)
+                        if args.symbol and args.timeframe
+                        else parse_file_name(path)
+                    )
                     if store.count_bars(check_symbol(sym), tf) > 0:
                         log.info("%s: %s/%s already loaded, skipped", path, sym.upper(), tf)
                         continue
                 loaded = load_file(store, path, args.symbol, args.timeframe)
-                log.info("%s: %d bars -> %s/%s (%s)", path, loaded.rows, loaded.symbol, loaded.timeframe, store.name)
+                log.info(
+                    "%s: %d bars -> %s/%s (%s)",
+                    path,
+                    loaded.rows,
+                    loaded.symbol,
+                    loaded.timeframe,
+                    store.name,
+                )
             except (BarFileError, StoreError) as exc:
                 failed += 1
                 print(f"load_bars: {exc}", file=sys.stderr)

@@ -201,7 +201,13 @@ class SqliteStore(TrainingStore):
         rows = [
             (symbol, timeframe, t, float(o), float(h), float(lo), float(c), float(v))
             for t, o, h, lo, c, v in zip(
-                ts_text, frame["open"], frame["high"], frame["low"], frame["close"], frame["volume"], strict=True
+                ts_text,
+                frame["open"],
+                frame["high"],
+                frame["low"],
+                frame["close"],
+                frame["volume"],
+                strict=True,
             )
         ]
         self._write(
@@ -213,7 +219,9 @@ class SqliteStore(TrainingStore):
         return len(rows)
 
     def count_bars(self, symbol, timeframe) -> int:
-        rows = self._query("select count(*) from ohlc_bars where symbol = ? and timeframe = ?", (symbol, timeframe))
+        rows = self._query(
+            "select count(*) from ohlc_bars where symbol = ? and timeframe = ?", (symbol, timeframe)
+        )
         return int(rows[0][0])
 
     def upsert_symbols(self, tickers, active=True) -> None:
@@ -291,7 +299,9 @@ class SqliteStore(TrainingStore):
                 with self._conn:  # one transaction: both rows or neither
                     self._insert("training_results", {**result.to_row(), "created_at": _now()}, self._conn)
                     if model_version is not None:
-                        self._insert("model_versions", {**model_version.to_row(), "created_at": _now()}, self._conn)
+                        self._insert(
+                            "model_versions", {**model_version.to_row(), "created_at": _now()}, self._conn
+                        )
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot record result {result.symbol}/{result.timeframe}: {exc}") from exc
 
@@ -305,6 +315,7 @@ class SqliteStore(TrainingStore):
 
     def list_model_versions(self, symbol, timeframe) -> list[dict]:
         rows = self._query(
-            "select * from model_versions where symbol = ? and timeframe = ? order by id desc", (symbol, timeframe)
+            "select * from model_versions where symbol = ? and timeframe = ? order by id desc",
+            (symbol, timeframe),
         )
         return [_from_db(r) for r in rows]

@@ -49,7 +49,9 @@ def features_for_window(
     """
     warmup_bars = max(warmup_bars, WARMUP_BARS)
     if len(bars) <= warmup_bars:
-        raise FeatureError(f"{symbol}/{timeframe}: {len(bars)} bars leave nothing after {warmup_bars} warm-up bars")
+        raise FeatureError(
+            f"{symbol}/{timeframe}: {len(bars)} bars leave nothing after {warmup_bars} warm-up bars"
+        )
     window = bars.iloc[warmup_bars:].reset_index(drop=True)
     start, end = window["ts"].iloc[0], window["ts"].iloc[-1]
     cached = store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
@@ -68,7 +70,9 @@ def features_for_window(
         bad = ~_finite_rows(computed)
         if bad.any():
             first = computed.loc[bad, "ts"].iloc[0]
-            raise FeatureError(f"{symbol}/{timeframe}: non-finite features at {first.isoformat()} after warm-up")
+            raise FeatureError(
+                f"{symbol}/{timeframe}: non-finite features at {first.isoformat()} after warm-up"
+            )
         store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed)
         parts.append(computed)
     # The window is non-empty, so at least one part has rows.

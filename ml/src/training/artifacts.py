@@ -61,7 +61,9 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> dict[st
     if expected_sha256 is not None:
         actual = sha256_file(path)
         if actual != expected_sha256.lower():
-            raise ArtifactError(f"artifact {path} has sha256 {actual}, expected {expected_sha256}: refusing to load")
+            raise ArtifactError(
+                f"artifact {path} has sha256 {actual}, expected {expected_sha256}: refusing to load"
+            )
     bundle = joblib.load(path)
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise ArtifactError(f"artifact {path} is not a bundle of format {BUNDLE_FORMAT}")

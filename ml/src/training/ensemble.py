@@ -25,11 +25,15 @@ class EnsembleModel:
         if isinstance(features, pd.DataFrame):
             missing = [c for c in self.feature_names if c not in features.columns]
             if missing:
-                raise ValueError(f"features missing {len(missing)} column(s) the model needs, e.g. {missing[:5]}")
+                raise ValueError(
+                    f"features missing {len(missing)} column(s) the model needs, e.g. {missing[:5]}"
+                )
             return features.loc[:, list(self.feature_names)].to_numpy(dtype="float64")
         x = np.asarray(features, dtype="float64")
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
-            raise ValueError(f"expected a 2-D array with {len(self.feature_names)} columns, got shape {x.shape}")
+            raise ValueError(
+                f"expected a 2-D array with {len(self.feature_names)} columns, got shape {x.shape}"
+            )
         return x
 
     def model_probas(self, features: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:

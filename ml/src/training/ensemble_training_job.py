@@ -75,7 +75,10 @@ def git_sha() -> str | None:
         return os.environ["GIT_SHA"]
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):
@@ -133,8 +136,13 @@ def train_pairs(
         req = prep.request
         try:
             result = persist_pair(
-                store, prep, fitted, run_id=run_id, models_dir=settings.models_dir,
-                trained_at=utcnow(), duration_s=time.perf_counter() - t0,
+                store,
+                prep,
+                fitted,
+                run_id=run_id,
+                models_dir=settings.models_dir,
+                trained_at=utcnow(),
+                duration_s=time.perf_counter() - t0,
             )
         except (StoreError, OSError) as exc:
             result = failed_result(req, f"{req.symbol}/{req.timeframe}: {exc}", time.perf_counter() - t0)
@@ -149,8 +157,14 @@ def train_pairs(
             finish(i, failed_result(req, str(exc), time.perf_counter() - t0, horizon))
         except Exception as exc:  # a bug must not stop the other pairs; the reason still gets recorded
             log.exception("%s/%s: unexpected error while preparing", req.symbol, req.timeframe)
-            finish(i, failed_result(req, f"{req.symbol}/{req.timeframe}: {type(exc).__name__}: {exc}",
-                                    time.perf_counter() - t0))
+            finish(
+                i,
+                failed_result(
+                    req,
+                    f"{req.symbol}/{req.timeframe}: {type(exc).__name__}: {exc}",
+                    time.perf_counter() - t0,
+                ),
+            )
         return None, t0
 
     if workers <= 1:
@@ -162,8 +176,12 @@ def train_pairs(
                 fitted = fit_pair(prep, settings, n_threads=os.cpu_count() or 1)
             except Exception as exc:
                 log.exception("%s/%s: fit failed", req.symbol, req.timeframe)
-                finish(i, failed_result(req, f"{req.symbol}/{req.timeframe}: fit failed: {exc}",
-                                        time.perf_counter() - t0))
+                finish(
+                    i,
+                    failed_result(
+                        req, f"{req.symbol}/{req.timeframe}: fit failed: {exc}", time.perf_counter() - t0
+                    ),
+                )
                 continue
             persist(i, prep, fitted, t0)
     else:
@@ -179,8 +197,14 @@ def train_pairs(
                         fitted = fut.result()
                     except Exception as exc:
                         log.error("%s/%s: fit failed: %s", req.symbol, req.timeframe, exc)
-                        finish(i, failed_result(req, f"{req.symbol}/{req.timeframe}: fit failed: {exc}",
-                                                time.perf_counter() - t0))
+                        finish(
+                            i,
+                            failed_result(
+                                req,
+                                f"{req.symbol}/{req.timeframe}: fit failed: {exc}",
+                                time.perf_counter() - t0,
+                            ),
+                        )
                         continue
                     persist(i, prep, fitted, t0)
 
@@ -221,8 +245,13 @@ def finish_run(store: TrainingStore, report: RunReport, status: str | None = Non
     report.status = status or report.final_status()
     c = report.counts
     outcome = RunOutcome(
-        status=report.status, finished_at=report.finished_at, n_pairs=len(report.results),
-        n_succeeded=c["succeeded"], n_failed=c["failed"], n_skipped=c["skipped"], error=report.error,
+        status=report.status,
+        finished_at=report.finished_at,
+        n_pairs=len(report.results),
+        n_succeeded=c["succeeded"],
+        n_failed=c["failed"],
+        n_skipped=c["skipped"],
+        error=report.error,
     )
     try:
         store.finish_run(report.run_id, outcome)
@@ -250,15 +279,21 @@ def run_job(
         for tf in timeframes
     ]
     scope = {
-        "symbols": list(symbols), "timeframes": list(timeframes),
-        "as_of": as_of.isoformat() if as_of else None, "lookback_days": lookback_days, "target_bars": target_bars,
+        "symbols": list(symbols),
+        "timeframes": list(timeframes),
+        "as_of": as_of.isoformat() if as_of else None,
+        "lookback_days": lookback_days,
+        "target_bars": target_bars,
     }
     report = start_run(store, settings, scope, trigger)
     n_workers = worker_count(settings, workers, len(requests))
-    log.info("run %s: %d pair(s), %d worker(s), %s store", report.run_id, len(requests), n_workers, store.name)
+    log.info(
+        "run %s: %d pair(s), %d worker(s), %s store", report.run_id, len(requests), n_workers, store.name
+    )
     try:
-        report.results = train_pairs(store, settings, requests, run_id=report.run_id, workers=n_workers,
-                                     progress=progress)
+        report.results = train_pairs(
+            store, settings, requests, run_id=report.run_id, workers=n_workers, progress=progress
+        )
     except KeyboardInterrupt:
         report.error = "interrupted"
         finish_run(store, report, status="interrupted")
@@ -281,21 +316,51 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--symbol", help="train one symbol")
     who.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="train these symbols")
-    who.add_argument("--all", action="store_true", help="train every active symbol in the store's symbols table")
-    p.add_argument("--timeframes", nargs="+", choices=TIMEFRAMES, default=list(TIMEFRAMES), metavar="TF",
-                   help=f"timeframes to train (default: all of {' '.join(TIMEFRAMES)})")
-    p.add_argument("--lookback", type=float, metavar="DAYS",
-                   help="only bars within DAYS of the latest bar (or of --as-of); default: no limit")
-    p.add_argument("--target-bars", type=int, metavar="N",
-                   help="bars in the training window (default: the timeframe's target_bars setting)")
-    p.add_argument("--as-of", metavar="TS",
-                   help="train as if it were TS: ignore later bars (ISO-8601; no offset means UTC)")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="pairs fitted in parallel processes (default: ML_WORKERS, 0 = one per core)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object on stdout (run_id, status, results); logs go to stderr")
-    p.add_argument("--trigger", choices=("manual", "scheduled", "api"), default="manual",
-                   help="recorded in the run ledger (the scheduler passes 'scheduled')")
+    who.add_argument(
+        "--all", action="store_true", help="train every active symbol in the store's symbols table"
+    )
+    p.add_argument(
+        "--timeframes",
+        nargs="+",
+        choices=TIMEFRAMES,
+        default=list(TIMEFRAMES),
+        metavar="TF",
+        help=f"timeframes to train (default: all of {' '.join(TIMEFRAMES)})",
+    )
+    p.add_argument(
+        "--lookback",
+        type=float,
+        metavar="DAYS",
+        help="only bars within DAYS of the latest bar (or of --as-of); default: no limit",
+    )
+    p.add_argument(
+        "--target-bars",
+        type=int,
+        metavar="N",
+        help="bars in the training window (default: the timeframe's target_bars setting)",
+    )
+    p.add_argument(
+        "--as-of",
+        metavar="TS",
+        help="train as if it were TS: ignore later bars (ISO-8601; no offset means UTC)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="pairs fitted in parallel processes (default: ML_WORKERS, 0 = one per core)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (run_id, status, results); logs go to stderr",
+    )
+    p.add_argument(
+        "--trigger",
+        choices=("manual", "scheduled", "api"),
+        default="manual",
+        help="recorded in the run ledger (the scheduler passes 'scheduled')",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -306,7 +371,9 @@ def resolve_scope(args: argparse.Namespace, settings: Settings, store: TrainingS
         assert store is not None
         symbols = store.list_active_symbols()
         if not symbols:
-            raise UsageError("--all: the store has no active symbols (load bars first: python -m ml.src.data.load_bars)")
+            raise UsageError(
+                "--all: the store has no active symbols (load bars first: python -m ml.src.data.load_bars)"
+            )
     elif args.symbol:
         symbols = [args.symbol]
     elif args.symbols:
@@ -331,8 +398,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
-                        force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
 
 
 def _progress_line(done: int, total: int, r: PairResult) -> None:
@@ -340,8 +408,14 @@ def _progress_line(done: int, total: int, r: PairResult) -> None:
         m = r.metrics
         log.info(
             "[%d/%d] %s/%s succeeded in %.2fs: test acc %.3f, balanced %.3f (majority %.3f, persistence %.3f)",
-            done, total, r.symbol, r.timeframe, r.duration_s, m["ensemble"]["test_accuracy"],
-            m["ensemble"]["test_balanced_accuracy"], m["baseline"]["test_accuracy"],
+            done,
+            total,
+            r.symbol,
+            r.timeframe,
+            r.duration_s,
+            m["ensemble"]["test_accuracy"],
+            m["ensemble"]["test_balanced_accuracy"],
+            m["baseline"]["test_accuracy"],
             m["persistence"]["test_accuracy"],
         )
     else:
@@ -382,8 +456,16 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
         try:
             report = run_job(
-                store, settings, symbols, args.timeframes, as_of=as_of, lookback_days=args.lookback,
-                target_bars=args.target_bars, workers=args.workers, trigger=args.trigger, progress=_progress_line,
+                store,
+                settings,
+                symbols,
+                args.timeframes,
+                as_of=as_of,
+                lookback_days=args.lookback,
+                target_bars=args.target_bars,
+                workers=args.workers,
+                trigger=args.trigger,
+                progress=_progress_line,
             )
         except StoreError as exc:
             print(f"error: cannot record the run: {exc}", file=sys.stderr)
@@ -418,8 +500,17 @@ def train_ensemble_for_symbol_timeframe(
         raise ValueError(f"unknown timeframe {timeframe!r}; expected one of {TIMEFRAMES}")
     store = db or open_store(settings)
     try:
-        report = run_job(store, settings, [symbol.upper()], [timeframe], as_of=as_of, lookback_days=lookback_days,
-                         target_bars=target_bars, workers=1, trigger="api")
+        report = run_job(
+            store,
+            settings,
+            [symbol.upper()],
+            [timeframe],
+            as_of=as_of,
+            lookback_days=lookback_days,
+            target_bars=target_bars,
+            workers=1,
+            trigger="api",
+        )
     finally:
         if db is None:
             store.close()
@@ -429,7 +520,8 @@ def train_ensemble_for_symbol_timeframe(
     out["success"] = result.status == "succeeded"
     if result.status == "succeeded" and result.metrics:
         out["models"] = {
-            name: {k: v for k, v in result.metrics[name].items() if not isinstance(v, list)} for name in ("rf", "gb")
+            name: {k: v for k, v in result.metrics[name].items() if not isinstance(v, list)}
+            for name in ("rf", "gb")
         }
         out["models_path"] = result.artifact_path
         out["validation_accuracy"] = result.metrics["ensemble"]["valid_accuracy"]

@@ -24,7 +24,9 @@ def label_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a class absent from a slice is reported by class_counts, not a warning
+        warnings.simplefilter(
+            "ignore"
+        )  # a class absent from a slice is reported by class_counts, not a warning
         return {
             "accuracy": float(accuracy_score(y_true, y_pred)),
             "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
 
 from config.settings import Settings
 
@@ -61,4 +65,7 @@ def build_gradient_boosting(settings: Settings, n_threads: int = 1) -> Any:
 
 
 def build_models(settings: Settings, n_threads: int = 1) -> dict[str, Any]:
-    return {"rf": build_random_forest(settings, n_threads), "gb": build_gradient_boosting(settings, n_threads)}
+    return {
+        "rf": build_random_forest(settings, n_threads),
+        "gb": build_gradient_boosting(settings, n_threads),
+    }

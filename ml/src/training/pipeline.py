@@ -167,10 +167,14 @@ def check_bars(bars: pd.DataFrame, label: str, spec: TimeframeSpec) -> None:
     values = bars[["open", "high", "low", "close", "volume"]].to_numpy(dtype="float64")
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise PairFailure(f"{label}: bar at {bars['ts'].iloc[int(np.argmax(bad))].isoformat()} has NaN or inf values")
+        raise PairFailure(
+            f"{label}: bar at {bars['ts'].iloc[int(np.argmax(bad))].isoformat()} has NaN or inf values"
+        )
     nonpos = (values[:, :4] <= 0).any(axis=1)
     if nonpos.any():
-        raise PairFailure(f"{label}: bar at {bars['ts'].iloc[int(np.argmax(nonpos))].isoformat()} has a price <= 0")
+        raise PairFailure(
+            f"{label}: bar at {bars['ts'].iloc[int(np.argmax(nonpos))].isoformat()} has a price <= 0"
+        )
     gaps = bars["ts"].diff().dt.total_seconds().to_numpy()[1:] / 86400.0
     if gaps.size and np.nanmax(gaps) > spec.max_gap_days:
         i = int(np.nanargmax(gaps))
@@ -264,7 +268,9 @@ def evaluate(
     out: dict[str, Any] = {}
     for name in MODEL_NAMES:
         out[name] = {
-            k: v for part in ("valid", "test") for k, v in prefixed(part, proba_metrics(y[part], probas[part][name])).items()
+            k: v
+            for part in ("valid", "test")
+            for k, v in prefixed(part, proba_metrics(y[part], probas[part][name])).items()
         }
     for name, w in blends.items():
         out[name] = {
@@ -281,7 +287,9 @@ def evaluate(
         base = label_metrics(y[part], np.full(n, major))
         base["log_loss"] = proba_metrics(y[part], prior_proba(train, n))["log_loss"]
         baseline.update(prefixed(part, base))
-        persistence.update(prefixed(part, label_metrics(y[part], persistence_predictions(prep.codes, rows, s.purge_bars))))
+        persistence.update(
+            prefixed(part, label_metrics(y[part], persistence_predictions(prep.codes, rows, s.purge_bars)))
+        )
     out["baseline"] = baseline
     out["persistence"] = persistence
     out["class_counts"] = {
@@ -315,7 +323,9 @@ def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> Fitt
     metrics = evaluate(probas, weights, prep)
     metrics["weights_fallback"] = fallback
     timings["weights"] = time.perf_counter() - t0
-    return FittedPair(models=models, weights=weights, weights_fallback=fallback, metrics=metrics, timings=timings)
+    return FittedPair(
+        models=models, weights=weights, weights_fallback=fallback, metrics=metrics, timings=timings
+    )
 
 
 # --------------------------------------------------------------------------------------------------- persist
@@ -407,7 +417,11 @@ def persist_pair(
 
 def failed_result(req: PairRequest, error: str, duration_s: float, horizon: int | None = None) -> PairResult:
     return PairResult(
-        symbol=req.symbol, timeframe=req.timeframe, status="failed", error=error, horizon_bars=horizon,
+        symbol=req.symbol,
+        timeframe=req.timeframe,
+        status="failed",
+        error=error,
+        horizon_bars=horizon,
         duration_s=duration_s,
     )
 

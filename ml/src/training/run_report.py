@@ -63,9 +63,7 @@ def summary_table(report: RunReport) -> str:
     lines = [header, "-" * len(header)]
     for r in report.results:
         if r.status != "succeeded" or not r.metrics:
-            lines.append(
-                f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.error or ''}"[: len(header) + 60]
-            )
+            lines.append(f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.error or ''}"[: len(header) + 60])
             continue
         m, w = r.metrics, r.weights or {}
         lines.append(

@@ -75,5 +75,6 @@ def purged_split(
         )
     v0 = n_train + purge
     t0 = v0 + n_valid + purge
-    return PurgedSplit(train=slice(0, n_train), valid=slice(v0, v0 + n_valid), test=slice(t0, n_rows),
-                       purge_bars=purge)
+    return PurgedSplit(
+        train=slice(0, n_train), valid=slice(v0, v0 + n_valid), test=slice(t0, n_rows), purge_bars=purge
+    )

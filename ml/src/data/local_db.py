@@ -70,7 +70,10 @@ create table if not exists training_results (
     error text,
     horizon_bars integer, n_train integer, n_valid integer, n_test integer,
     split text, weights text, metrics text,
-    artifact_path text, artifact_sha256 text, duration_s real,
+    artifact_path text,
+    artifact_sha256 text check (artifact_sha256 is null
+        or (length(artifact_sha256) = 64 and artifact_sha256 not glob '*[^0-9a-f]*')),
+    duration_s real,
     created_at text not null,
     unique (run_id, symbol, timeframe)
 );
@@ -81,7 +84,7 @@ create table if not exists model_versions (
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     run_id text not null references training_runs(run_id) on delete cascade,
     artifact_path text not null,
-    artifact_sha256 text not null,
+    artifact_sha256 text not null check (length(artifact_sha256) = 64 and artifact_sha256 not glob '*[^0-9a-f]*'),
     feature_version text not null,
     weights text, metrics text,
     trained_at text not null,

@@ -1,0 +1,404 @@
+"""Supabase store: the official `supabase` client talking to PostgREST (`<SUPABASE_URL>/rest/v1`).
+
+- Every read pages through PostgREST's row cap (1000 on hosted Supabase, possibly lower) with keyset
+  pagination on the key, stopping on an empty page, so a lower server cap never truncates silently.
+- Writes go in batches with `returning=minimal`.
+- Transient failures (gateway 5xx, timeouts, connection errors) are retried with bounded exponential backoff;
+  anything else surfaces at once as StoreError carrying the SQLSTATE and a one-line message.
+- The service key never appears in a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import pandas as pd
+from postgrest.exceptions import APIError
+from postgrest.types import CountMethod, ReturnMethod
+
+from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.store import (
+    BAR_COLUMNS,
+    StoreError,
+    StoreUnavailable,
+    TrainingStore,
+    empty_bars,
+    normalise_bars,
+)
+
+log = logging.getLogger("ml.store.supabase")
+
+T = TypeVar("T")
+
+PAGE_SIZE = 1000  # hosted Supabase's default max_rows; a lower server cap still pages correctly
+WRITE_BATCH = 1000  # well under nginx/Kong body limits (~7000 bar rows break a 1 MB limit)
+TRANSIENT_HTTP = frozenset({"408", "425", "429", "500", "502", "503", "504", "520", "522", "524"})
+# SQLSTATEs worth another try: serialization failure, deadlock, too many connections, statement timeout
+TRANSIENT_SQLSTATE = frozenset(
+    {
+        "40001",
+        "40P01",
+        "53300",
+        "57014",
+        "08000",
+        "08003",
+        "08006",
+        "PGRST000",
+        "PGRST001",
+        "PGRST002",
+        "PGRST003",
+    }
+)
+
+
+def iso(ts: datetime | pd.Timestamp) -> str:
+    t = pd.Timestamp(ts)
+    if t.tzinfo is None:
+        raise StoreError(f"naive timestamp {ts!r}: timestamps must be tz-aware UTC")
+    return t.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | pd.Timestamp):
+        return iso(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; a missing metric is null
+    return value
+
+
+class SupabaseStore(TrainingStore):
+    name = "supabase"
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        timeout_s: float = 30.0,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        from supabase import ClientOptions, create_client  # ~0.4 s import: only when Supabase is used
+
+        self.url = url.rstrip("/")
+        self._key = key
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+        # Our own httpx client: explicit timeout, closed on close(); the client's built-in GET retry is off
+        # because this class owns the retry policy (bounded, and for writes too).
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s))
+        try:
+            self.client = create_client(
+                self.url, key, ClientOptions(httpx_client=self._http, postgrest_client_retry=False)
+            )
+        except Exception as exc:  # bad URL etc.
+            self._http.close()
+            raise StoreError(self._clean(f"cannot create Supabase client for {self.url}: {exc}")) from None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SupabaseStore:
+        if not settings.supabase_url or settings.supabase_service_role_key is None:
+            raise StoreError("Supabase store needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
+        return cls(
+            settings.supabase_url,
+            settings.supabase_service_role_key.get_secret_value(),
+            timeout_s=settings.db_timeout_s,
+            max_retries=settings.db_max_retries,
+            backoff_s=settings.db_backoff_s,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the one place that talks to the network -------------------------------------------------
+    def _clean(self, text: str) -> str:
+        text = " ".join(str(text).split())
+        return text.replace(self._key, "***") if self._key else text
+
+    def _call(self, what: str, fn: Callable[[], T], *, on_retry_conflict_ok: bool = False) -> T:
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except APIError as exc:
+                code = str(exc.code or "")
+                if on_retry_conflict_ok and attempt > 0 and code == "23505":
+                    # an earlier attempt landed before its response was lost: the write is done
+                    return None  # type: ignore[return-value]
+                transient = code in TRANSIENT_HTTP or code in TRANSIENT_SQLSTATE
+                reason = f"SQLSTATE {code}: {exc.message}" if code else str(exc.message)
+                if exc.details and not transient:
+                    reason += f" ({exc.details})"
+                if not transient or attempt >= self.max_retries:
+                    cls = StoreUnavailable if transient else StoreError
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise cls(self._clean(f"supabase {what} failed{tries}: {reason}")) from None
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if attempt >= self.max_retries:
+                    raise StoreUnavailable(
+                        self._clean(f"supabase {what} failed after {attempt + 1} attempts: {reason}")
+                    ) from None
+            delay = self.backoff_s * (2**attempt)
+            log.warning(
+                "supabase %s: transient failure (%s), retry %d/%d in %.1fs",
+                what,
+                self._clean(reason),
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
+            self._sleep(delay)
+            attempt += 1
+
+    def _table(self, name: str) -> Any:
+        return self.client.table(name)
+
+    def _select_keyset(
+        self,
+        what: str,
+        table: str,
+        columns: str,
+        filters: Sequence[tuple[str, str, Any]],
+        key: str,
+        descending: bool,
+        limit: int | None,
+    ) -> list[dict[str, Any]]:
+        """All rows matching `filters`, ordered by the unique `key`, paged by key (no offset drift)."""
+        rows: list[dict[str, Any]] = []
+        last: Any = None
+        while limit is None or len(rows) < limit:
+            page = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(rows))
+
+            def fetch(last: Any = last, page: int = page) -> Any:
+                q = self._table(table).select(columns)
+                for op, col, value in filters:
+                    q = getattr(q, op)(col, value)
+                if last is not None:
+                    q = q.lt(key, last) if descending else q.gt(key, last)
+                return q.order(key, desc=descending).limit(page).execute()
+
+            data = self._call(what, fetch).data or []
+            if not data:
+                break
+            rows.extend(data)
+            last = data[-1][key]
+        return rows
+
+    def _write_batches(self, what: str, table: str, rows: list[dict[str, Any]], on_conflict: str) -> int:
+        for i in range(0, len(rows), WRITE_BATCH):
+            batch = rows[i : i + WRITE_BATCH]
+            self._call(
+                what,
+                lambda batch=batch: (
+                    self._table(table)
+                    .upsert(batch, on_conflict=on_conflict, returning=ReturnMethod.minimal)
+                    .execute()
+                ),
+            )
+        return len(rows)
+
+    # --- market data ------------------------------------------------------------------------------
+    def read_bars(self, symbol, timeframe, *, end=None, start=None, limit=None) -> pd.DataFrame:
+        filters: list[tuple[str, str, Any]] = [("eq", "symbol", symbol), ("eq", "timeframe", timeframe)]
+        if end is not None:
+            filters.append(("lte", "ts", iso(end)))
+        if start is not None:
+            filters.append(("gte", "ts", iso(start)))
+        rows = self._select_keyset(
+            f"read bars {symbol}/{timeframe}",
+            "ohlc_bars",
+            ",".join(BAR_COLUMNS),
+            filters,
+            "ts",
+            descending=True,
+            limit=limit,
+        )
+        if not rows:
+            return empty_bars()
+        frame = pd.DataFrame.from_records(rows[::-1], columns=list(BAR_COLUMNS))
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601")
+        for col in BAR_COLUMNS[1:]:
+            frame[col] = frame[col].astype("float64")
+        return frame
+
+    def upsert_bars(self, symbol, timeframe, bars) -> int:
+        frame = normalise_bars(bars)
+        ts = [iso(t) for t in frame["ts"]]
+        values = frame[list(BAR_COLUMNS[1:])].to_numpy(dtype="float64")
+        rows = [
+            {
+                "symbol": symbol,
+                "timeframe": timeframe,
+                "ts": t,
+                "open": v[0],
+                "high": v[1],
+                "low": v[2],
+                "close": v[3],
+                "volume": v[4],
+            }
+            for t, v in zip(ts, values.tolist(), strict=True)
+        ]
+        return self._write_batches(
+            f"upsert bars {symbol}/{timeframe}", "ohlc_bars", rows, "symbol,timeframe,ts"
+        )
+
+    def count_bars(self, symbol, timeframe) -> int:
+        res = self._call(
+            f"count bars {symbol}/{timeframe}",
+            lambda: (
+                self._table("ohlc_bars")
+                .select("ts", count=CountMethod.exact, head=True)
+                .eq("symbol", symbol)
+                .eq("timeframe", timeframe)
+                .execute()
+            ),
+        )
+        return int(res.count or 0)
+
+    def upsert_symbols(self, tickers: Iterable[str], active: bool = True) -> None:
+        rows = [{"ticker": t.upper(), "active": active} for t in tickers]
+        self._write_batches("upsert symbols", "symbols", rows, "ticker")
+
+    def list_active_symbols(self) -> list[str]:
+        rows = self._select_keyset(
+            "list symbols",
+            "symbols",
+            "ticker",
+            [("eq", "active", True)],
+            "ticker",
+            descending=False,
+            limit=None,
+        )
+        return [r["ticker"] for r in rows]
+
+    # --- feature cache ----------------------------------------------------------------------------
+    def read_feature_cache(self, symbol, timeframe, version, start, end) -> pd.DataFrame:
+        filters = [
+            ("eq", "symbol", symbol),
+            ("eq", "timeframe", timeframe),
+            ("eq", "feature_version", version),
+            ("gte", "ts", iso(start)),
+            ("lte", "ts", iso(end)),
+        ]
+        rows = self._select_keyset(
+            f"read feature cache {symbol}/{timeframe}",
+            "feature_cache",
+            "ts,features",
+            filters,
+            "ts",
+            descending=False,
+            limit=None,
+        )
+        if not rows:
+            return pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
+        frame = pd.DataFrame.from_records([r["features"] for r in rows])
+        frame.insert(0, "ts", pd.to_datetime([r["ts"] for r in rows], utc=True, format="ISO8601"))
+        return frame
+
+    def upsert_feature_cache(self, symbol, timeframe, version, features) -> int:
+        if features.empty:
+            return 0
+        cols = [c for c in features.columns if c != "ts"]
+        values = features[cols].to_numpy(dtype="float64")
+        if not np.isfinite(values).all():
+            raise StoreError(f"{symbol}/{timeframe}: refusing to cache non-finite feature values")
+        ts = [iso(t) for t in pd.to_datetime(features["ts"], utc=True)]
+        rows = [
+            {
+                "symbol": symbol,
+                "timeframe": timeframe,
+                "feature_version": version,
+                "ts": t,
+                "features": dict(zip(cols, row, strict=True)),
+            }
+            for t, row in zip(ts, values.tolist(), strict=True)
+        ]
+        return self._write_batches(
+            f"upsert feature cache {symbol}/{timeframe}",
+            "feature_cache",
+            rows,
+            "symbol,timeframe,feature_version,ts",
+        )
+
+    # --- run ledger and registry ------------------------------------------------------------------
+    def start_run(self, run: RunRecord) -> None:
+        row = _jsonable(run.to_row())
+        self._call(
+            f"record run {run.run_id}",
+            lambda: self._table("training_runs").insert(row, returning=ReturnMethod.minimal).execute(),
+            on_retry_conflict_ok=True,
+        )
+
+    def finish_run(self, run_id, outcome: RunOutcome) -> None:
+        row = _jsonable(outcome.to_row())
+        self._call(
+            f"finish run {run_id}",
+            lambda: (
+                self._table("training_runs")
+                .update(row, returning=ReturnMethod.minimal)
+                .eq("run_id", run_id)
+                .execute()
+            ),
+        )
+
+    def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
+        # One SQL function, one transaction: the result row and its model version land together or not at all.
+        params = {
+            "p_result": _jsonable(result.to_row()),
+            "p_model_version": _jsonable(model_version.to_row()) if model_version else None,
+        }
+        self._call(
+            f"record result {result.symbol}/{result.timeframe}",
+            lambda: self.client.rpc("record_training_result", params).execute(),
+            on_retry_conflict_ok=True,
+        )
+
+    def get_run(self, run_id) -> dict | None:
+        res = self._call(
+            f"read run {run_id}",
+            lambda: self._table("training_runs").select("*").eq("run_id", run_id).execute(),
+        )
+        return res.data[0] if res.data else None
+
+    def list_results(self, run_id) -> list[dict]:
+        return self._select_keyset(
+            f"read results of {run_id}",
+            "training_results",
+            "*",
+            [("eq", "run_id", run_id)],
+            "id",
+            descending=False,
+            limit=None,
+        )
+
+    def list_model_versions(self, symbol, timeframe) -> list[dict]:
+        return self._select_keyset(
+            f"read model versions {symbol}/{timeframe}",
+            "model_versions",
+            "*",
+            [("eq", "symbol", symbol), ("eq", "timeframe", timeframe)],
+            "id",
+            descending=True,
+            limit=None,
+        )
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(_jsonable(value))

@@ -1,0 +1,204 @@
+"""One contract, two stores: every test here runs against the embedded SQLite store and the Supabase store
+(official client -> PostgREST -> PostgreSQL, started by scripts/local_supabase.sh)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.src.data.local_db import SqliteStore
+from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.store import StoreError, TrainingStore
+from ml.src.data.supabase_db import SupabaseStore
+from tests.factories import real_bars
+
+SHA = "ab" * 32
+
+
+@pytest.fixture(params=["embedded", "supabase"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TrainingStore]:
+    if request.param == "embedded":
+        s: TrainingStore = SqliteStore(tmp_path / "contract.sqlite3")
+    else:
+        stack = request.getfixturevalue("supabase_stack")
+        s = SupabaseStore(
+            stack["SUPABASE_URL"], stack["SUPABASE_SERVICE_ROLE_KEY"], max_retries=1, backoff_s=0.01
+        )
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def symbol() -> str:
+    # Unique per test: the Supabase stack is shared by the whole session.
+    return "T" + uuid.uuid4().hex[:8].upper()
+
+
+def new_run(store: TrainingStore) -> str:
+    run_id = str(uuid.uuid4())
+    store.start_run(
+        RunRecord(run_id=run_id, started_at=datetime.now(UTC), config={"x": 1}, scope={"s": ["A"]})
+    )
+    return run_id
+
+
+def test_bars_round_trip_exactly(store: TrainingStore, symbol: str) -> None:
+    bars = real_bars("AAPL", "d1", last=300)
+    assert store.upsert_bars(symbol, "d1", bars) == 300
+    got = store.read_bars(symbol, "d1")
+    assert list(got.columns) == ["ts", "open", "high", "low", "close", "volume"]
+    assert str(got["ts"].dt.tz) == "UTC"
+    pd.testing.assert_frame_equal(got, bars, check_dtype=False)
+    np.testing.assert_array_equal(got["close"].to_numpy(), bars["close"].to_numpy())
+
+
+def test_read_bars_limit_end_start(store: TrainingStore, symbol: str) -> None:
+    bars = real_bars("SPY", "h1", last=200)
+    store.upsert_bars(symbol, "h1", bars)
+    last50 = store.read_bars(symbol, "h1", limit=50)
+    assert last50["ts"].tolist() == bars["ts"].iloc[-50:].tolist()
+    end = bars["ts"].iloc[99]
+    upto = store.read_bars(symbol, "h1", end=end, limit=10)
+    assert upto["ts"].tolist() == bars["ts"].iloc[90:100].tolist()
+    window = store.read_bars(symbol, "h1", start=bars["ts"].iloc[10], end=bars["ts"].iloc[19])
+    assert window["ts"].tolist() == bars["ts"].iloc[10:20].tolist()
+    assert store.read_bars(symbol, "m15").empty
+    assert store.read_bars("NOPE" + symbol, "h1").empty
+
+
+def test_reads_page_past_the_row_cap(store: TrainingStore, symbol: str) -> None:
+    bars = real_bars("AAPL", "h1", last=2600)
+    store.upsert_bars(symbol, "h1", bars)
+    assert store.count_bars(symbol, "h1") == 2600
+    got = store.read_bars(symbol, "h1")
+    assert len(got) == 2600 and got["ts"].is_monotonic_increasing
+    assert got["ts"].tolist() == bars["ts"].tolist()
+    assert len(store.read_bars(symbol, "h1", limit=2100)) == 2100
+
+
+def test_upsert_is_idempotent_and_replaces_values(store: TrainingStore, symbol: str) -> None:
+    bars = real_bars("IBM", "w1", last=40)
+    store.upsert_bars(symbol, "w1", bars)
+    store.upsert_bars(symbol, "w1", bars)
+    assert store.count_bars(symbol, "w1") == 40
+    corrected = bars.iloc[-1:].copy()
+    corrected["volume"] = corrected["volume"] + 1
+    store.upsert_bars(symbol, "w1", corrected)
+    assert store.read_bars(symbol, "w1", limit=1)["volume"].iloc[0] == corrected["volume"].iloc[0]
+    assert store.count_bars(symbol, "w1") == 40
+
+
+def test_bad_timeframe_is_rejected(store: TrainingStore, symbol: str) -> None:
+    with pytest.raises(StoreError):
+        store.upsert_bars(symbol, "m5", real_bars("IBM", "w1", last=3))
+
+
+def test_symbols(store: TrainingStore, symbol: str) -> None:
+    other = symbol + "X"
+    store.upsert_symbols([symbol, other])
+    assert {symbol, other} <= set(store.list_active_symbols())
+    store.upsert_symbols([other], active=False)
+    active = store.list_active_symbols()
+    assert symbol in active and other not in active
+
+
+def test_feature_cache_round_trip(store: TrainingStore, symbol: str) -> None:
+    ts = real_bars("MSFT", "m15", last=1200)["ts"]
+    rng = np.random.default_rng(7)  # cache payload only: arbitrary floats must survive the trip bit for bit
+    frame = pd.DataFrame({"ts": ts, "f_a": rng.normal(size=len(ts)), "f_b": rng.normal(size=len(ts)) * 1e-9})
+    assert store.upsert_feature_cache(symbol, "m15", "v-test", frame) == 1200
+    got = store.read_feature_cache(symbol, "m15", "v-test", ts.iloc[0], ts.iloc[-1])
+    assert got["ts"].tolist() == ts.tolist()
+    np.testing.assert_array_equal(got["f_a"].to_numpy(), frame["f_a"].to_numpy())
+    np.testing.assert_array_equal(got["f_b"].to_numpy(), frame["f_b"].to_numpy())
+    part = store.read_feature_cache(symbol, "m15", "v-test", ts.iloc[10], ts.iloc[19])
+    assert len(part) == 10
+    assert store.read_feature_cache(symbol, "m15", "v-other", ts.iloc[0], ts.iloc[-1]).empty
+    bad = frame.iloc[:2].copy()
+    bad.loc[0, "f_a"] = np.nan
+    with pytest.raises(StoreError, match="non-finite"):
+        store.upsert_feature_cache(symbol, "m15", "v-test", bad)
+
+
+def test_run_ledger_and_results(store: TrainingStore, symbol: str) -> None:
+    run_id = new_run(store)
+    assert store.get_run(run_id)["status"] == "running"
+    trained = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    result = ResultRecord(
+        run_id=run_id,
+        symbol=symbol,
+        timeframe="d1",
+        status="succeeded",
+        horizon_bars=5,
+        n_train=10,
+        n_valid=5,
+        n_test=5,
+        split={"purge_bars": 5},
+        weights={"rf": 0.4, "gb": 0.6},
+        metrics={"ensemble": {"test_accuracy": 0.5}},
+        artifact_path="x.joblib",
+        artifact_sha256=SHA,
+        duration_s=1.5,
+    )
+    version = ModelVersionRecord(
+        symbol=symbol,
+        timeframe="d1",
+        run_id=run_id,
+        artifact_path="x.joblib",
+        artifact_sha256=SHA,
+        feature_version="ta-v1",
+        trained_at=trained,
+        weights={"rf": 0.4, "gb": 0.6},
+    )
+    store.record_result(result, version)
+    store.record_result(
+        ResultRecord(run_id=run_id, symbol=symbol, timeframe="h1", status="failed", error="no bars")
+    )
+    store.finish_run(
+        run_id,
+        RunOutcome(
+            status="partial", finished_at=trained + timedelta(minutes=1), n_pairs=2, n_succeeded=1, n_failed=1
+        ),
+    )
+    run = store.get_run(run_id)
+    assert run["status"] == "partial" and run["n_failed"] == 1 and run["config"] == {"x": 1}
+    rows = store.list_results(run_id)
+    assert [(r["timeframe"], r["status"]) for r in rows] == [("d1", "succeeded"), ("h1", "failed")]
+    assert rows[0]["metrics"] == {"ensemble": {"test_accuracy": 0.5}} and rows[0]["artifact_sha256"] == SHA
+    versions = store.list_model_versions(symbol, "d1")
+    assert (
+        len(versions) == 1 and versions[0]["artifact_sha256"] == SHA and versions[0]["is_champion"] is False
+    )
+    assert pd.Timestamp(versions[0]["trained_at"]) == pd.Timestamp(trained)
+
+
+def test_result_and_model_version_are_written_together(store: TrainingStore, symbol: str) -> None:
+    run_id = new_run(store)
+    result = ResultRecord(
+        run_id=run_id, symbol=symbol, timeframe="w1", status="succeeded", artifact_sha256=SHA
+    )
+    broken = ModelVersionRecord(
+        symbol=symbol,
+        timeframe="w1",
+        run_id=run_id,
+        artifact_path="y",
+        artifact_sha256="nothex",
+        feature_version="ta-v1",
+        trained_at=datetime.now(UTC),
+    )
+    with pytest.raises(StoreError):
+        store.record_result(result, broken)
+    assert store.list_results(run_id) == []
+    assert store.list_model_versions(symbol, "w1") == []
+
+
+def test_bad_status_is_rejected(store: TrainingStore, symbol: str) -> None:
+    run_id = new_run(store)
+    with pytest.raises(StoreError):
+        store.record_result(ResultRecord(run_id=run_id, symbol=symbol, timeframe="d1", status="great"))

@@ -1,0 +1,208 @@
+"""The job against the real local Supabase stack: official client -> nginx gateway -> PostgREST -> PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from ml.src.data import load_bars
+from ml.src.data.store import StoreUnavailable
+from ml.src.data.supabase_db import SupabaseStore
+from ml.src.training.artifacts import sha256_file
+from ml.src.training.ensemble_training_job import main, run_job
+from tests.factories import real_bars, shared_csv
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def supabase_env(
+    supabase_stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    monkeypatch.setenv("SUPABASE_URL", supabase_stack["SUPABASE_URL"])
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", supabase_stack["SUPABASE_SERVICE_ROLE_KEY"])
+    monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ML_LOCAL_DB", str(tmp_path / "must-not-be-used.sqlite3"))
+    monkeypatch.setenv("ML_WORKERS", "1")
+    monkeypatch.setenv("ML_DB_BACKOFF_S", "0.01")
+    return supabase_stack
+
+
+def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, capsys, tmp_path) -> None:
+    # SPY h1 from the shared data, the last 3,000 bars, loaded through the CLI into Postgres via PostgREST
+    src = tmp_path / "SPY_h1.csv"
+    real_bars("SPY", "h1", last=3000).to_csv(src, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
+    pg.execute("delete from ohlc_bars where symbol = 'SPY' and timeframe = 'h1'")
+    pg.execute("delete from feature_cache where symbol = 'SPY' and timeframe = 'h1'")
+    assert load_bars.main([str(src), "--quiet"]) == 0
+    assert (
+        pg.execute("select count(*) from ohlc_bars where symbol='SPY' and timeframe='h1'").fetchone()[0]
+        == 3000
+    )
+
+    code = main(["--symbol", "SPY", "--timeframes", "h1", "--target-bars", "2700", "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    assert out["store"] == "supabase"
+    r = out["results"][0]
+    assert r["status"] == "succeeded"
+    assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * 5 + 5 == 2700
+    # every feature row of the 2,700-bar window is in Postgres, computed once
+    n_cache = pg.execute(
+        "select count(*) from feature_cache where symbol='SPY' and timeframe='h1'"
+    ).fetchone()[0]
+    assert n_cache == 2700
+
+    run = pg.execute(
+        "select status, n_succeeded, config_hash, host from training_runs where run_id = %s", (out["run_id"],)
+    ).fetchone()
+    assert run[0] == "succeeded" and run[1] == 1 and run[2] and run[3]
+    res = pg.execute(
+        "select status, artifact_sha256, metrics->'ensemble'->>'test_balanced_accuracy', n_test "
+        "from training_results where run_id = %s",
+        (out["run_id"],),
+    ).fetchone()
+    assert res[0] == "succeeded" and res[1] == r["artifact_sha256"] == sha256_file(r["artifact_path"])
+    assert float(res[2]) == pytest.approx(r["metrics"]["ensemble"]["test_balanced_accuracy"])
+    mv = pg.execute(
+        "select artifact_sha256, artifact_path from model_versions where run_id = %s", (out["run_id"],)
+    ).fetchone()
+    assert mv == (r["artifact_sha256"], r["artifact_path"])
+    latest = pg.execute(
+        "select run_id::text from latest_models where symbol='SPY' and timeframe='h1'"
+    ).fetchone()
+    assert latest[0] == out["run_id"]
+
+    # A second run reads the whole window from the cache: nothing recomputed, identical features.
+    code = main(["--symbol", "SPY", "--timeframes", "h1", "--target-bars", "2700", "--json", "--quiet"])
+    again = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert again["results"][0]["metrics"]["ensemble"] == r["metrics"]["ensemble"]
+    assert (
+        pg.execute("select count(*) from feature_cache where symbol='SPY' and timeframe='h1'").fetchone()[0]
+        == 2700
+    )
+
+
+class FaultyReads(SupabaseStore):
+    """Real gateway 503s (nginx's file switch) while reading one symbol's bars."""
+
+    def __init__(self, *args: Any, fault: Any, faulty_symbol: str, clear_after: int | None = None, **kw: Any):
+        self.fault, self.faulty_symbol, self.clear_after, self.sleeps = fault, faulty_symbol, clear_after, 0
+        super().__init__(*args, sleep=self._sleep_hook, **kw)
+
+    def _sleep_hook(self, seconds: float) -> None:
+        self.sleeps += 1
+        if self.clear_after is not None and self.sleeps >= self.clear_after:
+            self.fault.off()
+
+    def read_bars(self, symbol, timeframe, **kw):
+        if symbol != self.faulty_symbol:
+            return super().read_bars(symbol, timeframe, **kw)
+        self.fault.on()
+        try:
+            return super().read_bars(symbol, timeframe, **kw)
+        finally:
+            self.fault.off()
+
+
+def _seed_two_symbols(stack: dict[str, str]) -> None:
+    with SupabaseStore(stack["SUPABASE_URL"], stack["SUPABASE_SERVICE_ROLE_KEY"]) as s:
+        for sym in ("IBM", "GSPC"):
+            s.upsert_bars(sym, "d1", real_bars(sym, "d1", last=700))
+
+
+def test_persistent_503_fails_that_pair_and_the_run_goes_on(
+    supabase_env, gateway_fault_503, pg, caplog
+) -> None:
+    _seed_two_symbols(supabase_env)
+    key = supabase_env["SUPABASE_SERVICE_ROLE_KEY"]
+    store = FaultyReads(
+        supabase_env["SUPABASE_URL"],
+        key,
+        fault=gateway_fault_503,
+        faulty_symbol="IBM",
+        max_retries=2,
+        backoff_s=0.01,
+    )
+    with caplog.at_level(logging.WARNING), store:
+        report = run_job(store, Settings(), ["IBM", "GSPC"], ["d1"], target_bars=400, workers=1)
+    by = {r.symbol: r for r in report.results}
+    assert by["IBM"].status == "failed"
+    assert "503" in by["IBM"].error and "after 3 attempts" in by["IBM"].error and "\n" not in by["IBM"].error
+    assert by["GSPC"].status == "succeeded"
+    assert store.sleeps == 2  # bounded: two retries, then give up
+    row = pg.execute(
+        "select status, n_failed, n_succeeded from training_runs where run_id = %s", (report.run_id,)
+    ).fetchone()
+    assert row == ("partial", 1, 1)
+    errors = pg.execute(
+        "select symbol, status, error from training_results where run_id = %s order by symbol",
+        (report.run_id,),
+    ).fetchall()
+    assert [(e[0], e[1]) for e in errors] == [("GSPC", "succeeded"), ("IBM", "failed")]
+    assert key not in caplog.text and key not in (by["IBM"].error or "")
+
+
+def test_transient_503_is_retried(supabase_env, gateway_fault_503, caplog) -> None:
+    _seed_two_symbols(supabase_env)
+    store = FaultyReads(
+        supabase_env["SUPABASE_URL"],
+        supabase_env["SUPABASE_SERVICE_ROLE_KEY"],
+        fault=gateway_fault_503,
+        faulty_symbol="IBM",
+        clear_after=1,
+        max_retries=3,
+        backoff_s=0.01,
+    )
+    with caplog.at_level(logging.WARNING), store:
+        bars = store.read_bars("IBM", "d1", limit=10)
+    assert len(bars) == 10 and store.sleeps == 1
+    assert "transient failure" in caplog.text and "503" in caplog.text
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_database_down_is_one_clear_line(tmp_path, monkeypatch, capsys) -> None:
+    key = "sb_secret_do_not_print_me_0123456789"
+    monkeypatch.setenv("SUPABASE_URL", f"http://127.0.0.1:{_dead_port()}")
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", key)
+    monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ML_DB_MAX_RETRIES", "1")
+    monkeypatch.setenv("ML_DB_BACKOFF_S", "0.01")
+    assert main(["--symbol", "SPY", "--timeframes", "d1"]) == 1
+    captured = capsys.readouterr()
+    err_lines = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    assert len(err_lines) == 1 and "ConnectError" in err_lines[0] and "after 2 attempts" in err_lines[0]
+    assert key not in captured.err and key not in captured.out
+    assert not (tmp_path / "models").exists()
+
+
+def test_store_unavailable_is_typed(tmp_path) -> None:
+    store = SupabaseStore(f"http://127.0.0.1:{_dead_port()}", "k" * 40, max_retries=0)
+    with store, pytest.raises(StoreUnavailable, match="read bars AAPL/d1 failed"):
+        store.read_bars("AAPL", "d1", limit=5)
+
+
+def test_load_bars_cli_rejects_bad_file_and_writes_nothing(supabase_env, pg, tmp_path, capsys) -> None:
+    good = real_bars("GOOG", "d1", last=50)
+    bad = good.copy()
+    bad.loc[30, "low"] = bad.loc[30, "close"] * 1.5
+    path = tmp_path / "ZZBAD_d1.csv"
+    bad.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
+    assert load_bars.main([str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"load_bars: {path}: line 32: low > min(open, close)"
+    assert pg.execute("select count(*) from ohlc_bars where symbol='ZZBAD'").fetchone()[0] == 0
+    assert load_bars.main([str(shared_csv("GOOG", "w1")), "--quiet"]) == 0
+    assert pg.execute("select active from symbols where ticker='GOOG'").fetchone()[0] is True

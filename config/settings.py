@@ -137,6 +137,43 @@ class Settings(BaseSettings):
     gb_min_samples_leaf: int = Field(default=5, ge=1)
     ridge_alpha: float = Field(default=1.0, gt=0)
 
+    # --- nightly schedule (cron fields, UTC; the scheduler skips NYSE holidays) ------------------------------
+    # 22:30 UTC Mon-Fri = 17:30 EST / 18:30 EDT: after the 16:00 New York close, all year round.
+    schedule_daily_cron: str = "30 22 * * mon-fri"
+    schedule_daily_timeframes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["m15", "h1", "h4", "d1"]
+    )
+    # Saturday 14:00 UTC = 09:00 EST / 10:00 EDT: once a week, after the week's last session.
+    schedule_weekly_cron: str = "0 14 * * sat"
+    schedule_weekly_timeframes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["w1"])
+    schedule_misfire_grace_hours: float = Field(default=6.0, gt=0)
+    schedule_skip_holidays: bool = True
+
+    # --- one run at a time ------------------------------------------------------------------------------
+    lease_ttl_s: int = Field(default=900, ge=10, description="a lease not renewed for this long is expired")
+
+    # --- validation, registry, monitoring -----------------------------------------------------------------
+    walk_forward_folds: int = Field(default=0, ge=0, description="nightly walk-forward folds; 0 = off")
+    trading_fee_bps: float = Field(default=5.0, ge=0)
+    trading_slippage_bps: float = Field(default=5.0, ge=0)
+    trading_allow_short: bool = True
+    promotion_metric: Literal["test_balanced_accuracy", "test_accuracy", "test_macro_f1"] = (
+        "test_balanced_accuracy"
+    )
+    promotion_margin: float = Field(
+        default=0.0, ge=0, description="a challenger must beat the champion by this"
+    )
+    promotion_baseline_margin: float = Field(default=0.0, ge=0, description="and every baseline by this")
+    keep_versions: int = Field(
+        default=5, ge=1, description="newest versions kept per pair, besides the champion"
+    )
+    monitor_retrain_drop: float = Field(
+        default=0.05, ge=0, description="RETRAIN when accuracy falls this much"
+    )
+    monitor_disable_runs: int = Field(
+        default=3, ge=1, description="DISABLE after this many runs below baselines"
+    )
+
     # --- execution ------------------------------------------------------------------------------------
     workers: int = Field(
         default=0, ge=0, description="processes training pairs in parallel; 0 = one per core"
@@ -151,6 +188,16 @@ class Settings(BaseSettings):
         value = _split_list(value)
         if isinstance(value, list):
             return [str(v).strip().upper() for v in value]
+        return value
+
+    @field_validator("schedule_daily_timeframes", "schedule_weekly_timeframes", mode="before")
+    @classmethod
+    def _parse_timeframe_list(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if isinstance(value, list):
+            bad = [v for v in value if v not in TIMEFRAMES]
+            if bad:
+                raise ValueError(f"unknown timeframe(s) {bad}; expected a subset of {list(TIMEFRAMES)}")
         return value
 
     @field_validator("timeframes", mode="before")

@@ -80,7 +80,9 @@ def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, caps
     assert latest[0] == out["run_id"]
 
     # A second run reads the whole window from the cache: nothing recomputed, identical features.
-    code = main(["--symbol", "SPY", "--timeframes", "h1", "--target-bars", "2700", "--json", "--quiet"])
+    code = main(
+        ["--symbol", "SPY", "--timeframes", "h1", "--target-bars", "2700", "--json", "--quiet", "--force"]
+    )
     again = json.loads(capsys.readouterr().out)
     assert code == 0
     assert again["results"][0]["metrics"]["ensemble"] == r["metrics"]["ensemble"]

@@ -250,7 +250,7 @@ def test_help_explains_every_flag(capsys) -> None:
 def test_parallel_workers_match_sequential(embedded_store: SqliteStore, capsys) -> None:
     load(embedded_store, "NVDA", "h1", 700)
     load(embedded_store, "NVDA", "m15", 700)
-    argv = ["--symbol", "NVDA", "--timeframes", "h1", "m15", "--target-bars", TARGET]
+    argv = ["--symbol", "NVDA", "--timeframes", "h1", "m15", "--target-bars", TARGET, "--force"]
     code1, seq = run_json([*argv, "--workers", "1"], capsys)
     code2, par = run_json([*argv, "--workers", "2"], capsys)
     assert code1 == code2 == 0

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
 from ml.src.data.store import BAR_COLUMNS, StoreError, TrainingStore, empty_bars, normalise_bars
 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -90,6 +91,13 @@ create table if not exists model_versions (
     trained_at text not null,
     is_champion integer not null default 0,
     created_at text not null
+);
+create table if not exists job_leases (
+    name text primary key,
+    holder text not null,
+    run_id text,
+    acquired_at text not null,
+    expires_at text not null
 );
 create unique index if not exists model_versions_one_champion on model_versions (symbol, timeframe)
     where is_champion = 1;
@@ -322,3 +330,99 @@ class SqliteStore(TrainingStore):
             (symbol, timeframe),
         )
         return [_from_db(r) for r in rows]
+
+    def last_trained_bar_ts(self, symbol, timeframe) -> datetime | None:
+        rows = self._query(
+            "select json_extract(split, '$.data_end') from training_results where symbol = ? and timeframe = ?"
+            " and status = 'succeeded' order by id desc limit 1",
+            (symbol, timeframe),
+        )
+        return pd.Timestamp(rows[0][0]).to_pydatetime() if rows and rows[0][0] else None
+
+    def mark_runs_abandoned(self, run_ids: Sequence[str], reason: str) -> int:
+        if not run_ids:
+            return 0
+        marks = ",".join("?" for _ in run_ids)
+        return self._write(
+            f"update training_runs set status = 'abandoned', error = ?, finished_at = ?"
+            f" where status = 'running' and run_id in ({marks})",
+            (reason, _now(), *run_ids),
+        )
+
+    # --- leases: one writer at a time via BEGIN IMMEDIATE; times from this process's clock -----------
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("begin immediate")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("rollback")
+                    raise
+                self._conn.execute("commit")
+            except sqlite3.Error as exc:
+                raise StoreError(f"embedded store lease operation failed: {exc}") from exc
+
+    def acquire_leases(self, names, holder, ttl_s, run_id=None) -> LeaseGrant:
+        wanted = sorted(set(names))
+        now = datetime.now(UTC)
+        expires = now + timedelta(seconds=ttl_s)
+        taken_over: list[dict[str, Any]] = []
+        with self._immediate() as conn:
+            rows = {
+                r["name"]: r
+                for r in conn.execute(
+                    f"select * from job_leases where name in ({','.join('?' for _ in wanted)})", wanted
+                ).fetchall()
+            }
+            for name in wanted:
+                row = rows.get(name)
+                if row is not None and row["holder"] != holder and parse_ts(row["expires_at"]) > now:
+                    return LeaseGrant(
+                        acquired=False,
+                        name=name,
+                        holder=row["holder"],
+                        expires_at=parse_ts(row["expires_at"]),
+                    )
+            for name in wanted:
+                row = rows.get(name)
+                if row is not None and row["holder"] != holder:
+                    taken_over.append({"name": name, "holder": row["holder"], "run_id": row["run_id"]})
+                keep_acquired = (
+                    row is not None and row["holder"] == holder and parse_ts(row["expires_at"]) > now
+                )
+                conn.execute(
+                    "insert or replace into job_leases (name, holder, run_id, acquired_at, expires_at)"
+                    " values (?,?,?,?,?)",
+                    (
+                        name,
+                        holder,
+                        run_id,
+                        row["acquired_at"] if keep_acquired else format_ts(now),
+                        format_ts(expires),
+                    ),
+                )
+        return LeaseGrant(
+            acquired=True,
+            names=tuple(wanted),
+            holder=holder,
+            expires_at=expires,
+            taken_over=tuple(taken_over),
+        )
+
+    def renew_leases(self, names, holder, ttl_s) -> int:
+        wanted = sorted(set(names))
+        expires = format_ts(datetime.now(UTC) + timedelta(seconds=ttl_s))
+        marks = ",".join("?" for _ in wanted)
+        return self._write(
+            f"update job_leases set expires_at = ? where holder = ? and name in ({marks})",
+            (expires, holder, *wanted),
+        )
+
+    def release_leases(self, names, holder) -> int:
+        wanted = sorted(set(names))
+        marks = ",".join("?" for _ in wanted)
+        return self._write(
+            f"delete from job_leases where holder = ? and name in ({marks})", (holder, *wanted)
+        )

@@ -88,3 +88,15 @@ class ModelVersionRecord:
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    """The answer to acquire_leases: all named leases taken, or the first one held by someone else."""
+
+    acquired: bool
+    names: tuple[str, ...] = ()
+    holder: str | None = None  # on conflict: who holds `name`
+    name: str | None = None
+    expires_at: datetime | None = None
+    taken_over: tuple[dict[str, Any], ...] = ()  # expired leases of dead holders: name, holder, run_id

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -96,6 +96,28 @@ class TrainingStore(ABC):
     @abstractmethod
     def list_model_versions(self, symbol: str, timeframe: str) -> list[dict]:
         """Model versions of a pair, newest first."""
+
+    @abstractmethod
+    def last_trained_bar_ts(self, symbol: str, timeframe: str) -> datetime | None:
+        """The last bar (`split.data_end`) the pair's latest successful training used, or None."""
+
+    @abstractmethod
+    def mark_runs_abandoned(self, run_ids: Sequence[str], reason: str) -> int:
+        """Runs still `running` whose holder died: set status abandoned; returns how many changed."""
+
+    # --- leases: one run at a time per (symbol, timeframe) ------------------------------------------
+    @abstractmethod
+    def acquire_leases(
+        self, names: Sequence[str], holder: str, ttl_s: int, run_id: str | None = None
+    ) -> LeaseGrant:
+        """Take every named lease or none. A lease is free if absent, expired, or already held by `holder`."""
+
+    @abstractmethod
+    def renew_leases(self, names: Sequence[str], holder: str, ttl_s: int) -> int:
+        """Extend the named leases still held by `holder`; fewer than len(set(names)) means one was lost."""
+
+    @abstractmethod
+    def release_leases(self, names: Sequence[str], holder: str) -> int: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 from postgrest.exceptions import APIError
 from postgrest.types import CountMethod, ReturnMethod
 
-from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
 from ml.src.data.store import (
     BAR_COLUMNS,
     StoreError,
@@ -399,6 +398,68 @@ class SupabaseStore(TrainingStore):
             limit=None,
         )
 
+    def last_trained_bar_ts(self, symbol, timeframe) -> datetime | None:
+        res = self._call(
+            f"read last training {symbol}/{timeframe}",
+            lambda: (
+                self._table("training_results")
+                .select("data_end:split->>data_end")
+                .eq("symbol", symbol)
+                .eq("timeframe", timeframe)
+                .eq("status", "succeeded")
+                .order("id", desc=True)
+                .limit(1)
+                .execute()
+            ),
+        )
+        value = res.data[0]["data_end"] if res.data else None
+        return pd.Timestamp(value).to_pydatetime() if value else None
 
-def dumps(value: Any) -> str:
-    return json.dumps(_jsonable(value))
+    def mark_runs_abandoned(self, run_ids: Sequence[str], reason: str) -> int:
+        if not run_ids:
+            return 0
+        res = self._call(
+            "mark runs abandoned",
+            lambda: (
+                self._table("training_runs")
+                .update(
+                    {"status": "abandoned", "error": reason, "finished_at": iso(pd.Timestamp.now(tz="UTC"))}
+                )
+                .in_("run_id", list(run_ids))
+                .eq("status", "running")
+                .execute()
+            ),
+        )
+        return len(res.data or [])
+
+    # --- leases: SQL functions, the database clock decides expiry -------------------------------------
+    def acquire_leases(self, names, holder, ttl_s, run_id=None) -> LeaseGrant:
+        params = {
+            "p_names": sorted(set(names)),
+            "p_holder": holder,
+            "p_ttl_seconds": int(ttl_s),
+            "p_run_id": run_id,
+        }
+        data = self._call("acquire leases", lambda: self.client.rpc("acquire_leases", params).execute()).data
+        expires = pd.Timestamp(data["expires_at"]).to_pydatetime() if data.get("expires_at") else None
+        if not data.get("acquired"):
+            return LeaseGrant(
+                acquired=False, name=data.get("name"), holder=data.get("holder"), expires_at=expires
+            )
+        return LeaseGrant(
+            acquired=True,
+            names=tuple(data.get("names") or ()),
+            holder=holder,
+            expires_at=expires,
+            taken_over=tuple(data.get("taken_over") or ()),
+        )
+
+    def renew_leases(self, names, holder, ttl_s) -> int:
+        params = {"p_names": sorted(set(names)), "p_holder": holder, "p_ttl_seconds": int(ttl_s)}
+        return int(self._call("renew leases", lambda: self.client.rpc("renew_leases", params).execute()).data)
+
+    def release_leases(self, names, holder) -> int:
+        params = {"p_names": sorted(set(names)), "p_holder": holder}
+        return int(
+            self._call("release leases", lambda: self.client.rpc("release_leases", params).execute()).data
+        )

@@ -12,9 +12,11 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,6 +33,7 @@ from config.settings import TIMEFRAMES, Settings, get_settings, settings_error_l
 from ml.src.data.load_bars import SYMBOL_RE
 from ml.src.data.records import RunOutcome, RunRecord
 from ml.src.data.store import StoreError, TrainingStore, open_store, unique_upper
+from ml.src.training.leases import LeaseRenewer, holder_name, lease_name
 from ml.src.training.pipeline import (
     FittedPair,
     PairFailure,
@@ -40,14 +43,57 @@ from ml.src.training.pipeline import (
     failed_result,
     fit_pair,
     library_versions,
+    no_new_bars_reason,
     persist_pair,
     prepare_pair,
+    skipped_result,
 )
 from ml.src.training.run_report import RunReport, summary_table
 
 log = logging.getLogger("ml.training")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds an overlapping lease; try again later
+EXIT_INTERRUPTED = 130
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask the running job to finish the pair in progress and stop (SIGTERM / Ctrl-C handlers call this)."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()
+
+
+def install_stop_handlers() -> Callable[[], None]:
+    """SIGTERM / first Ctrl-C: finish the pair in progress, then stop; a second Ctrl-C aborts at once.
+
+    Returns a function that restores the previous handlers (only the main thread can install them).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    clear_stop()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and stop_requested():
+            raise KeyboardInterrupt
+        log.warning("%s: finishing the pair in progress, then stopping", signal.Signals(signum).name)
+        request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 class UsageError(ValueError):
@@ -95,6 +141,11 @@ def worker_count(settings: Settings, requested: int | None, n_pairs: int) -> int
     if n <= 0:
         n = os.cpu_count() or 1
     return max(1, min(n, n_pairs))
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C goes to the whole process group: the parent decides (finish the pair, then stop), not the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _fit_in_worker(prep: PreparedPair, settings: Settings) -> FittedPair:
@@ -151,6 +202,10 @@ def train_pairs(
     def prepare(i: int, req: PairRequest) -> tuple[PreparedPair | None, float]:
         t0 = time.perf_counter()
         try:
+            reason = no_new_bars_reason(store, req)
+            if reason is not None:
+                finish(i, skipped_result(req, reason, time.perf_counter() - t0))
+                return None, t0
             return prepare_pair(store, req, settings), t0
         except (PairFailure, StoreError) as exc:
             horizon = settings.timeframes[req.timeframe].horizon_bars
@@ -169,6 +224,8 @@ def train_pairs(
 
     if workers <= 1:
         for i, req in enumerate(requests):
+            if stop_requested():
+                break
             prep, t0 = prepare(i, req)
             if prep is None:
                 continue
@@ -187,7 +244,7 @@ def train_pairs(
     else:
         pending: dict[Future[FittedPair], tuple[int, PreparedPair, float]] = {}
         ctx = get_context("forkserver") if sys.platform != "win32" else None
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
 
             def drain(block: bool) -> None:
                 for fut in [f for f in pending if block or f.done()]:
@@ -209,6 +266,8 @@ def train_pairs(
                     persist(i, prep, fitted, t0)
 
             for i, req in enumerate(requests):
+                if stop_requested():
+                    break
                 prep, t0 = prepare(i, req)
                 if prep is not None:
                     pending[pool.submit(_fit_in_worker, prep, settings)] = (i, prep, t0)
@@ -219,7 +278,7 @@ def train_pairs(
                     drain(block=False)
             while pending:
                 drain(block=True)
-    return [results[i] for i in range(total)]
+    return [results[i] for i in sorted(results)]
 
 
 def start_run(store: TrainingStore, settings: Settings, scope: dict[str, Any], trigger: str) -> RunReport:
@@ -270,11 +329,20 @@ def run_job(
     lookback_days: float | None = None,
     target_bars: int | None = None,
     workers: int | None = None,
+    force: bool = False,
     trigger: str = "manual",
     progress: Callable[[int, int, PairResult], None] | None = None,
 ) -> RunReport:
+    """Record a run, take the leases of its pairs, train them, release the leases, record the outcome."""
     requests = [
-        PairRequest(symbol=s, timeframe=tf, as_of=as_of, lookback_days=lookback_days, target_bars=target_bars)
+        PairRequest(
+            symbol=s,
+            timeframe=tf,
+            as_of=as_of,
+            lookback_days=lookback_days,
+            target_bars=target_bars,
+            force=force,
+        )
         for s in symbols
         for tf in timeframes
     ]
@@ -284,21 +352,48 @@ def run_job(
         "as_of": as_of.isoformat() if as_of else None,
         "lookback_days": lookback_days,
         "target_bars": target_bars,
+        "force": force,
     }
     report = start_run(store, settings, scope, trigger)
+    names = [lease_name(r.symbol, r.timeframe) for r in requests]
+    holder = holder_name(report.run_id)
+    grant = store.acquire_leases(names, holder, settings.lease_ttl_s, report.run_id)
+    if not grant.acquired:
+        until = grant.expires_at.isoformat() if grant.expires_at else "?"
+        report.locked_by = f"lease {grant.name} is held by {grant.holder} until {until}"
+        report.error = f"another run is active: {report.locked_by}"
+        finish_run(store, report, status="skipped")
+        return report
+    if grant.taken_over:
+        dead = [t["run_id"] for t in grant.taken_over if t.get("run_id")]
+        n = store.mark_runs_abandoned(dead, f"abandoned: its lease expired and run {report.run_id} took over")
+        log.warning("took over %d expired lease(s); %d run(s) marked abandoned", len(grant.taken_over), n)
+
+    def lost(reason: str) -> None:
+        log.error("run %s: %s; stopping after the pair in progress", report.run_id, reason)
+        report.error = reason
+        request_stop()
+
     n_workers = worker_count(settings, workers, len(requests))
     log.info(
         "run %s: %d pair(s), %d worker(s), %s store", report.run_id, len(requests), n_workers, store.name
     )
     try:
-        report.results = train_pairs(
-            store, settings, requests, run_id=report.run_id, workers=n_workers, progress=progress
-        )
-    except KeyboardInterrupt:
-        report.error = "interrupted"
-        finish_run(store, report, status="interrupted")
-        raise
-    finish_run(store, report)
+        with LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost):
+            report.results = train_pairs(
+                store, settings, requests, run_id=report.run_id, workers=n_workers, progress=progress
+            )
+        if stop_requested():
+            report.interrupted = True
+            report.error = (
+                report.error or f"interrupted after {len(report.results)} of {len(requests)} pair(s)"
+            )
+        finish_run(store, report, status="interrupted" if report.interrupted else None)
+    finally:
+        try:
+            store.release_leases(names, holder)
+        except StoreError as exc:  # they expire on their own after lease_ttl_s
+            log.error("run %s: could not release leases: %s", report.run_id, exc)
     return report
 
 
@@ -311,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
             "validate it on a later slice, save the bundle under ML_MODELS_DIR and record the run in the store "
             "(Supabase when SUPABASE_URL is set, else the embedded SQLite store at ML_LOCAL_DB)."
         ),
-        epilog="Exit codes: 0 every pair succeeded; 1 a pair or the run failed; 2 bad usage or settings.",
+        epilog=(
+            "Exit codes: 0 every pair succeeded or was skipped; 1 a pair or the run failed; 2 bad usage or "
+            "settings; 75 another run holds an overlapping lease (nothing trained); 130 interrupted."
+        ),
     )
     who = p.add_mutually_exclusive_group()
     who.add_argument("--symbol", help="train one symbol")
@@ -343,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of",
         metavar="TS",
         help="train as if it were TS: ignore later bars (ISO-8601; no offset means UTC)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train even pairs whose latest bar was already trained on (default: skip them as 'no new bars')",
     )
     p.add_argument(
         "--workers",
@@ -454,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         except StoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        restore_signals = install_stop_handlers()
         try:
             report = run_job(
                 store,
@@ -464,16 +568,18 @@ def main(argv: list[str] | None = None) -> int:
                 lookback_days=args.lookback,
                 target_bars=args.target_bars,
                 workers=args.workers,
+                force=args.force,
                 trigger=args.trigger,
                 progress=_progress_line,
             )
         except StoreError as exc:
             print(f"error: cannot record the run: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        finally:
+            restore_signals()
 
+    if report.locked_by:
+        print(f"error: {report.error}; this run ({report.run_id}) is recorded as skipped", file=sys.stderr)
     table = summary_table(report)
     if args.json:
         print(table, file=sys.stderr)
@@ -505,6 +611,7 @@ def train_ensemble_for_symbol_timeframe(
             settings,
             [symbol.upper()],
             [timeframe],
+            force=True,  # an explicit API call means "train now"
             as_of=as_of,
             lookback_days=lookback_days,
             target_bars=target_bars,

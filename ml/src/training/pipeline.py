@@ -57,6 +57,7 @@ class PairRequest:
     as_of: datetime | None = None
     lookback_days: float | None = None
     target_bars: int | None = None
+    force: bool = False
 
 
 @dataclass
@@ -246,7 +247,7 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         returns=returns,
         thresholds=thresholds,
         split=split,
-        split_info=split.boundaries(ts),
+        split_info={**split.boundaries(ts), "data_end": bars["ts"].iloc[-1].isoformat()},
         n_bars=len(bars),
         n_cached=feats.n_cached,
         n_computed=feats.n_computed,
@@ -413,6 +414,25 @@ def persist_pair(
         path.unlink(missing_ok=True)  # an artifact nobody can find is worse than none
         raise
     return result
+
+
+def no_new_bars_reason(store: TrainingStore, req: PairRequest) -> str | None:
+    """Why this pair needs no training now (its latest bar was already trained on), or None."""
+    if req.force:
+        return None
+    last_trained = store.last_trained_bar_ts(req.symbol, req.timeframe)
+    if last_trained is None:
+        return None
+    latest = store.read_bars(req.symbol, req.timeframe, end=req.as_of, limit=1)
+    if latest.empty or latest["ts"].iloc[-1] > pd.Timestamp(last_trained):
+        return None
+    return f"no new bars (latest {latest['ts'].iloc[-1].isoformat()} already trained on; --force to retrain)"
+
+
+def skipped_result(req: PairRequest, reason: str, duration_s: float) -> PairResult:
+    return PairResult(
+        symbol=req.symbol, timeframe=req.timeframe, status="skipped", error=reason, duration_s=duration_s
+    )
 
 
 def failed_result(req: PairRequest, error: str, duration_s: float, horizon: int | None = None) -> PairResult:

@@ -18,6 +18,8 @@ class RunReport:
     finished_at: datetime | None = None
     status: str = "running"
     error: str | None = None
+    locked_by: str | None = None  # another run's lease stopped this one before it trained anything
+    interrupted: bool = False
 
     @property
     def counts(self) -> dict[str, int]:
@@ -33,6 +35,10 @@ class RunReport:
         return "partial" if c["succeeded"] else "failed"
 
     def exit_code(self) -> int:
+        if self.locked_by:
+            return 75
+        if self.interrupted:
+            return 130
         return 0 if self.counts["failed"] == 0 and self.error is None else 1
 
     def to_json(self) -> dict[str, Any]:
@@ -46,6 +52,7 @@ class RunReport:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "duration_s": round(duration, 3) if duration is not None else None,
             "counts": self.counts,
+            "locked_by": self.locked_by,
             "results": [r.to_json() for r in self.results],
         }
 

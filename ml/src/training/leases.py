@@ -1,0 +1,63 @@
+"""One run at a time per (symbol, timeframe): named leases in the store, renewed while a run works."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+
+from ml.src.data.store import StoreError, TrainingStore
+
+log = logging.getLogger("ml.leases")
+
+
+def lease_name(symbol: str, timeframe: str) -> str:
+    return f"train:{symbol}:{timeframe}"
+
+
+def holder_name(run_id: str) -> str:
+    """Who holds a lease: enough to find the process (host, pid) and its ledger row (run id)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
+
+
+class LeaseRenewer:
+    """Renews the leases every ttl/3 seconds in a daemon thread; calls on_lost if one was taken from us."""
+
+    def __init__(
+        self,
+        store: TrainingStore,
+        names: Sequence[str],
+        holder: str,
+        ttl_s: int,
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self.store, self.names, self.holder, self.ttl_s, self.on_lost = (
+            store,
+            list(names),
+            holder,
+            ttl_s,
+            on_lost,
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-renewer", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                renewed = self.store.renew_leases(self.names, self.holder, self.ttl_s)
+            except StoreError as exc:  # keep trying: the lease is still ours until someone takes it over
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            if renewed < len(set(self.names)):
+                self.on_lost(f"lost {len(set(self.names)) - renewed} lease(s) to another run")
+                return
+
+    def __enter__(self) -> LeaseRenewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -26,6 +26,7 @@ def test_shared_data_is_present() -> None:
     # Never skip for missing data: CI clones ../shared beside the repo, and a skipped test is a failed test.
     assert ALL_CSVS, f"shared market data not found in {DATA_DIR}"
 
+
 # The contract the persistent feature cache relies on.
 WINDOW_RTOL, WINDOW_ATOL = 1e-6, 1e-9
 

@@ -75,6 +75,8 @@ create table if not exists training_results (
     artifact_sha256 text check (artifact_sha256 is null
         or (length(artifact_sha256) = 64 and artifact_sha256 not glob '*[^0-9a-f]*')),
     duration_s real,
+    walk_forward text,
+    promotion text,
     created_at text not null,
     unique (run_id, symbol, timeframe)
 );
@@ -90,6 +92,7 @@ create table if not exists model_versions (
     weights text, metrics text,
     trained_at text not null,
     is_champion integer not null default 0,
+    promoted_at text,
     created_at text not null
 );
 create table if not exists job_leases (
@@ -103,7 +106,9 @@ create unique index if not exists model_versions_one_champion on model_versions 
     where is_champion = 1;
 """
 
-_JSON_COLUMNS = frozenset({"package_versions", "config", "scope", "split", "weights", "metrics"})
+_JSON_COLUMNS = frozenset(
+    {"package_versions", "config", "scope", "split", "weights", "metrics", "walk_forward", "promotion"}
+)
 _BOOL_COLUMNS = frozenset({"active", "is_champion"})
 
 
@@ -310,9 +315,15 @@ class SqliteStore(TrainingStore):
                 with self._conn:  # one transaction: both rows or neither
                     self._insert("training_results", {**result.to_row(), "created_at": _now()}, self._conn)
                     if model_version is not None:
-                        self._insert(
-                            "model_versions", {**model_version.to_row(), "created_at": _now()}, self._conn
-                        )
+                        row = {**model_version.to_row(), "created_at": _now()}
+                        if model_version.is_champion:  # move the pointer in the same transaction
+                            self._conn.execute(
+                                "update model_versions set is_champion = 0"
+                                " where symbol = ? and timeframe = ? and is_champion = 1",
+                                (model_version.symbol, model_version.timeframe),
+                            )
+                            row["promoted_at"] = row["created_at"]
+                        self._insert("model_versions", row, self._conn)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot record result {result.symbol}/{result.timeframe}: {exc}") from exc
 
@@ -330,6 +341,45 @@ class SqliteStore(TrainingStore):
             (symbol, timeframe),
         )
         return [_from_db(r) for r in rows]
+
+    def get_champion(self, symbol, timeframe) -> dict | None:
+        rows = self._query(
+            "select * from model_versions where symbol = ? and timeframe = ? and is_champion = 1",
+            (symbol, timeframe),
+        )
+        return _from_db(rows[0]) if rows else None
+
+    def prune_model_versions(self, symbol, timeframe, keep) -> list[dict]:
+        where = (
+            "where symbol = ? and timeframe = ? and is_champion = 0 and id not in"
+            " (select id from model_versions where symbol = ? and timeframe = ? order by id desc limit ?)"
+        )
+        params = (symbol, timeframe, symbol, timeframe, max(keep, 0))
+        with self._lock:
+            try:
+                with self._conn:
+                    rows = [
+                        _from_db(r)
+                        for r in self._conn.execute(f"select * from model_versions {where}", params)
+                    ]
+                    self._conn.execute(f"delete from model_versions {where}", params)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot prune model versions {symbol}/{timeframe}: {exc}") from exc
+        return rows
+
+    def results_history(self, symbol=None, timeframe=None) -> list[dict]:
+        sql = (
+            "select r.*, t.started_at from training_results r join training_runs t on t.run_id = r.run_id"
+            " where r.status = 'succeeded'"
+        )
+        params: list[Any] = []
+        if symbol is not None:
+            sql += " and r.symbol = ?"
+            params.append(symbol)
+        if timeframe is not None:
+            sql += " and r.timeframe = ?"
+            params.append(timeframe)
+        return [_from_db(r) for r in self._query(sql + " order by t.started_at, r.id", tuple(params))]
 
     def last_trained_bar_ts(self, symbol, timeframe) -> datetime | None:
         rows = self._query(

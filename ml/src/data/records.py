@@ -66,6 +66,8 @@ class ResultRecord:
     artifact_path: str | None = None
     artifact_sha256: str | None = None
     duration_s: float | None = None
+    walk_forward: dict[str, Any] | None = None
+    promotion: dict[str, Any] | None = None
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)

@@ -98,6 +98,18 @@ class TrainingStore(ABC):
         """Model versions of a pair, newest first."""
 
     @abstractmethod
+    def get_champion(self, symbol: str, timeframe: str) -> dict | None:
+        """The pair's champion model version, or None."""
+
+    @abstractmethod
+    def prune_model_versions(self, symbol: str, timeframe: str, keep: int) -> list[dict]:
+        """Delete non-champion versions beyond the newest `keep`; returns the deleted rows (for their files)."""
+
+    @abstractmethod
+    def results_history(self, symbol: str | None = None, timeframe: str | None = None) -> list[dict]:
+        """Succeeded results (with their run's started_at), oldest first; optionally for one pair."""
+
+    @abstractmethod
     def last_trained_bar_ts(self, symbol: str, timeframe: str) -> datetime | None:
         """The last bar (`split.data_end`) the pair's latest successful training used, or None."""
 

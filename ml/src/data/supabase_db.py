@@ -398,6 +398,47 @@ class SupabaseStore(TrainingStore):
             limit=None,
         )
 
+    def get_champion(self, symbol, timeframe) -> dict | None:
+        res = self._call(
+            f"read champion {symbol}/{timeframe}",
+            lambda: (
+                self._table("model_versions")
+                .select("*")
+                .eq("symbol", symbol)
+                .eq("timeframe", timeframe)
+                .eq("is_champion", True)
+                .execute()
+            ),
+        )
+        return res.data[0] if res.data else None
+
+    def prune_model_versions(self, symbol, timeframe, keep) -> list[dict]:
+        params = {"p_symbol": symbol, "p_timeframe": timeframe, "p_keep": int(keep)}
+        res = self._call(
+            f"prune model versions {symbol}/{timeframe}",
+            lambda: self.client.rpc("prune_model_versions", params).execute(),
+        )
+        return list(res.data or [])
+
+    def results_history(self, symbol=None, timeframe=None) -> list[dict]:
+        filters: list[tuple[str, str, Any]] = [("eq", "status", "succeeded")]
+        if symbol is not None:
+            filters.append(("eq", "symbol", symbol))
+        if timeframe is not None:
+            filters.append(("eq", "timeframe", timeframe))
+        rows = self._select_keyset(
+            "read results history",
+            "training_results",
+            "*,training_runs(started_at)",
+            filters,
+            "id",
+            descending=False,
+            limit=None,
+        )
+        for r in rows:
+            r["started_at"] = (r.pop("training_runs") or {}).get("started_at")
+        return sorted(rows, key=lambda r: (r["started_at"] or "", r["id"]))
+
     def last_trained_bar_ts(self, symbol, timeframe) -> datetime | None:
         res = self._call(
             f"read last training {symbol}/{timeframe}",

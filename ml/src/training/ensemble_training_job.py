@@ -48,6 +48,7 @@ from ml.src.training.pipeline import (
     prepare_pair,
     skipped_result,
 )
+from ml.src.training.registry import decide_promotion, prune_versions
 from ml.src.training.run_report import RunReport, summary_table
 
 log = logging.getLogger("ml.training")
@@ -186,6 +187,7 @@ def train_pairs(
     def persist(i: int, prep: PreparedPair, fitted: FittedPair, t0: float) -> None:
         req = prep.request
         try:
+            decision = decide_promotion(store, prep, fitted, settings)
             result = persist_pair(
                 store,
                 prep,
@@ -194,9 +196,20 @@ def train_pairs(
                 models_dir=settings.models_dir,
                 trained_at=utcnow(),
                 duration_s=time.perf_counter() - t0,
+                promotion=decision,
             )
         except (StoreError, OSError) as exc:
             result = failed_result(req, f"{req.symbol}/{req.timeframe}: {exc}", time.perf_counter() - t0)
+        else:
+            pruned = prune_versions(store, req.symbol, req.timeframe, settings.keep_versions)
+            log.debug(
+                "%s/%s: %s (%s); %d old version(s) pruned",
+                req.symbol,
+                req.timeframe,
+                "champion" if decision.promote else "challenger",
+                decision.reason,
+                pruned,
+            )
         finish(i, result)
 
     def prepare(i: int, req: PairRequest) -> tuple[PreparedPair | None, float]:
@@ -230,7 +243,8 @@ def train_pairs(
             if prep is None:
                 continue
             try:
-                fitted = fit_pair(prep, settings, n_threads=os.cpu_count() or 1)
+                # one thread even when alone: OpenMP learners on busy (shared) cores slow down by 10-40x
+                fitted = fit_pair(prep, settings, n_threads=1)
             except Exception as exc:
                 log.exception("%s/%s: fit failed", req.symbol, req.timeframe)
                 finish(
@@ -443,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train as if it were TS: ignore later bars (ISO-8601; no offset means UTC)",
     )
     p.add_argument(
+        "--walk-forward",
+        type=int,
+        metavar="K",
+        help="also evaluate K expanding-window folds, refitting models and weights per fold "
+        "(default: ML_WALK_FORWARD_FOLDS, 0 = off)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="train even pairs whose latest bar was already trained on (default: skip them as 'no new bars')",
@@ -497,6 +518,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--target-bars must be >= 1")
     if args.workers is not None and args.workers < 0:
         raise UsageError("--workers must be >= 0")
+    if args.walk_forward is not None and not 0 <= args.walk_forward <= 20:
+        raise UsageError("--walk-forward must be between 0 and 20 folds")
 
 
 def setup_logging(quiet: bool, verbose: bool) -> None:
@@ -536,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         as_of = parse_as_of(args.as_of) if args.as_of else None
         settings = Settings()
+        if args.walk_forward is not None:
+            settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -42,7 +42,10 @@ from ml.src.training.metrics import (
     proba_metrics,
 )
 from ml.src.training.models import MODEL_NAMES, build_models
+from ml.src.training.registry import PromotionDecision
 from ml.src.training.splits import PurgedSplit, SplitError, purged_split
+from ml.src.training.trading_metrics import information_coefficient, trading_metrics
+from ml.src.training.walk_forward import walk_forward
 from ml.src.training.weights import blend, direction_score, equal_weights, fit_ridge_weights
 
 
@@ -84,6 +87,7 @@ class FittedPair:
     weights_fallback: bool
     metrics: dict[str, Any]
     timings: dict[str, float]
+    walk_forward: dict[str, Any] | None = None
 
 
 @dataclass
@@ -105,6 +109,8 @@ class PairResult:
     artifact_sha256: str | None = None
     duration_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    walk_forward: dict[str, Any] | None = None
+    promotion: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +129,8 @@ class PairResult:
             "artifact_sha256": self.artifact_sha256,
             "duration_s": round(self.duration_s, 3),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "walk_forward": self.walk_forward,
+            "promotion": self.promotion,
         }
 
     def to_record(self, run_id: str) -> ResultRecord:
@@ -142,6 +150,8 @@ class PairResult:
             artifact_path=self.artifact_path,
             artifact_sha256=self.artifact_sha256,
             duration_s=round(self.duration_s, 3),
+            walk_forward=self.walk_forward,
+            promotion=self.promotion,
         )
 
 
@@ -257,7 +267,10 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
 
 # ------------------------------------------------------------------------------------------------------- fit
 def evaluate(
-    probas: dict[str, dict[str, np.ndarray]], weights: dict[str, float], prep: PreparedPair
+    probas: dict[str, dict[str, np.ndarray]],
+    weights: dict[str, float],
+    prep: PreparedPair,
+    settings: Settings,
 ) -> dict[str, Any]:
     """Metrics on valid and test for each model, the fitted and the equal-weight blend, and the baselines."""
     s = prep.split
@@ -299,6 +312,21 @@ def evaluate(
         "test": class_counts(y["test"]),
     }
     out["thresholds"] = prep.thresholds.to_dict()
+    # Signal quality: does the direction score rank the realised horizon returns? And a simple trading read.
+    ens = {part: blend(probas[part], weights) for part in ("valid", "test")}
+    out["ic"] = {
+        part: information_coefficient(direction_score(ens[part]), prep.returns[rows])
+        for part, rows in (("valid", s.valid), ("test", s.test))
+    }
+    out["trading"] = trading_metrics(
+        ens["test"].argmax(axis=1),
+        prep.returns[s.test],
+        horizon=prep.spec.horizon_bars,
+        bars_per_year=prep.spec.bars_per_year,
+        fee_bps=settings.trading_fee_bps,
+        slippage_bps=settings.trading_slippage_bps,
+        allow_short=settings.trading_allow_short,
+    ).to_dict()
     return out
 
 
@@ -321,11 +349,33 @@ def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> Fitt
     weights, fallback = fit_ridge_weights(
         {n: direction_score(probas["valid"][n]) for n in MODEL_NAMES}, target, settings.ridge_alpha
     )
-    metrics = evaluate(probas, weights, prep)
+    metrics = evaluate(probas, weights, prep, settings)
     metrics["weights_fallback"] = fallback
     timings["weights"] = time.perf_counter() - t0
+    wf = None
+    if settings.walk_forward_folds > 0:
+        t0 = time.perf_counter()
+        try:
+            wf = walk_forward(
+                prep.x,
+                prep.returns,
+                prep.ts,
+                folds=settings.walk_forward_folds,
+                horizon=prep.spec.horizon_bars,
+                threshold=prep.spec.threshold,
+                settings=settings,
+                n_threads=n_threads,
+            )
+        except ValueError as exc:
+            wf = {"error": str(exc), "folds": [], "summary": {}}
+        timings["walk_forward"] = time.perf_counter() - t0
     return FittedPair(
-        models=models, weights=weights, weights_fallback=fallback, metrics=metrics, timings=timings
+        models=models,
+        weights=weights,
+        weights_fallback=fallback,
+        metrics=metrics,
+        timings=timings,
+        walk_forward=wf,
     )
 
 
@@ -358,8 +408,13 @@ def persist_pair(
     models_dir: Path,
     trained_at: datetime,
     duration_s: float,
+    promotion: PromotionDecision | None = None,
 ) -> PairResult:
-    """Write the artifact, then the result row and model version together; no row without its artifact."""
+    """Write the artifact, then the result row and model version together; no row without its artifact.
+
+    The champion pointer moves (if `promotion` says so) in the same store transaction, after the artifact is
+    on disk.
+    """
     req = prep.request
     t0 = time.perf_counter()
     path = artifacts.artifact_path(models_dir, req.symbol, req.timeframe, run_id, trained_at)
@@ -396,6 +451,8 @@ def persist_pair(
         artifact_sha256=sha,
         duration_s=duration_s + timings["save"],
         timings=timings,
+        walk_forward=fitted.walk_forward,
+        promotion=promotion.to_dict() if promotion else None,
     )
     version = ModelVersionRecord(
         symbol=req.symbol,
@@ -407,6 +464,7 @@ def persist_pair(
         trained_at=trained_at,
         weights=fitted.weights,
         metrics={k: fitted.metrics[k] for k in ("ensemble", "baseline", "persistence")},
+        is_champion=bool(promotion and promotion.promote),
     )
     try:
         store.record_result(result.to_record(run_id), version)

@@ -1,0 +1,191 @@
+"""Model health per (symbol, timeframe): compare each pair's latest run with its history.
+
+    python -m ml.src.monitoring.report [--symbol S] [--timeframe TF] [--json] [--fail-on-flag]
+
+RETRAIN: the latest test metric fell by more than `monitor_retrain_drop` below the mean of the previous runs,
+         or the champion is missing or older than the timeframe's `max_model_age_days`.
+DISABLE: the champion has not beaten its baselines in each of the last `monitor_disable_runs` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.data.store import StoreError, TrainingStore, open_store
+
+log = logging.getLogger("ml.monitoring")
+
+HISTORY_RUNS = 5  # previous runs the latest is compared with
+
+
+@dataclass
+class PairHealth:
+    symbol: str
+    timeframe: str
+    metric: str
+    runs: int
+    latest_at: str | None
+    latest: float | None
+    history_mean: float | None
+    champion_trained_at: str | None
+    champion_expired: bool
+    runs_below_baselines: int
+    flags: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def champion_vs_baselines(result: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
+    """The champion's score and the best baseline's, on that run's comparison window when there was one."""
+    promo = result.get("promotion") or {}
+    metrics = result.get("metrics") or {}
+    if promo.get("decision") == "challenger" and promo.get("champion") is not None:
+        champion = _num(promo.get("champion"))
+    else:  # this run's model became (or is the first) champion: its own test score
+        champion = _num((promo or {}).get("challenger")) or _num(metrics.get("ensemble", {}).get(metric))
+    baselines = [_num(v) for v in (promo.get("baselines") or {}).values()]
+    if not any(b is not None for b in baselines):
+        baselines = [_num(metrics.get(k, {}).get(metric)) for k in ("baseline", "persistence")]
+    best = max((b for b in baselines if b is not None), default=None)
+    return champion, best
+
+
+def assess_pair(
+    history: list[dict[str, Any]], champion: dict[str, Any] | None, settings: Settings, now: datetime
+) -> PairHealth:
+    """history: the pair's succeeded results, oldest first."""
+    metric = settings.promotion_metric
+    last = history[-1]
+    symbol, tf = last["symbol"], last["timeframe"]
+    scores = [_num((r.get("metrics") or {}).get("ensemble", {}).get(metric)) for r in history]
+    latest = scores[-1]
+    previous = [s for s in scores[-1 - HISTORY_RUNS : -1] if s is not None]
+    mean_prev = sum(previous) / len(previous) if previous else None
+    health = PairHealth(
+        symbol=symbol,
+        timeframe=tf,
+        metric=metric,
+        runs=len(history),
+        latest_at=str(last.get("started_at")),
+        latest=latest,
+        history_mean=mean_prev,
+        champion_trained_at=None,
+        champion_expired=False,
+        runs_below_baselines=0,
+    )
+    if latest is not None and mean_prev is not None and latest < mean_prev - settings.monitor_retrain_drop:
+        health.flags.append("RETRAIN")
+        health.reasons.append(
+            f"{metric} fell to {latest:.3f} from a mean of {mean_prev:.3f} over the previous {len(previous)} run(s)"
+        )
+    max_age = timedelta(days=settings.timeframes[tf].max_model_age_days)
+    if champion is None:
+        health.champion_expired = True
+        health.reasons.append("no champion")
+    else:
+        trained = pd.Timestamp(champion["trained_at"])
+        health.champion_trained_at = trained.isoformat()
+        if pd.Timestamp(now) - trained > max_age:
+            health.champion_expired = True
+            health.reasons.append(f"champion trained {trained.isoformat()} is older than {max_age.days} days")
+    if health.champion_expired and "RETRAIN" not in health.flags:
+        health.flags.append("RETRAIN")
+
+    n = settings.monitor_disable_runs
+    below = 0
+    for r in history[-n:]:
+        champ, best = champion_vs_baselines(r, metric)
+        if champ is not None and best is not None and champ <= best:
+            below += 1
+    health.runs_below_baselines = below
+    if len(history) >= n and below == n:
+        health.flags.append("DISABLE")
+        health.reasons.append(f"champion did not beat its baselines in any of the last {n} runs")
+    return health
+
+
+def build_report(
+    store: TrainingStore,
+    settings: Settings,
+    symbol: str | None = None,
+    timeframe: str | None = None,
+    now: datetime | None = None,
+) -> list[PairHealth]:
+    now = now or datetime.now(UTC)
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in store.results_history(symbol, timeframe):
+        by_pair[(row["symbol"], row["timeframe"])].append(row)
+    return [
+        assess_pair(rows, store.get_champion(sym, tf), settings, now)
+        for (sym, tf), rows in sorted(by_pair.items(), key=lambda kv: (kv[0][0], TIMEFRAMES.index(kv[0][1])))
+    ]
+
+
+def _fmt(v: float | None) -> str:
+    return f"{v:.3f}" if v is not None else "-"
+
+
+def table(rows: list[PairHealth]) -> str:
+    head = (
+        f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5}  {'flags':<16} reasons"
+    )
+    lines = [head, "-" * len(head)]
+    for h in rows:
+        lines.append(
+            f"{h.symbol:<8} {h.timeframe:<4} {h.runs:>4} {_fmt(h.latest):>7} {_fmt(h.history_mean):>7} "
+            f"{h.runs_below_baselines:>5}  {','.join(h.flags) or 'OK':<16} {'; '.join(h.reasons)}"
+        )
+    if not rows:
+        lines.append("no succeeded training results yet")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m ml.src.monitoring.report",
+        description="Flag pairs to RETRAIN (accuracy fell, or the champion expired) or DISABLE (the champion "
+        "no longer beats its baselines). Exit 0; with --fail-on-flag, 3 when any pair is flagged.",
+    )
+    p.add_argument("--symbol", help="only this symbol")
+    p.add_argument("--timeframe", choices=TIMEFRAMES, help="only this timeframe")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any pair is flagged")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(settings_error_line(exc), file=sys.stderr)
+        return 2
+    try:
+        with open_store(settings) as store:
+            rows = build_report(store, settings, args.symbol.upper() if args.symbol else None, args.timeframe)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps([r.to_dict() for r in rows]) if args.json else table(rows))
+    return 3 if args.fail_on_flag and any(r.flags for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

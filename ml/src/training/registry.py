@@ -1,0 +1,195 @@
+"""Model registry: which version of a pair is the champion, and which versions are kept.
+
+A new version becomes champion only if, on the same most recent window (rows neither model has seen), it
+beats the current champion and every baseline by the configured margins on the chosen metric. The first
+version of a pair is its champion. Pointers move in the store's transaction that records the result, after
+the new artifact is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ml.src.data.store import StoreError, TrainingStore
+from ml.src.features.technical_indicators import FEATURE_COLUMNS
+from ml.src.training.artifacts import ArtifactError, EnsembleModel, load_ensemble
+from ml.src.training.metrics import label_metrics, majority_class, persistence_predictions
+from ml.src.training.weights import blend
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+    from ml.src.training.pipeline import FittedPair, PreparedPair
+
+log = logging.getLogger("ml.registry")
+
+METRIC_KEYS = {
+    "test_balanced_accuracy": "balanced_accuracy",
+    "test_accuracy": "accuracy",
+    "test_macro_f1": "macro_f1",
+}
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+    metric: str
+    challenger: float | None = None
+    champion: float | None = None
+    baselines: dict[str, float] = field(default_factory=dict)
+    window: dict[str, Any] | None = None
+    champion_version_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["decision"] = "champion" if self.promote else "challenger"
+        return out
+
+
+def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
+    return float(label_metrics(y, pred)[METRIC_KEYS[metric]])
+
+
+def decide_promotion(
+    store: TrainingStore, prep: PreparedPair, fitted: FittedPair, settings: Settings
+) -> PromotionDecision:
+    metric = settings.promotion_metric
+    req = prep.request
+    current = store.get_champion(req.symbol, req.timeframe)
+    if current is None:
+        return PromotionDecision(True, "first version of the pair", metric)
+    cid = current.get("id")
+    try:
+        champion = load_ensemble(current["artifact_path"], expected_sha256=current["artifact_sha256"])
+    except (ArtifactError, OSError) as exc:
+        return PromotionDecision(
+            True, f"current champion is unusable ({exc})", metric, champion_version_id=cid
+        )
+    if tuple(champion.feature_names) != tuple(FEATURE_COLUMNS):
+        return PromotionDecision(
+            True, "current champion uses another feature set", metric, champion_version_id=cid
+        )
+
+    # The same most recent window for both: the new test rows the champion never saw (after its validation
+    # slice, whose labels look h bars further ahead).
+    test = prep.split.test
+    ts_test = prep.ts.iloc[test].reset_index(drop=True)
+    seen_until = pd.Timestamp(
+        champion.metadata.get("split", {}).get("valid_end", "1970-01-01T00:00:00+00:00")
+    )
+    unseen = np.flatnonzero((ts_test > seen_until).to_numpy())
+    first = int(unseen[0]) + prep.spec.horizon_bars if unseen.size else len(ts_test)
+    rows = np.arange(test.start + first, test.stop)
+    window = {
+        "n": int(rows.size),
+        "start": prep.ts.iloc[rows[0]].isoformat() if rows.size else None,
+        "end": prep.ts.iloc[rows[-1]].isoformat() if rows.size else None,
+    }
+    if rows.size < settings.min_rows_per_split:
+        return PromotionDecision(
+            False,
+            f"only {rows.size} test rows unseen by the champion: too few to compare; champion kept",
+            metric,
+            window=window,
+            champion_version_id=cid,
+        )
+
+    x, y = prep.x[rows], prep.codes[rows]
+    challenger_pred = blend({n: m.predict_proba(x) for n, m in fitted.models.items()}, fitted.weights).argmax(
+        axis=1
+    )
+    chal = _score(metric, y, challenger_pred)
+    champ = _score(metric, y, champion.predict_proba(x).argmax(axis=1))
+    major = majority_class(prep.codes[prep.split.train])
+    lo = int(rows[0])
+    baselines = {
+        "majority": _score(metric, y, np.full(rows.size, major)),
+        "persistence": _score(
+            metric, y, persistence_predictions(prep.codes, slice(lo, lo + rows.size), prep.spec.horizon_bars)
+        ),
+    }
+    args = dict(
+        metric=metric,
+        challenger=chal,
+        champion=champ,
+        baselines=baselines,
+        window=window,
+        champion_version_id=cid,
+    )
+    if chal <= champ + settings.promotion_margin:
+        return PromotionDecision(
+            False,
+            f"{metric} {chal:.4f} does not beat the champion's {champ:.4f} + margin "
+            f"{settings.promotion_margin:g}",
+            **args,
+        )
+    best_name, best = max(baselines.items(), key=lambda kv: kv[1])
+    if chal <= best + settings.promotion_baseline_margin:
+        return PromotionDecision(
+            False,
+            f"{metric} {chal:.4f} does not beat the {best_name} baseline's {best:.4f} + margin "
+            f"{settings.promotion_baseline_margin:g}",
+            **args,
+        )
+    return PromotionDecision(True, f"{metric} {chal:.4f} beats champion {champ:.4f} and baselines", **args)
+
+
+def prune_versions(store: TrainingStore, symbol: str, timeframe: str, keep: int) -> int:
+    """Retention: rows first (never the champion), then their files; returns how many versions went."""
+    try:
+        deleted = store.prune_model_versions(symbol, timeframe, keep)
+    except StoreError as exc:
+        log.warning("%s/%s: retention skipped: %s", symbol, timeframe, exc)
+        return 0
+    for row in deleted:
+        Path(row["artifact_path"]).unlink(missing_ok=True)
+    return len(deleted)
+
+
+class ChampionError(ArtifactError):
+    """No usable champion for a pair (none, expired, or built for another feature set)."""
+
+
+def load_champion(
+    symbol: str,
+    timeframe: str,
+    *,
+    settings: Settings | None = None,
+    store: TrainingStore | None = None,
+    now: datetime | None = None,
+) -> EnsembleModel:
+    """The pair's verified champion (store from settings unless given); refuses an expired or stale one."""
+    from config.settings import get_settings
+    from ml.src.data.store import open_store
+
+    settings = settings or get_settings()
+    own = store is None
+    store = store or open_store(settings)
+    try:
+        row = store.get_champion(symbol, timeframe)
+    finally:
+        if own:
+            store.close()
+    if row is None:
+        raise ChampionError(f"{symbol}/{timeframe}: no champion model yet (train the pair first)")
+    trained = pd.Timestamp(row["trained_at"])
+    max_age = timedelta(days=settings.timeframes[timeframe].max_model_age_days)
+    now = now or datetime.now(UTC)
+    if pd.Timestamp(now) - trained > max_age:
+        raise ChampionError(
+            f"{symbol}/{timeframe}: champion trained {trained.isoformat()} is older than "
+            f"{max_age.days} days (max_model_age_days); retrain it"
+        )
+    model = load_ensemble(row["artifact_path"], expected_sha256=row["artifact_sha256"])
+    if tuple(model.feature_names) != tuple(FEATURE_COLUMNS):
+        raise ChampionError(
+            f"{symbol}/{timeframe}: champion was trained on a different feature list than the current feature set"
+        )
+    return model

@@ -202,3 +202,51 @@ def test_bad_status_is_rejected(store: TrainingStore, symbol: str) -> None:
     run_id = new_run(store)
     with pytest.raises(StoreError):
         store.record_result(ResultRecord(run_id=run_id, symbol=symbol, timeframe="d1", status="great"))
+
+
+def _expire(store: TrainingStore, request: pytest.FixtureRequest, name: str) -> None:
+    """Move a lease's expiry into the past, as if its holder died long ago."""
+    if isinstance(store, SqliteStore):
+        store._write(
+            "update job_leases set expires_at = ? where name = ?", ("2000-01-01T00:00:00.000000Z", name)
+        )
+    else:
+        pg = request.getfixturevalue("pg")
+        pg.execute("update job_leases set expires_at = now() - interval '1 hour' where name = %s", (name,))
+
+
+def test_leases_all_or_none(store: TrainingStore, symbol: str) -> None:
+    x, y, z = (f"train:{symbol}:{tf}" for tf in ("d1", "h1", "w1"))
+    a = store.acquire_leases([x, y], "host-a:1:run-a", 600, None)
+    assert a.acquired and set(a.names) == {x, y} and a.expires_at is not None
+    b = store.acquire_leases([z, y], "host-b:2:run-b", 600, None)
+    assert not b.acquired and b.name == y and b.holder == "host-a:1:run-a" and b.expires_at is not None
+    # nothing of b's request was taken: z is still free
+    c = store.acquire_leases([z], "host-c:3:run-c", 600, None)
+    assert c.acquired
+    assert store.acquire_leases([x], "host-a:1:run-a", 600, None).acquired  # re-entrant for its holder
+    assert store.renew_leases([x, y], "host-a:1:run-a", 600) == 2
+    assert store.renew_leases([x, z], "host-a:1:run-a", 600) == 1  # z is not ours: the caller lost it
+    assert store.release_leases([x, y], "host-b:2:run-b") == 0
+    assert store.release_leases([x, y], "host-a:1:run-a") == 2
+    assert store.acquire_leases([x, y], "host-b:2:run-b", 600, None).acquired
+    store.release_leases([x, y], "host-b:2:run-b")
+    store.release_leases([z], "host-c:3:run-c")
+
+
+def test_expired_lease_is_taken_over_and_its_run_abandoned(
+    store: TrainingStore, symbol: str, request: pytest.FixtureRequest
+) -> None:
+    name = f"train:{symbol}:d1"
+    dead_run = new_run(store)
+    assert store.acquire_leases([name], "host-a:1:dead", 600, dead_run).acquired
+    assert not store.acquire_leases([name], "host-b:2:live", 600, None).acquired
+    _expire(store, request, name)
+    grant = store.acquire_leases([name], "host-b:2:live", 600, None)
+    assert grant.acquired
+    assert [(t["holder"], t["run_id"]) for t in grant.taken_over] == [("host-a:1:dead", dead_run)]
+    assert store.mark_runs_abandoned([dead_run], "abandoned: holder died") == 1
+    assert store.get_run(dead_run)["status"] == "abandoned"
+    assert store.mark_runs_abandoned([dead_run], "again") == 0  # only runs still marked running
+    assert store.renew_leases([name], "host-a:1:dead", 600) == 0  # the dead holder lost it
+    store.release_leases([name], "host-b:2:live")

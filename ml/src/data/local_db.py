@@ -123,6 +123,10 @@ def parse_ts(value: str | None) -> datetime | None:
     return None if value is None else pd.Timestamp(value).to_pydatetime()
 
 
+def _lease_ts(value: str) -> datetime:
+    return pd.Timestamp(value).to_pydatetime()
+
+
 def _now() -> str:
     return format_ts(datetime.now(UTC))
 
@@ -428,19 +432,19 @@ class SqliteStore(TrainingStore):
             }
             for name in wanted:
                 row = rows.get(name)
-                if row is not None and row["holder"] != holder and parse_ts(row["expires_at"]) > now:
+                if row is not None and row["holder"] != holder and _lease_ts(row["expires_at"]) > now:
                     return LeaseGrant(
                         acquired=False,
                         name=name,
                         holder=row["holder"],
-                        expires_at=parse_ts(row["expires_at"]),
+                        expires_at=_lease_ts(row["expires_at"]),
                     )
             for name in wanted:
                 row = rows.get(name)
                 if row is not None and row["holder"] != holder:
                     taken_over.append({"name": name, "holder": row["holder"], "run_id": row["run_id"]})
                 keep_acquired = (
-                    row is not None and row["holder"] == holder and parse_ts(row["expires_at"]) > now
+                    row is not None and row["holder"] == holder and _lease_ts(row["expires_at"]) > now
                 )
                 conn.execute(
                     "insert or replace into job_leases (name, holder, run_id, acquired_at, expires_at)"
@@ -449,7 +453,7 @@ class SqliteStore(TrainingStore):
                         name,
                         holder,
                         run_id,
-                        row["acquired_at"] if keep_acquired else format_ts(now),
+                        row["acquired_at"] if row is not None and keep_acquired else format_ts(now),
                         format_ts(expires),
                     ),
                 )

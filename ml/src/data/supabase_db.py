@@ -169,6 +169,10 @@ class SupabaseStore(TrainingStore):
     def _table(self, name: str) -> Any:
         return self.client.table(name)
 
+    def _rpc(self, what: str, fn: str, params: dict[str, Any]) -> Any:
+        """Call a SQL function; its JSON result, untyped."""
+        return self._call(what, lambda: self.client.rpc(fn, params).execute()).data
+
     def _select_keyset(
         self,
         what: str,
@@ -203,14 +207,15 @@ class SupabaseStore(TrainingStore):
     def _write_batches(self, what: str, table: str, rows: list[dict[str, Any]], on_conflict: str) -> int:
         for i in range(0, len(rows), WRITE_BATCH):
             batch = rows[i : i + WRITE_BATCH]
-            self._call(
-                what,
-                lambda batch=batch: (
+
+            def upsert(batch: list[dict[str, Any]] = batch) -> Any:
+                return (
                     self._table(table)
                     .upsert(batch, on_conflict=on_conflict, returning=ReturnMethod.minimal)
                     .execute()
-                ),
-            )
+                )
+
+            self._call(what, upsert)
         return len(rows)
 
     # --- market data ------------------------------------------------------------------------------
@@ -414,11 +419,8 @@ class SupabaseStore(TrainingStore):
 
     def prune_model_versions(self, symbol, timeframe, keep) -> list[dict]:
         params = {"p_symbol": symbol, "p_timeframe": timeframe, "p_keep": int(keep)}
-        res = self._call(
-            f"prune model versions {symbol}/{timeframe}",
-            lambda: self.client.rpc("prune_model_versions", params).execute(),
-        )
-        return list(res.data or [])
+        data = self._rpc(f"prune model versions {symbol}/{timeframe}", "prune_model_versions", params)
+        return list(data or [])
 
     def results_history(self, symbol=None, timeframe=None) -> list[dict]:
         filters: list[tuple[str, str, Any]] = [("eq", "status", "succeeded")]
@@ -481,7 +483,7 @@ class SupabaseStore(TrainingStore):
             "p_ttl_seconds": int(ttl_s),
             "p_run_id": run_id,
         }
-        data = self._call("acquire leases", lambda: self.client.rpc("acquire_leases", params).execute()).data
+        data = self._rpc("acquire leases", "acquire_leases", params)
         expires = pd.Timestamp(data["expires_at"]).to_pydatetime() if data.get("expires_at") else None
         if not data.get("acquired"):
             return LeaseGrant(
@@ -497,10 +499,8 @@ class SupabaseStore(TrainingStore):
 
     def renew_leases(self, names, holder, ttl_s) -> int:
         params = {"p_names": sorted(set(names)), "p_holder": holder, "p_ttl_seconds": int(ttl_s)}
-        return int(self._call("renew leases", lambda: self.client.rpc("renew_leases", params).execute()).data)
+        return int(self._rpc("renew leases", "renew_leases", params))
 
     def release_leases(self, names, holder) -> int:
         params = {"p_names": sorted(set(names)), "p_holder": holder}
-        return int(
-            self._call("release leases", lambda: self.client.rpc("release_leases", params).execute()).data
-        )
+        return int(self._rpc("release leases", "release_leases", params))

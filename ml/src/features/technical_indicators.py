@@ -307,7 +307,7 @@ def add_technical_features(df: pd.DataFrame) -> pd.DataFrame:
     f["range_atr"] = _div(rng, atr, 0.0)
     # Bollinger on log close: scale-free by construction, and TA-Lib's "variance < 1e-8 is zero" cut-off
     # becomes a relative one instead of depending on the price level.
-    upper, _, lower = talib.BBANDS(lc, timeperiod=20, nbdevup=2.0, nbdevdn=2.0, matype=0)
+    upper, _, lower = talib.BBANDS(lc, timeperiod=20, nbdevup=2.0, nbdevdn=2.0, matype=talib.MA_Type.SMA)
     width = upper - lower
     f["bb_pctb_20"] = _div(lc - lower, width, 0.5)
     f["bb_width_20"] = width

@@ -115,30 +115,32 @@ def decide_promotion(
             metric, y, persistence_predictions(prep.codes, slice(lo, lo + rows.size), prep.spec.horizon_bars)
         ),
     }
-    args = dict(
-        metric=metric,
-        challenger=chal,
-        champion=champ,
-        baselines=baselines,
-        window=window,
-        champion_version_id=cid,
-    )
-    if chal <= champ + settings.promotion_margin:
+
+    def decision(promote: bool, reason: str) -> PromotionDecision:
         return PromotionDecision(
+            promote,
+            reason,
+            metric,
+            challenger=chal,
+            champion=champ,
+            baselines=baselines,
+            window=window,
+            champion_version_id=cid,
+        )
+
+    if chal <= champ + settings.promotion_margin:
+        return decision(
             False,
-            f"{metric} {chal:.4f} does not beat the champion's {champ:.4f} + margin "
-            f"{settings.promotion_margin:g}",
-            **args,
+            f"{metric} {chal:.4f} does not beat the champion's {champ:.4f} + margin {settings.promotion_margin:g}",
         )
     best_name, best = max(baselines.items(), key=lambda kv: kv[1])
     if chal <= best + settings.promotion_baseline_margin:
-        return PromotionDecision(
+        return decision(
             False,
             f"{metric} {chal:.4f} does not beat the {best_name} baseline's {best:.4f} + margin "
             f"{settings.promotion_baseline_margin:g}",
-            **args,
         )
-    return PromotionDecision(True, f"{metric} {chal:.4f} beats champion {champ:.4f} and baselines", **args)
+    return decision(True, f"{metric} {chal:.4f} beats champion {champ:.4f} and baselines")
 
 
 def prune_versions(store: TrainingStore, symbol: str, timeframe: str, keep: int) -> int:

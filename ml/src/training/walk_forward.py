@@ -156,7 +156,7 @@ def walk_forward(
             fold["error"] = str(exc)
         out_folds.append(fold)
     ok = [f for f in out_folds if "error" not in f]
-    summary = {key: _summary([f[key] for f in ok]) for key in SUMMARY_KEYS}
+    summary: dict[str, Any] = {key: _summary([f[key] for f in ok]) for key in SUMMARY_KEYS}
     summary["n_folds"] = len(out_folds)
     summary["n_folds_ok"] = len(ok)
     return {"folds": out_folds, "summary": summary}

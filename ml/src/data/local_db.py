@@ -15,11 +15,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
-from ml.src.data.store import BAR_COLUMNS, StoreError, TrainingStore, empty_bars, normalise_bars
+from ml.src.data.store import (
+    BAR_COLUMNS,
+    StoreError,
+    TrainingStore,
+    empty_bars,
+    feature_payload,
+    normalise_bars,
+)
 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -271,15 +277,11 @@ class SqliteStore(TrainingStore):
     def upsert_feature_cache(self, symbol, timeframe, version, features) -> int:
         if features.empty:
             return 0
-        cols = [c for c in features.columns if c != "ts"]
-        values = features[cols].to_numpy(dtype="float64")
-        if not np.isfinite(values).all():
-            raise StoreError(f"{symbol}/{timeframe}: refusing to cache non-finite feature values")
-        ts_text = pd.to_datetime(features["ts"], utc=True).dt.strftime(TS_FORMAT)
+        ts, payload = feature_payload(symbol, timeframe, features)
         now = _now()
         rows = [
-            (symbol, timeframe, version, t, json.dumps(dict(zip(cols, map(float, row), strict=True))), now)
-            for t, row in zip(ts_text, values, strict=True)
+            (symbol, timeframe, version, t, json.dumps(p), now)
+            for t, p in zip(ts.dt.strftime(TS_FORMAT), payload, strict=True)
         ]
         self._write(
             "insert into feature_cache (symbol, timeframe, feature_version, ts, features, computed_at)"

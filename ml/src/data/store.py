@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
@@ -159,6 +160,18 @@ def normalise_bars(bars: pd.DataFrame) -> pd.DataFrame:
     for col in BAR_COLUMNS[1:]:
         frame[col] = frame[col].astype("float64")
     return frame.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def feature_payload(
+    symbol: str, timeframe: str, features: pd.DataFrame
+) -> tuple[pd.Series, list[dict[str, float]]]:
+    """(ts, one {feature: value} dict per row) for the cache; refuses NaN/inf, which JSON cannot carry."""
+    cols = [c for c in features.columns if c != "ts"]
+    values = features[cols].to_numpy(dtype="float64")
+    if not np.isfinite(values).all():
+        raise StoreError(f"{symbol}/{timeframe}: refusing to cache non-finite feature values")
+    ts = pd.to_datetime(features["ts"], utc=True)
+    return ts, [dict(zip(cols, row, strict=True)) for row in values.tolist()]
 
 
 def unique_upper(symbols: Sequence[str]) -> list[str]:

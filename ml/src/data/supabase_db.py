@@ -30,6 +30,7 @@ from ml.src.data.store import (
     StoreUnavailable,
     TrainingStore,
     empty_bars,
+    feature_payload,
     normalise_bars,
 )
 
@@ -319,20 +320,16 @@ class SupabaseStore(TrainingStore):
     def upsert_feature_cache(self, symbol, timeframe, version, features) -> int:
         if features.empty:
             return 0
-        cols = [c for c in features.columns if c != "ts"]
-        values = features[cols].to_numpy(dtype="float64")
-        if not np.isfinite(values).all():
-            raise StoreError(f"{symbol}/{timeframe}: refusing to cache non-finite feature values")
-        ts = [iso(t) for t in pd.to_datetime(features["ts"], utc=True)]
+        ts, payload = feature_payload(symbol, timeframe, features)
         rows = [
             {
                 "symbol": symbol,
                 "timeframe": timeframe,
                 "feature_version": version,
-                "ts": t,
-                "features": dict(zip(cols, row, strict=True)),
+                "ts": iso(t),
+                "features": p,
             }
-            for t, row in zip(ts, values.tolist(), strict=True)
+            for t, p in zip(ts, payload, strict=True)
         ]
         return self._write_batches(
             f"upsert feature cache {symbol}/{timeframe}",

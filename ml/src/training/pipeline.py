@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -113,46 +113,16 @@ class PairResult:
     promotion: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "symbol": self.symbol,
-            "timeframe": self.timeframe,
-            "status": self.status,
-            "error": self.error,
-            "horizon_bars": self.horizon_bars,
-            "n_train": self.n_train,
-            "n_valid": self.n_valid,
-            "n_test": self.n_test,
-            "split": self.split,
-            "weights": self.weights,
-            "metrics": self.metrics,
-            "artifact_path": self.artifact_path,
-            "artifact_sha256": self.artifact_sha256,
-            "duration_s": round(self.duration_s, 3),
-            "timings": {k: round(v, 4) for k, v in self.timings.items()},
-            "walk_forward": self.walk_forward,
-            "promotion": self.promotion,
-        }
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["duration_s"] = round(self.duration_s, 3)
+        out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        return out
 
     def to_record(self, run_id: str) -> ResultRecord:
-        return ResultRecord(
-            run_id=run_id,
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-            status=self.status,
-            error=self.error,
-            horizon_bars=self.horizon_bars,
-            n_train=self.n_train,
-            n_valid=self.n_valid,
-            n_test=self.n_test,
-            split=self.split,
-            weights=self.weights,
-            metrics=self.metrics,
-            artifact_path=self.artifact_path,
-            artifact_sha256=self.artifact_sha256,
-            duration_s=round(self.duration_s, 3),
-            walk_forward=self.walk_forward,
-            promotion=self.promotion,
-        )
+        # the result row has exactly ResultRecord's columns; PairResult adds only in-memory timings
+        values = {f.name: getattr(self, f.name) for f in fields(ResultRecord) if f.name != "run_id"}
+        values["duration_s"] = round(self.duration_s, 3)
+        return ResultRecord(run_id=run_id, **values)
 
 
 # --------------------------------------------------------------------------------------------------- prepare

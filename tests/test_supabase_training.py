@@ -208,3 +208,24 @@ def test_load_bars_cli_rejects_bad_file_and_writes_nothing(supabase_env, pg, tmp
     assert pg.execute("select count(*) from ohlc_bars where symbol='ZZBAD'").fetchone()[0] == 0
     assert load_bars.main([str(shared_csv("GOOG", "w1")), "--quiet"]) == 0
     assert pg.execute("select active from symbols where ticker='GOOG'").fetchone()[0] is True
+
+
+def test_slow_database_times_out_with_bounded_retries(supabase_env, supabase_stack) -> None:
+    import psycopg
+
+    # A real stall: another session holds an exclusive lock, so PostgREST's read waits on Postgres.
+    with psycopg.connect(supabase_stack["DATABASE_URL"]) as locker:
+        locker.execute("lock table public.ohlc_bars in access exclusive mode")
+        store = SupabaseStore(
+            supabase_env["SUPABASE_URL"],
+            supabase_env["SUPABASE_SERVICE_ROLE_KEY"],
+            timeout_s=0.5,
+            max_retries=1,
+            backoff_s=0.01,
+        )
+        with (
+            store,
+            pytest.raises(StoreUnavailable, match=r"read bars SPY/d1 failed after 2 attempts: ReadTimeout"),
+        ):
+            store.read_bars("SPY", "d1", limit=5)
+        locker.rollback()

@@ -88,9 +88,10 @@ def read_bar_file(path: Path) -> pd.DataFrame:
         bad = ~np.isfinite(values.to_numpy())
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise BarFileError(
-                f"{path}: line {line(i)}: {col} {raw[col].iloc[i]!r} is NaN, inf or not a number"
-            )
+            text = raw[col].iloc[i]
+            if not text.strip():
+                raise BarFileError(f"{path}: line {line(i)}: {col} is empty")
+            raise BarFileError(f"{path}: line {line(i)}: {col} {text!r} is NaN, inf or not a number")
         frame[col] = values
 
     dup = frame["ts"].duplicated().to_numpy()

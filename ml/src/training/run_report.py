@@ -80,6 +80,16 @@ def summary_table(report: RunReport) -> str:
             f"{_pct(m['baseline']['test_accuracy']):>8} {_pct(m['persistence']['test_accuracy']):>7} "
             f"{_pct(m['rf']['test_accuracy']):>6} {_pct(m['gb']['test_accuracy']):>6} {r.duration_s:>6.2f}"
         )
+    wf = [r for r in report.results if r.walk_forward and r.walk_forward.get("summary", {}).get("n_folds_ok")]
+    for r in wf:
+        assert r.walk_forward is not None
+        s = r.walk_forward["summary"]
+        bal, maj = s["test_balanced_accuracy"], s["majority_test_accuracy"]
+        std = f" +/- {100 * bal['std']:.1f}" if bal["std"] is not None else ""
+        lines.append(
+            f"  walk-forward {r.symbol}/{r.timeframe}: {s['n_folds_ok']}/{s['n_folds']} folds, balanced accuracy "
+            f"{100 * bal['mean']:.1f}{std}, majority accuracy {100 * maj['mean']:.1f}"
+        )
     c = report.counts
     lines.append("-" * len(header))
     lines.append(

@@ -69,3 +69,27 @@ def test_baselines():
     assert persistence_predictions(codes, slice(4, 7), horizon=2).tolist() == [2, 0, 1]
     with pytest.raises(ValueError):
         persistence_predictions(codes, slice(1, 3), horizon=2)
+
+
+def test_numpy_metrics_agree_with_scikit_learn() -> None:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+
+    rng = np.random.default_rng(3)  # random labels only exercise the formula, not the model
+    for n_classes_present in (3, 2):
+        y = rng.integers(0, n_classes_present, 200)
+        p = rng.dirichlet([1, 1, 1], 200)
+        m = proba_metrics(y, p)
+        pred = p.argmax(axis=1)
+        assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+        with pytest.warns(UserWarning) if n_classes_present == 2 and (pred == 2).any() else _nullcontext():
+            assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+        assert m["macro_f1"] == pytest.approx(
+            f1_score(y, pred, labels=[0, 1, 2], average="macro", zero_division=0)
+        )
+        assert m["log_loss"] == pytest.approx(log_loss(y, p, labels=[0, 1, 2]), rel=1e-9)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -257,7 +257,12 @@ def train_pairs(
             persist(i, prep, fitted, t0)
     else:
         pending: dict[Future[FittedPair], tuple[int, PreparedPair, float]] = {}
-        ctx = get_context("forkserver") if sys.platform != "win32" else None
+        ctx = None
+        if sys.platform != "win32":
+            # Workers fork from a server that has imported the pipeline (sklearn, LightGBM) once, instead of
+            # each importing it (~2 s) while the cores are needed for fitting.
+            ctx = get_context("forkserver")
+            ctx.set_forkserver_preload(["ml.src.training.pipeline"])
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
 
             def drain(block: bool) -> None:

@@ -129,6 +129,9 @@ def test_feature_cache_round_trip(store: TrainingStore, symbol: str) -> None:
 def test_run_ledger_and_results(store: TrainingStore, symbol: str) -> None:
     run_id = new_run(store)
     assert store.get_run(run_id)["status"] == "running"
+    assert store.get_run(run_id)["heartbeat_at"] is None
+    store.heartbeat(run_id)
+    assert store.get_run(run_id)["heartbeat_at"] is not None
     trained = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     result = ResultRecord(
         run_id=run_id,

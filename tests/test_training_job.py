@@ -80,6 +80,7 @@ def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest
     run = embedded_store.get_run(out["run_id"])
     assert run["status"] == "partial" and run["n_succeeded"] == 2 and run["n_failed"] == 2
     assert run["config_hash"] and run["package_versions"]["scikit-learn"]
+    assert run["heartbeat_at"] is not None and run["host"] and run["finished_at"]
     rows = {(x["symbol"], x["timeframe"]): x for x in embedded_store.list_results(out["run_id"])}
     assert rows[("AAPL", "d1")]["artifact_sha256"] == r["artifact_sha256"]
     assert (

@@ -395,6 +395,9 @@ class SqliteStore(TrainingStore):
         )
         return pd.Timestamp(rows[0][0]).to_pydatetime() if rows and rows[0][0] else None
 
+    def heartbeat(self, run_id: str) -> None:
+        self._write("update training_runs set heartbeat_at = ? where run_id = ?", (_now(), run_id))
+
     def mark_runs_abandoned(self, run_ids: Sequence[str], reason: str) -> int:
         if not run_ids:
             return 0

@@ -115,6 +115,10 @@ class TrainingStore(ABC):
         """The last bar (`split.data_end`) the pair's latest successful training used, or None."""
 
     @abstractmethod
+    def heartbeat(self, run_id: str) -> None:
+        """Stamp the run's heartbeat_at: a `running` row with an old heartbeat belongs to a dead process."""
+
+    @abstractmethod
     def mark_runs_abandoned(self, run_ids: Sequence[str], reason: str) -> int:
         """Runs still `running` whose holder died: set status abandoned; returns how many changed."""
 

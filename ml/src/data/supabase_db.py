@@ -455,6 +455,18 @@ class SupabaseStore(TrainingStore):
         value = res.data[0]["data_end"] if res.data else None
         return pd.Timestamp(value).to_pydatetime() if value else None
 
+    def heartbeat(self, run_id: str) -> None:
+        now = iso(pd.Timestamp.now(tz="UTC"))
+        self._call(
+            f"heartbeat {run_id}",
+            lambda: (
+                self._table("training_runs")
+                .update({"heartbeat_at": now}, returning=ReturnMethod.minimal)
+                .eq("run_id", run_id)
+                .execute()
+            ),
+        )
+
     def mark_runs_abandoned(self, run_ids: Sequence[str], reason: str) -> int:
         if not run_ids:
             return 0

@@ -144,6 +144,12 @@ def worker_count(settings: Settings, requested: int | None, n_pairs: int) -> int
     return max(1, min(n, n_pairs))
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the ledger (its first line; the traceback goes to the log)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _ignore_sigint() -> None:
     # Ctrl-C goes to the whole process group: the parent decides (finish the pair, then stop), not the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -229,7 +235,7 @@ def train_pairs(
                 i,
                 failed_result(
                     req,
-                    f"{req.symbol}/{req.timeframe}: {type(exc).__name__}: {exc}",
+                    f"{req.symbol}/{req.timeframe}: {type(exc).__name__}: {one_line(exc)}",
                     time.perf_counter() - t0,
                 ),
             )
@@ -250,7 +256,9 @@ def train_pairs(
                 finish(
                     i,
                     failed_result(
-                        req, f"{req.symbol}/{req.timeframe}: fit failed: {exc}", time.perf_counter() - t0
+                        req,
+                        f"{req.symbol}/{req.timeframe}: fit failed: {one_line(exc)}",
+                        time.perf_counter() - t0,
                     ),
                 )
                 continue
@@ -277,7 +285,7 @@ def train_pairs(
                             i,
                             failed_result(
                                 req,
-                                f"{req.symbol}/{req.timeframe}: fit failed: {exc}",
+                                f"{req.symbol}/{req.timeframe}: fit failed: {one_line(exc)}",
                                 time.perf_counter() - t0,
                             ),
                         )
@@ -398,7 +406,7 @@ def run_job(
         "run %s: %d pair(s), %d worker(s), %s store", report.run_id, len(requests), n_workers, store.name
     )
     try:
-        with LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost):
+        with LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost, report.run_id):
             report.results = train_pairs(
                 store, settings, requests, run_id=report.run_id, workers=n_workers, progress=progress
             )

@@ -32,14 +32,10 @@ class LeaseRenewer:
         holder: str,
         ttl_s: int,
         on_lost: Callable[[str], None],
+        run_id: str | None = None,
     ) -> None:
-        self.store, self.names, self.holder, self.ttl_s, self.on_lost = (
-            store,
-            list(names),
-            holder,
-            ttl_s,
-            on_lost,
-        )
+        self.store, self.names, self.holder, self.ttl_s = store, list(names), holder, ttl_s
+        self.on_lost, self.run_id = on_lost, run_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease-renewer", daemon=True)
 
@@ -47,6 +43,8 @@ class LeaseRenewer:
         while not self._stop.wait(self.ttl_s / 3):
             try:
                 renewed = self.store.renew_leases(self.names, self.holder, self.ttl_s)
+                if self.run_id:
+                    self.store.heartbeat(self.run_id)
             except StoreError as exc:  # keep trying: the lease is still ours until someone takes it over
                 log.warning("lease renewal failed: %s", exc)
                 continue
@@ -55,6 +53,8 @@ class LeaseRenewer:
                 return
 
     def __enter__(self) -> LeaseRenewer:
+        if self.run_id:
+            self.store.heartbeat(self.run_id)
         self._thread.start()
         return self
 

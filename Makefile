@@ -45,8 +45,10 @@ format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Per-stage and whole-run timings (embedded), then the same whole run against the local Supabase stack.
 bench: install-dev stack-deps
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench_supabase.py
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache .ruff_cache .mypy_cache

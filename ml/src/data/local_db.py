@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -161,6 +162,23 @@ def _from_db(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+class _TimedLock:
+    """The store's lock, also adding the time each holder spends inside to the store's io_seconds."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._lock = threading.Lock()
+        self._store = store
+        self._t0 = 0.0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._store.io_seconds += time.perf_counter() - self._t0
+        self._lock.release()
+
+
 class SqliteStore(TrainingStore):
     name = "embedded"
 
@@ -168,7 +186,7 @@ class SqliteStore(TrainingStore):
         self.path = Path(path)
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = _TimedLock(self)
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
             self._conn.row_factory = sqlite3.Row

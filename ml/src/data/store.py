@@ -39,6 +39,7 @@ class TrainingStore(ABC):
     """
 
     name: str = "store"
+    io_seconds: float = 0.0  # wall time spent inside store calls, for the I/O share of a run
 
     # --- market data -------------------------------------------------------------------------------
     @abstractmethod

@@ -132,6 +132,13 @@ class SupabaseStore(TrainingStore):
         return text.replace(self._key, "***") if self._key else text
 
     def _call(self, what: str, fn: Callable[[], T], *, on_retry_conflict_ok: bool = False) -> T:
+        t0 = time.perf_counter()
+        try:
+            return self._call_with_retries(what, fn, on_retry_conflict_ok)
+        finally:
+            self.io_seconds += time.perf_counter() - t0
+
+    def _call_with_retries(self, what: str, fn: Callable[[], T], on_retry_conflict_ok: bool) -> T:
         attempt = 0
         while True:
             try:

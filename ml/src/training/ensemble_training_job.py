@@ -381,6 +381,7 @@ def run_job(
         "target_bars": target_bars,
         "force": force,
     }
+    io_start = store.io_seconds
     report = start_run(store, settings, scope, trigger)
     names = [lease_name(r.symbol, r.timeframe) for r in requests]
     holder = holder_name(report.run_id)
@@ -415,6 +416,7 @@ def run_job(
             report.error = (
                 report.error or f"interrupted after {len(report.results)} of {len(requests)} pair(s)"
             )
+        report.store_io_s = store.io_seconds - io_start
         finish_run(store, report, status="interrupted" if report.interrupted else None)
     finally:
         try:

@@ -20,6 +20,7 @@ class RunReport:
     error: str | None = None
     locked_by: str | None = None  # another run's lease stopped this one before it trained anything
     interrupted: bool = False
+    store_io_s: float = 0.0  # time inside store calls (this process), for the I/O share of the run
 
     @property
     def counts(self) -> dict[str, int]:
@@ -52,6 +53,7 @@ class RunReport:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "duration_s": round(duration, 3) if duration is not None else None,
             "counts": self.counts,
+            "store_io_s": round(self.store_io_s, 3),
             "locked_by": self.locked_by,
             "results": [r.to_json() for r in self.results],
         }

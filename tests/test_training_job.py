@@ -269,3 +269,21 @@ def test_summary_table_on_stdout(embedded_store: SqliteStore, capsys) -> None:
 
 def test_job_module_has_main_entry() -> None:
     assert callable(job.main)
+
+
+def test_an_unexpected_fit_error_fails_only_that_pair(embedded_store, capsys, monkeypatch) -> None:
+    load(embedded_store, "GOOG", "d1", 700)
+    load(embedded_store, "GOOG", "w1", 446)
+    real_fit = job.fit_pair
+
+    def flaky_fit(prep, settings, n_threads=1):
+        if prep.request.timeframe == "d1":
+            raise RuntimeError("boom\nwith a second line")
+        return real_fit(prep, settings, n_threads=n_threads)
+
+    monkeypatch.setattr(job, "fit_pair", flaky_fit)
+    code, out = run_json(["--symbol", "GOOG", "--timeframes", "d1", "w1", "--target-bars", "240"], capsys)
+    assert code == 1
+    by_tf = {r["timeframe"]: r for r in out["results"]}
+    assert by_tf["d1"]["status"] == "failed" and by_tf["d1"]["error"] == "GOOG/d1: fit failed: boom"
+    assert by_tf["w1"]["status"] == "succeeded"

@@ -218,6 +218,11 @@ def train_pairs(
             )
         finish(i, result)
 
+    def fit_failed(i: int, req: PairRequest, exc: BaseException, t0: float) -> None:
+        log.error("%s/%s: fit failed", req.symbol, req.timeframe, exc_info=exc)
+        reason = f"{req.symbol}/{req.timeframe}: fit failed: {one_line(exc)}"
+        finish(i, failed_result(req, reason, time.perf_counter() - t0))
+
     def prepare(i: int, req: PairRequest) -> tuple[PreparedPair | None, float]:
         t0 = time.perf_counter()
         try:
@@ -252,15 +257,7 @@ def train_pairs(
                 # one thread even when alone: OpenMP learners on busy (shared) cores slow down by 10-40x
                 fitted = fit_pair(prep, settings, n_threads=1)
             except Exception as exc:
-                log.exception("%s/%s: fit failed", req.symbol, req.timeframe)
-                finish(
-                    i,
-                    failed_result(
-                        req,
-                        f"{req.symbol}/{req.timeframe}: fit failed: {one_line(exc)}",
-                        time.perf_counter() - t0,
-                    ),
-                )
+                fit_failed(i, req, exc, t0)
                 continue
             persist(i, prep, fitted, t0)
     else:
@@ -280,15 +277,7 @@ def train_pairs(
                     try:
                         fitted = fut.result()
                     except Exception as exc:
-                        log.error("%s/%s: fit failed: %s", req.symbol, req.timeframe, exc)
-                        finish(
-                            i,
-                            failed_result(
-                                req,
-                                f"{req.symbol}/{req.timeframe}: fit failed: {one_line(exc)}",
-                                time.perf_counter() - t0,
-                            ),
-                        )
+                        fit_failed(i, req, exc, t0)
                         continue
                     persist(i, prep, fitted, t0)
 

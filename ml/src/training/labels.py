@@ -49,6 +49,11 @@ def quantile_thresholds(train_returns: np.ndarray) -> Thresholds:
     return Thresholds(lower=float(lower), upper=float(upper), mode="quantile")
 
 
+def thresholds_for(mode: str, train_returns: np.ndarray, threshold: float) -> Thresholds:
+    """The labelling thresholds for a training slice: fixed, or terciles of that slice's returns only."""
+    return quantile_thresholds(train_returns) if mode == "quantile" else fixed_thresholds(threshold)
+
+
 def label_codes(returns: np.ndarray, thresholds: Thresholds) -> np.ndarray:
     """Class codes (0 BEARISH, 1 NEUTRAL, 2 BULLISH); -1 where the return is unknown."""
     r = np.asarray(returns, dtype="float64")

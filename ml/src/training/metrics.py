@@ -23,6 +23,11 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return np.bincount(idx, minlength=k * k).reshape(k, k)
 
 
+def empty_classes(codes: np.ndarray) -> list[str]:
+    """Classes with no sample in `codes`: a model cannot learn them."""
+    return [name for name, n in class_counts(codes).items() if n == 0]
+
+
 def label_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     """Accuracy, balanced accuracy (mean recall over classes present in y_true), macro F1, confusion matrix.
 

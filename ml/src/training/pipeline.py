@@ -6,7 +6,6 @@ prepare_pair (store reads, features, labels, split) -> fit_pair (pure compute, r
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
@@ -15,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 from config.settings import Settings, TimeframeSpec
 from ml.src.data.records import ModelVersionRecord, ResultRecord
@@ -25,15 +23,14 @@ from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VE
 from ml.src.training import artifacts
 from ml.src.training.labels import (
     CLASSES,
-    DIRECTION,
     Thresholds,
-    fixed_thresholds,
     forward_returns,
     label_codes,
-    quantile_thresholds,
+    thresholds_for,
 )
 from ml.src.training.metrics import (
     class_counts,
+    empty_classes,
     label_metrics,
     majority_class,
     persistence_predictions,
@@ -41,12 +38,12 @@ from ml.src.training.metrics import (
     prior_proba,
     proba_metrics,
 )
-from ml.src.training.models import MODEL_NAMES, build_models
+from ml.src.training.models import MODEL_NAMES, fit_ensemble
 from ml.src.training.registry import PromotionDecision
 from ml.src.training.splits import PurgedSplit, SplitError, purged_split
 from ml.src.training.trading_metrics import information_coefficient, trading_metrics
 from ml.src.training.walk_forward import walk_forward
-from ml.src.training.weights import blend, direction_score, equal_weights, fit_ridge_weights
+from ml.src.training.weights import blend, direction_score, equal_weights
 
 
 class PairFailure(RuntimeError):
@@ -87,6 +84,7 @@ class FittedPair:
     weights_fallback: bool
     metrics: dict[str, Any]
     timings: dict[str, float]
+    test_proba: np.ndarray  # the ensemble's class probabilities on the test rows (promotion reuses them)
     walk_forward: dict[str, Any] | None = None
 
 
@@ -204,17 +202,12 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
     except SplitError as exc:
         raise PairFailure(f"{label}: {exc}") from exc
     returns = returns_all[:n_labelled]
-    thresholds = (
-        quantile_thresholds(returns[split.train])
-        if settings.threshold_mode == "quantile"
-        else fixed_thresholds(spec.threshold)
-    )
+    thresholds = thresholds_for(settings.threshold_mode, returns[split.train], spec.threshold)
     codes = label_codes(returns, thresholds)
-    train_counts = class_counts(codes[split.train])
-    empty = [name for name, n in train_counts.items() if n == 0]
+    empty = empty_classes(codes[split.train])
     if empty:
         raise PairFailure(
-            f"{label}: class {', '.join(empty)} has no samples in train (counts {train_counts}, "
+            f"{label}: class {', '.join(empty)} has no samples in train (counts {class_counts(codes[split.train])}, "
             f"thresholds {thresholds.lower:+.4f}/{thresholds.upper:+.4f})"
         )
     ts = frame["ts"].iloc[:n_labelled].reset_index(drop=True)
@@ -241,27 +234,25 @@ def evaluate(
     weights: dict[str, float],
     prep: PreparedPair,
     settings: Settings,
-) -> dict[str, Any]:
-    """Metrics on valid and test for each model, the fitted and the equal-weight blend, and the baselines."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics on valid and test for each model, the fitted and the equal-weight blend, and the baselines.
+
+    Returns (metrics, the fitted ensemble's probabilities per part).
+    """
     s = prep.split
+    parts = ("valid", "test")
     y = {"valid": prep.codes[s.valid], "test": prep.codes[s.test]}
-    blends = {
-        "ensemble": weights,
-        "equal_weight": equal_weights(list(weights)),
+    ens = {part: blend(probas[part], weights) for part in parts}
+    equal = equal_weights(list(weights))
+    scored = {
+        **{name: {part: probas[part][name] for part in parts} for name in MODEL_NAMES},
+        "ensemble": ens,
+        "equal_weight": {part: blend(probas[part], equal) for part in parts},
     }
-    out: dict[str, Any] = {}
-    for name in MODEL_NAMES:
-        out[name] = {
-            k: v
-            for part in ("valid", "test")
-            for k, v in prefixed(part, proba_metrics(y[part], probas[part][name])).items()
-        }
-    for name, w in blends.items():
-        out[name] = {
-            k: v
-            for part in ("valid", "test")
-            for k, v in prefixed(part, proba_metrics(y[part], blend(probas[part], w))).items()
-        }
+    out: dict[str, Any] = {
+        name: {k: v for part in parts for k, v in prefixed(part, proba_metrics(y[part], p[part])).items()}
+        for name, p in scored.items()
+    }
     train = prep.codes[s.train]
     major = majority_class(train)
     baseline: dict[str, Any] = {"name": "majority class of train", "majority_class": CLASSES[major]}
@@ -283,7 +274,6 @@ def evaluate(
     }
     out["thresholds"] = prep.thresholds.to_dict()
     # Signal quality: does the direction score rank the realised horizon returns? And a simple trading read.
-    ens = {part: blend(probas[part], weights) for part in ("valid", "test")}
     out["ic"] = {
         part: information_coefficient(direction_score(ens[part]), prep.returns[rows])
         for part, rows in (("valid", s.valid), ("test", s.test))
@@ -297,31 +287,20 @@ def evaluate(
         slippage_bps=settings.trading_slippage_bps,
         allow_short=settings.trading_allow_short,
     ).to_dict()
-    return out
+    return out, ens
 
 
 def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> FittedPair:
     """Fit the members on train, the weights on valid, and score everything on valid and test."""
     s = prep.split
-    x_train, y_train = prep.x[s.train], prep.codes[s.train]
-    timings: dict[str, float] = {}
-    models = build_models(settings, n_threads)
-    probas: dict[str, dict[str, np.ndarray]] = {"valid": {}, "test": {}}
-    with threadpool_limits(limits=n_threads):
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            model.fit(x_train, y_train)
-            timings[f"fit_{name}"] = time.perf_counter() - t0
-            for part, rows in (("valid", s.valid), ("test", s.test)):
-                probas[part][name] = np.asarray(model.predict_proba(prep.x[rows]), dtype="float64")
-    t0 = time.perf_counter()
-    target = DIRECTION[prep.codes[s.valid]]
-    weights, fallback = fit_ridge_weights(
-        {n: direction_score(probas["valid"][n]) for n in MODEL_NAMES}, target, settings.ridge_alpha
+    fit = fit_ensemble(
+        prep.x, prep.codes, s.train, s.valid, {"valid": s.valid, "test": s.test}, settings, n_threads
     )
-    metrics = evaluate(probas, weights, prep, settings)
-    metrics["weights_fallback"] = fallback
-    timings["weights"] = time.perf_counter() - t0
+    timings = fit.timings
+    t0 = time.perf_counter()
+    metrics, ens = evaluate(fit.probas, fit.weights, prep, settings)
+    metrics["weights_fallback"] = fit.weights_fallback
+    timings["weights"] += time.perf_counter() - t0
     wf = None
     if settings.walk_forward_folds > 0:
         t0 = time.perf_counter()
@@ -340,11 +319,12 @@ def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> Fitt
             wf = {"error": str(exc), "folds": [], "summary": {}}
         timings["walk_forward"] = time.perf_counter() - t0
     return FittedPair(
-        models=models,
-        weights=weights,
-        weights_fallback=fallback,
+        models=fit.models,
+        weights=fit.weights,
+        weights_fallback=fit.weights_fallback,
         metrics=metrics,
         timings=timings,
+        test_proba=ens["test"],
         walk_forward=wf,
     )
 
@@ -472,7 +452,3 @@ def failed_result(req: PairRequest, error: str, duration_s: float, horizon: int 
         horizon_bars=horizon,
         duration_s=duration_s,
     )
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value

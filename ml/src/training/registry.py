@@ -21,7 +21,6 @@ from ml.src.data.store import StoreError, TrainingStore
 from ml.src.features.technical_indicators import FEATURE_COLUMNS
 from ml.src.training.artifacts import ArtifactError, EnsembleModel, load_ensemble
 from ml.src.training.metrics import label_metrics, majority_class, persistence_predictions
-from ml.src.training.weights import blend
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -102,9 +101,8 @@ def decide_promotion(
         )
 
     x, y = prep.x[rows], prep.codes[rows]
-    challenger_pred = blend({n: m.predict_proba(x) for n, m in fitted.models.items()}, fitted.weights).argmax(
-        axis=1
-    )
+    # the challenger's test-row probabilities were computed when it was fitted
+    challenger_pred = fitted.test_proba[rows - test.start].argmax(axis=1)
     chal = _score(metric, y, challenger_pred)
     champ = _score(metric, y, champion.predict_proba(x).argmax(axis=1))
     major = majority_class(prep.codes[prep.split.train])

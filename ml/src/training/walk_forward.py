@@ -12,13 +12,19 @@ import math
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from config.settings import Settings
-from ml.src.training.labels import DIRECTION, fixed_thresholds, label_codes, quantile_thresholds
-from ml.src.training.metrics import class_counts, label_metrics, majority_class, persistence_predictions
-from ml.src.training.models import MODEL_NAMES, build_models
-from ml.src.training.weights import blend, direction_score, fit_ridge_weights
+from ml.src.training.labels import label_codes, thresholds_for
+from ml.src.training.metrics import (
+    class_counts,
+    empty_classes,
+    label_metrics,
+    majority_class,
+    persistence_predictions,
+)
+from ml.src.training.models import fit_ensemble
+from ml.src.training.trading_metrics import information_coefficient
+from ml.src.training.weights import blend, direction_score
 
 SUMMARY_KEYS = (
     "test_accuracy",
@@ -67,37 +73,20 @@ def run_fold(
     settings: Settings,
     n_threads: int = 1,
 ) -> dict[str, Any]:
-    from ml.src.training.trading_metrics import information_coefficient
-
     history = start - horizon
     n_fit = int((history - horizon) * 0.75)
     fit, valid, test = slice(0, n_fit), slice(n_fit + horizon, history), slice(start, stop)
     if min(n_fit, history - n_fit - horizon) < settings.min_rows_per_split:
         raise ValueError(f"fold history of {history} rows is too short for fit and valid slices")
-    thresholds = (
-        quantile_thresholds(returns[fit])
-        if settings.threshold_mode == "quantile"
-        else fixed_thresholds(threshold)
-    )
+    thresholds = thresholds_for(settings.threshold_mode, returns[fit], threshold)
     codes = label_codes(returns, thresholds)
-    counts = class_counts(codes[fit])
-    missing = [k for k, v in counts.items() if v == 0]
+    missing = empty_classes(codes[fit])
     if missing:
         raise ValueError(f"class {', '.join(missing)} has no samples in the fold's training rows")
 
-    models = build_models(settings, n_threads)
-    probas: dict[str, dict[str, np.ndarray]] = {"valid": {}, "test": {}}
-    with threadpool_limits(limits=n_threads):
-        for name, model in models.items():
-            model.fit(x[fit], codes[fit])
-            probas["valid"][name] = np.asarray(model.predict_proba(x[valid]), dtype="float64")
-            probas["test"][name] = np.asarray(model.predict_proba(x[test]), dtype="float64")
-    weights, _ = fit_ridge_weights(
-        {n: direction_score(probas["valid"][n]) for n in MODEL_NAMES},
-        DIRECTION[codes[valid]],
-        settings.ridge_alpha,
-    )
-    ens = blend(probas["test"], weights)
+    result = fit_ensemble(x, codes, fit, valid, {"valid": valid, "test": test}, settings, n_threads)
+    weights = result.weights
+    ens = blend(result.probas["test"], weights)
     y = codes[test]
     m = label_metrics(y, ens.argmax(axis=1))
     major = majority_class(codes[fit])

@@ -47,10 +47,6 @@ DEFAULT_PAIRS: tuple[str, ...] = ("MSFT/m15", "QQQ/m15", "SPY/h1", "IBM/h1", "AA
 QUICK_PAIRS: tuple[str, ...] = ("SPY/h1", "MSFT/m15")
 QUICK_SIZES: tuple[int, ...] = (500, 2000)
 BACKENDS: tuple[str, ...] = ("sklearn_gb", "hist_gb", "lightgbm")
-# Data validation only (the models do not see it): every d1 window of 5,000 bars spans the NYSE closure of
-# 2001-09-11..14; trading resumed at 09:33 on 09-17, 7.002 days after the 09-10 open, just over d1's
-# max_gap_days=7, so the product rejects those windows. The benchmark allows 8 days to keep a d1 pair at 5,000.
-PREP_TIMEFRAME_OVERRIDES: dict[str, dict[str, float]] = {"d1": {"max_gap_days": 8.0}}
 SEED_GB = "sklearn_gb"
 
 
@@ -321,7 +317,7 @@ def run(
     rows = build_sqlite_template(paths, template)
     log(f"loaded {len(paths)} CSV file(s) into a temporary SQLite store in {time.perf_counter() - t0:.1f}s")
     store = SqliteStore(copy_sqlite(template, tmp / "store.sqlite3"))
-    prep_settings = make_settings(tmp, timeframes=PREP_TIMEFRAME_OVERRIDES)
+    prep_settings = make_settings(tmp)
     cells: list[dict[str, Any]] = []
     try:
         for size in sizes:
@@ -480,11 +476,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --data-dir {data_dir} is not a folder", file=sys.stderr)
         return 2
     started = time.time()
-    if PREP_TIMEFRAME_OVERRIDES:
-        print(
-            f"note: data-validation override for the benchmark: timeframes={PREP_TIMEFRAME_OVERRIDES}",
-            file=sys.stderr,
-        )
     with tempfile.TemporaryDirectory(prefix="bench_models_") as tmp_name:
         tmp = Path(tmp_name)
         removed = isolate_environment(tmp)
@@ -518,7 +509,6 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": [f"{s}/{t}" for s, t in pairs],
         "sizes": sizes,
         "data_dir": str(data_dir),
-        "prep_timeframe_overrides": PREP_TIMEFRAME_OVERRIDES,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         **result,
     }

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_models import (  # noqa: E402  (needs the sys.path lines above)
+    DEFAULT_DATA_DIR,
+    build_sqlite_template,
+    copy_sqlite,
+    load_csvs,
+    median,
+)
 
 ML_TABLES = "feature_cache, training_results, model_versions, training_runs, job_leases"
 
@@ -43,15 +51,6 @@ def csv_pairs(data_dir: Path, quick: bool) -> list[Path]:
     if quick:
         files = [f for f in files if f.stem.endswith(("_d1", "_w1"))][:8]
     return files
-
-
-def load_store(store: Any, files: list[Path]) -> float:
-    from ml.src.data.load_bars import load_file
-
-    t0 = time.perf_counter()
-    for f in files:
-        load_file(store, f, None, None)
-    return time.perf_counter() - t0
 
 
 def run_job(env: dict[str, str], timeframes: list[str], workers: int) -> tuple[float, dict[str, Any]]:
@@ -85,11 +84,11 @@ def summarise(runs: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
     ok = [r for r in last["results"] if r["status"] == "succeeded"]
     bal = [r["metrics"]["ensemble"]["test_balanced_accuracy"] for r in ok]
     return {
-        "wall_median_s": statistics.median(walls),
+        "wall_median_s": median(walls),
         "wall_s": [round(w, 2) for w in walls],
-        "job_duration_median_s": statistics.median(durations),
-        "store_io_median_s": statistics.median(io),
-        "store_io_share_median": statistics.median(share) if share else None,
+        "job_duration_median_s": median(durations),
+        "store_io_median_s": median(io),
+        "store_io_share_median": median(share) if share else None,
         "n_succeeded": len(ok),
         "n_failed": sum(r["status"] == "failed" for r in last["results"]),
         "mean_ensemble_test_balanced_accuracy": sum(bal) / len(bal) if bal else None,
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=REPO.parent / "shared" / "data",
+        default=DEFAULT_DATA_DIR,
         help="folder of SYMBOL_TF.csv bars (default: ../shared/data beside the repo)",
     )
     p.add_argument(
@@ -120,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from ml.src.data.local_db import SqliteStore
     from ml.src.data.supabase_db import SupabaseStore
 
     files = csv_pairs(args.data_dir, args.quick)
@@ -147,11 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             "ML_MODELS_DIR": str(tmp / "models_sb"),
         }
         with SupabaseStore(stack["SUPABASE_URL"], stack["SUPABASE_SERVICE_ROLE_KEY"]) as sb:
-            load_sb = load_store(sb, files)
+            t0 = time.perf_counter()
+            rows = load_csvs(sb, files)
+            load_sb = time.perf_counter() - t0
         template = tmp / "template.sqlite3"
-        with SqliteStore(template) as lite:
-            load_lite = load_store(lite, files)
-        n_rows = sum(len(f.read_text().splitlines()) - 1 for f in files)
+        t0 = time.perf_counter()
+        build_sqlite_template(files, template)
+        load_lite = time.perf_counter() - t0
+        n_rows = sum(rows.values())
         print(
             f"loaded {len(files)} files ({n_rows} bars): supabase {load_sb:.1f}s, embedded {load_lite:.1f}s",
             file=sys.stderr,
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp / "models_sb", ignore_errors=True)
             results["supabase"].append(run_job(sb_env, timeframes, args.workers))
             db = tmp / f"embedded_{i}.sqlite3"
-            shutil.copy(template, db)
+            copy_sqlite(template, db)
             lite_env = {
                 **base_env,
                 "SUPABASE_URL": "",

@@ -95,3 +95,12 @@ def test_file_name_and_timestamp_problems(embedded_store, tmp_path, capsys) -> N
     wrong.write_text("date,o,h,l,c,v\n")
     assert load_bars.main([str(wrong)]) == 1
     assert "expected ['ts', 'open', 'high', 'low', 'close', 'volume']" in capsys.readouterr().err
+
+
+def test_if_missing_checks_the_pair_the_file_would_load_into(embedded_store, capsys) -> None:
+    # the file is named GOOG_w1 but --symbol says ALPHA: --if-missing must look at ALPHA/w1
+    assert load_bars.main([str(shared_csv("GOOG", "w1")), "--quiet"]) == 0
+    assert (
+        load_bars.main([str(shared_csv("GOOG", "w1")), "--symbol", "ALPHA", "--if-missing", "--quiet"]) == 0
+    )
+    assert embedded_store.count_bars("ALPHA", "w1") == 446

@@ -117,16 +117,21 @@ def read_bar_file(path: Path) -> pd.DataFrame:
     return frame
 
 
-def load_file(store: TrainingStore, path: Path, symbol: str | None, timeframe: str | None) -> LoadedFile:
+def resolve_pair(path: Path, symbol: str | None, timeframe: str | None) -> tuple[str, str]:
+    """The (symbol, timeframe) a file loads into: the flags where given, else its SYMBOL_TF.csv name."""
     if symbol is None or timeframe is None:
         name_symbol, name_tf = parse_file_name(path)
         symbol = symbol or name_symbol
         timeframe = timeframe or name_tf
-    symbol = check_symbol(symbol)
     if timeframe not in TIMEFRAMES:
         raise BarFileError(
             f"{path}: unknown timeframe {timeframe!r} (expected one of {', '.join(TIMEFRAMES)})"
         )
+    return check_symbol(symbol), timeframe
+
+
+def load_file(store: TrainingStore, path: Path, symbol: str | None, timeframe: str | None) -> LoadedFile:
+    symbol, timeframe = resolve_pair(path, symbol, timeframe)
     frame = read_bar_file(path)
     rows = store.upsert_bars(symbol, timeframe, frame)
     store.upsert_symbols([symbol], active=True)
@@ -174,13 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.files:
             try:
                 if args.if_missing:
-                    sym, tf = (
-                        (args.symbol, args.timeframe)
-                        if args.symbol and args.timeframe
-                        else parse_file_name(path)
-                    )
-                    if store.count_bars(check_symbol(sym), tf) > 0:
-                        log.info("%s: %s/%s already loaded, skipped", path, sym.upper(), tf)
+                    sym, tf = resolve_pair(path, args.symbol, args.timeframe)
+                    if store.count_bars(sym, tf) > 0:
+                        log.info("%s: %s/%s already loaded, skipped", path, sym, tf)
                         continue
                 loaded = load_file(store, path, args.symbol, args.timeframe)
                 log.info(

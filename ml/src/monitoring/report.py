@@ -59,7 +59,7 @@ def champion_vs_baselines(result: dict[str, Any], metric: str) -> tuple[float | 
     if promo.get("decision") == "challenger" and promo.get("champion") is not None:
         champion = _num(promo.get("champion"))
     else:  # this run's model became (or is the first) champion: its own test score
-        champion = _num((promo or {}).get("challenger")) or _num(metrics.get("ensemble", {}).get(metric))
+        champion = _num(promo.get("challenger")) or _num(metrics.get("ensemble", {}).get(metric))
     baselines = [_num(v) for v in (promo.get("baselines") or {}).values()]
     if not any(b is not None for b in baselines):
         baselines = [_num(metrics.get(k, {}).get(metric)) for k in ("baseline", "persistence")]

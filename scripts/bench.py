@@ -119,7 +119,7 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------------------------ part 1: per stage
 def stage_run(store: Any, settings: Any, symbol: str, timeframe: str, size: int) -> dict[str, Any]:
     """One run_job over one pair; its stage timings, its compute (sum of stages) and the call's wall time."""
-    from ml.src.training.ensemble_training_job import run_job
+    from ml.src.training.run_loop import run_job
 
     # The warm run trains the same window again: it must not be skipped as "no new bars".
     kwargs: dict[str, Any] = {"force": True} if "force" in inspect.signature(run_job).parameters else {}

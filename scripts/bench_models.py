@@ -306,7 +306,8 @@ def run(
     log: Any = print,
 ) -> dict[str, Any]:
     from ml.src.data.local_db import SqliteStore
-    from ml.src.training.pipeline import PairFailure, PairRequest, prepare_pair
+    from ml.src.training.pair_result import PairRequest
+    from ml.src.training.pipeline import PairFailure, prepare_pair
 
     paths = sorted({csv_path(data_dir, s, tf) for s, tf in pairs})
     missing = [str(p) for p in paths if not p.exists()]

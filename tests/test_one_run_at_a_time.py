@@ -16,8 +16,9 @@ from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.records import RunRecord
 from ml.src.data.supabase_db import SupabaseStore
-from ml.src.training import ensemble_training_job as job
-from ml.src.training.ensemble_training_job import main, run_job
+from ml.src.training import stop
+from ml.src.training.ensemble_training_job import main
+from ml.src.training.run_loop import run_job
 from tests.factories import real_bars
 
 pytestmark = pytest.mark.slow
@@ -85,7 +86,7 @@ def test_stop_request_finishes_the_pair_in_progress(embedded_store: SqliteStore)
         load(embedded_store, "PG", tf, 700)
 
     def stop_after_first(done: int, total: int, result) -> None:
-        job.request_stop()
+        stop.request_stop()
 
     try:
         report = run_job(
@@ -98,7 +99,7 @@ def test_stop_request_finishes_the_pair_in_progress(embedded_store: SqliteStore)
             progress=stop_after_first,
         )
     finally:
-        job.clear_stop()
+        stop.clear_stop()
     assert report.interrupted and report.exit_code() == 130
     assert [r.status for r in report.results] == ["succeeded"]
     run = embedded_store.get_run(report.run_id)

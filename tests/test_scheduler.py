@@ -24,17 +24,17 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from freezegun import freeze_time
 
-import ml.src.scheduler as sched
 from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.store import StoreError
+from ml.src.scheduler import cli, jobs, ledger, service
 from ml.src.scheduler.market_calendar import (
     NEW_YORK,
     HolidaySkippingTrigger,
     is_nyse_holiday,
     is_nyse_trading_day,
 )
-from ml.src.training import ensemble_training_job
+from ml.src.training import job_cli
 
 DAILY_TFS = ("m15", "h1", "h4", "d1")
 
@@ -47,8 +47,8 @@ def ny_hhmm(moment: datetime) -> str:
     return moment.astimezone(NEW_YORK).strftime("%H:%M %Z")
 
 
-def spec(settings: Settings, job_id: str) -> sched.JobSpec:
-    return next(s for s in sched.job_specs(settings) if s.job_id == job_id)
+def spec(settings: Settings, job_id: str) -> jobs.JobSpec:
+    return next(s for s in jobs.job_specs(settings) if s.job_id == job_id)
 
 
 def ledger_rows(path: Path) -> list[dict[str, Any]]:
@@ -100,7 +100,7 @@ def manual(
     def make(runner: FakeRunner | None = None, **overrides: Any) -> tuple[ManualScheduler, FakeRunner]:
         runner = runner or FakeRunner()
         s = settings.model_copy(update=overrides) if overrides else settings
-        scheduler = sched.build_scheduler(
+        scheduler = service.build_scheduler(
             s,
             runner,
             scheduler_cls=ManualScheduler,
@@ -120,7 +120,7 @@ def manual(
 
 # ------------------------------------------------------------------------------------------- job set-up
 def test_job_ids_and_defaults(settings: Settings) -> None:
-    scheduler = sched.build_scheduler(settings, FakeRunner())
+    scheduler = service.build_scheduler(settings, FakeRunner())
     assert isinstance(scheduler, BlockingScheduler)
     assert scheduler.timezone == UTC
     assert scheduler._job_defaults == {"misfire_grace_time": 6 * 3600, "coalesce": True, "max_instances": 1}
@@ -147,40 +147,40 @@ def test_started_jobs_carry_the_defaults(
 def test_skip_holidays_off_uses_the_plain_cron(settings: Settings) -> None:
     s = settings.model_copy(update={"schedule_skip_holidays": False})
     assert isinstance(spec(s, "train-daily").trigger(), CronTrigger)
-    times = sched.next_fire_times(spec(s, "train-daily"), utc("2026-11-26T00:00:00"), 1)
+    times = jobs.next_fire_times(spec(s, "train-daily"), utc("2026-11-26T00:00:00"), 1)
     assert times == [utc("2026-11-26T22:30:00")]  # Thanksgiving, when asked to
 
 
 def test_empty_timeframes_are_not_scheduled(settings: Settings) -> None:
     s = settings.model_copy(update={"schedule_weekly_timeframes": []})
-    assert [x.job_id for x in sched.job_specs(s)] == ["train-daily"]
+    assert [x.job_id for x in jobs.job_specs(s)] == ["train-daily"]
 
 
 def test_bad_cron_is_a_schedule_error(settings: Settings) -> None:
     s = settings.model_copy(update={"schedule_daily_cron": "30 25 * * mon-fri"})
-    with pytest.raises(sched.ScheduleError, match="schedule_daily_cron"):
-        sched.job_specs(s)
+    with pytest.raises(jobs.ScheduleError, match="schedule_daily_cron"):
+        jobs.job_specs(s)
 
 
 # ------------------------------------------------------------------------------------------ fire times
 def test_dst_start_keeps_utc_and_shifts_new_york(settings: Settings) -> None:
     # US DST begins Sunday 2026-03-08: 22:30 UTC is 17:30 EST before, 18:30 EDT after
-    times = sched.next_fire_times(spec(settings, "train-daily"), utc("2026-03-05T00:00:00"), 4)
+    times = jobs.next_fire_times(spec(settings, "train-daily"), utc("2026-03-05T00:00:00"), 4)
     assert times == [utc(f"2026-03-{d}T22:30:00") for d in ("05", "06", "09", "10")]
     assert [ny_hhmm(t) for t in times] == ["17:30 EST", "17:30 EST", "18:30 EDT", "18:30 EDT"]
-    weekly = sched.next_fire_times(spec(settings, "train-weekly"), utc("2026-03-05T00:00:00"), 2)
+    weekly = jobs.next_fire_times(spec(settings, "train-weekly"), utc("2026-03-05T00:00:00"), 2)
     assert weekly == [utc("2026-03-07T14:00:00"), utc("2026-03-14T14:00:00")]
     assert [ny_hhmm(t) for t in weekly] == ["09:00 EST", "10:00 EDT"]
 
 
 def test_dst_end_keeps_utc_and_shifts_new_york(settings: Settings) -> None:
     # US DST ends Sunday 2026-11-01
-    times = sched.next_fire_times(spec(settings, "train-daily"), utc("2026-10-29T00:00:00"), 4)
+    times = jobs.next_fire_times(spec(settings, "train-daily"), utc("2026-10-29T00:00:00"), 4)
     assert times == [
         utc(t) for t in ("2026-10-29T22:30", "2026-10-30T22:30", "2026-11-02T22:30", "2026-11-03T22:30")
     ]
     assert [ny_hhmm(t) for t in times] == ["18:30 EDT", "18:30 EDT", "17:30 EST", "17:30 EST"]
-    weekly = sched.next_fire_times(spec(settings, "train-weekly"), utc("2026-10-29T00:00:00"), 2)
+    weekly = jobs.next_fire_times(spec(settings, "train-weekly"), utc("2026-10-29T00:00:00"), 2)
     assert weekly == [utc("2026-10-31T14:00:00"), utc("2026-11-07T14:00:00")]
     assert [ny_hhmm(t) for t in weekly] == ["10:00 EDT", "09:00 EST"]
 
@@ -217,12 +217,12 @@ def test_friday_to_monday(settings: Settings) -> None:
 def test_daily_job_skips_nyse_holidays(
     settings: Settings, start: str, expected: list[str], holiday: str
 ) -> None:
-    times = sched.next_fire_times(spec(settings, "train-daily"), utc(f"{start}T00:00:00"), 3)
+    times = jobs.next_fire_times(spec(settings, "train-daily"), utc(f"{start}T00:00:00"), 3)
     assert times == [utc(f"{d}T22:30:00") for d in expected], holiday
 
 
 def test_weekly_job_fires_on_saturdays_through_holiday_weeks(settings: Settings) -> None:
-    times = sched.next_fire_times(spec(settings, "train-weekly"), utc("2026-11-23T00:00:00"), 6)
+    times = jobs.next_fire_times(spec(settings, "train-weekly"), utc("2026-11-23T00:00:00"), 6)
     assert [t.date() for t in times] == [date(2026, 11, 28) + timedelta(weeks=i) for i in range(6)]
     assert all(t.weekday() == 5 and (t.hour, t.minute) == (14, 0) for t in times)
 
@@ -252,7 +252,7 @@ def test_trigger_pickles(settings: Settings) -> None:
     clone = pickle.loads(pickle.dumps(trigger))
     assert isinstance(clone, HolidaySkippingTrigger)
     start = utc("2026-11-20T00:00:00")
-    assert sched.next_fire_times(clone, start, 10) == sched.next_fire_times(trigger, start, 10)
+    assert jobs.next_fire_times(clone, start, 10) == jobs.next_fire_times(trigger, start, 10)
     assert "nyse_trading_days" in str(clone)
 
 
@@ -365,7 +365,7 @@ def test_ledger_failure_is_logged_not_raised(settings: Settings, caplog: pytest.
         raise StoreError("store unreachable")
 
     with freeze_time("2026-03-06 20:00:00") as clock:
-        scheduler = sched.build_scheduler(
+        scheduler = service.build_scheduler(
             settings,
             FakeRunner(),
             scheduler_cls=ManualScheduler,
@@ -389,7 +389,7 @@ def test_real_background_scheduler_runs_and_records_misses(settings: Settings, l
     runner = FakeRunner()
     executed, missed = threading.Semaphore(0), threading.Semaphore(0)
     with freeze_time("2026-03-06 20:00:00") as clock:  # Friday
-        scheduler = sched.build_scheduler(
+        scheduler = service.build_scheduler(
             settings,
             runner,
             scheduler_cls=BackgroundScheduler,
@@ -426,9 +426,9 @@ def test_print_schedule(
     def no_store(*args: object) -> None:
         raise AssertionError("--print-schedule must not open a store")
 
-    monkeypatch.setattr(sched, "open_store", no_store)
+    monkeypatch.setattr(ledger, "open_store", no_store)
     with freeze_time("2026-11-24 12:00:00"):
-        assert sched.main(["--print-schedule"]) == 0
+        assert cli.main(["--print-schedule"]) == 0
     out = capsys.readouterr().out
     assert "train-daily: cron '30 22 * * mon-fri' (UTC), timeframes m15 h1 h4 d1, skips NYSE holidays" in out
     assert "train-weekly: cron '0 14 * * sat' (UTC), timeframes w1" in out
@@ -464,7 +464,7 @@ def test_invalid_settings_exit_2_with_one_line(
 ) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert sched.main(["--print-schedule"]) == 2
+    assert cli.main(["--print-schedule"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(message)
     assert "\n" not in err
@@ -486,10 +486,8 @@ def test_once_runs_every_group_and_returns_the_worst_code(
     ml_env: Path, monkeypatch: pytest.MonkeyPatch, daily: int, weekly: int, worst: int, runs: int
 ) -> None:
     calls: list[list[str]] = []
-    monkeypatch.setattr(
-        ensemble_training_job, "main", fake_training_main({"daily": daily, "w1": weekly}, calls)
-    )
-    assert sched.main(["--once"]) == worst
+    monkeypatch.setattr(job_cli, "main", fake_training_main({"daily": daily, "w1": weekly}, calls))
+    assert cli.main(["--once"]) == worst
     expected = [
         ["--all", "--timeframes", *DAILY_TFS, "--trigger", "scheduled", "--quiet"],
         ["--all", "--timeframes", "w1", "--trigger", "scheduled", "--quiet"],
@@ -499,7 +497,7 @@ def test_once_runs_every_group_and_returns_the_worst_code(
 
 def test_once_records_a_crash_and_goes_on(ml_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = FakeRunner(lambda tfs: 0 if "w1" in tfs else 1 // 0)
-    assert sched.run_once(Settings(), runner) == 1
+    assert service.run_once(Settings(), runner) == 1
     assert runner.calls == [DAILY_TFS, ("w1",)]
     [row] = ledger_rows(ml_env / "store.sqlite3")  # the default store of the settings (ml_env's)
     assert (row["status"], row["trigger"]) == ("failed", "scheduled")
@@ -511,16 +509,16 @@ def test_once_abort_is_130_and_stops(ml_env: Path) -> None:
         raise KeyboardInterrupt  # what the training job's handler raises on a second Ctrl-C
 
     runner = FakeRunner(aborted)
-    assert sched.run_once(Settings(), runner) == 130
+    assert service.run_once(Settings(), runner) == 130
     assert runner.calls == [DAILY_TFS]
 
 
 def test_worst_exit_code() -> None:
-    assert sched.worst_exit_code([]) == 0
-    assert sched.worst_exit_code([0, 75, 1]) == 1
-    assert sched.worst_exit_code([75, 0]) == 75
-    assert sched.worst_exit_code([1, 130, 2]) == 130
-    assert sched.worst_exit_code([0, 3]) == 3  # an unknown code counts as a failure
+    assert service.worst_exit_code([]) == 0
+    assert service.worst_exit_code([0, 75, 1]) == 1
+    assert service.worst_exit_code([75, 0]) == 75
+    assert service.worst_exit_code([1, 130, 2]) == 130
+    assert service.worst_exit_code([0, 3]) == 3  # an unknown code counts as a failure
 
 
 # ---------------------------------------------------------------------------------------------- signals
@@ -535,7 +533,7 @@ def deliver(signum: signal.Signals = signal.SIGTERM) -> Any:
 @pytest.fixture()
 def stop_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    monkeypatch.setattr(ensemble_training_job, "request_stop", lambda: calls.append("request_stop"))
+    monkeypatch.setattr(service, "request_stop", lambda: calls.append("request_stop"))
     return calls
 
 
@@ -543,7 +541,7 @@ def test_sigterm_while_idle_stops_the_scheduler(
     ml_env: Path, monkeypatch: pytest.MonkeyPatch, stop_calls: list[str]
 ) -> None:
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    real_build = sched.build_scheduler
+    real_build = service.build_scheduler
     installed: list[Any] = []
 
     def build(*args: Any, **kwargs: Any) -> BaseScheduler:
@@ -557,9 +555,9 @@ def test_sigterm_while_idle_stops_the_scheduler(
         scheduler.add_listener(on_started, EVENT_SCHEDULER_STARTED)
         return scheduler
 
-    monkeypatch.setattr(sched, "build_scheduler", build)
-    assert sched.main([]) == 0  # returns: the BlockingScheduler was shut down
-    assert isinstance(installed[0], sched.GracefulStop)
+    monkeypatch.setattr(service, "build_scheduler", build)
+    assert cli.main([]) == 0  # returns: the BlockingScheduler was shut down
+    assert isinstance(installed[0], service.GracefulStop)
     assert stop_calls == ["request_stop"]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
@@ -573,7 +571,7 @@ def test_sigterm_during_a_run_waits_for_it(
         stop_calls.append("request_stop")
         stop_seen.set()
 
-    monkeypatch.setattr(ensemble_training_job, "request_stop", request_stop)
+    monkeypatch.setattr(service, "request_stop", request_stop)
     finished: list[str] = []
 
     def training(timeframes: Sequence[str]) -> int:
@@ -584,15 +582,15 @@ def test_sigterm_during_a_run_waits_for_it(
         finished.append("finished the pair in progress")
         return 130
 
-    real_build = sched.build_scheduler
+    real_build = service.build_scheduler
 
     def build(settings: Settings, runner: Any = None, **kwargs: Any) -> BaseScheduler:
         scheduler = real_build(settings, FakeRunner(training), **kwargs)
         scheduler.modify_job("train-daily", next_run_time=datetime.now(UTC))  # due as soon as it starts
         return scheduler
 
-    monkeypatch.setattr(sched, "build_scheduler", build)
-    assert sched.main([]) == 0
+    monkeypatch.setattr(service, "build_scheduler", build)
+    assert cli.main([]) == 0
     assert finished == ["finished the pair in progress"]  # shutdown(wait=True) waited for the run
     assert stop_calls == ["request_stop"]
 
@@ -605,18 +603,18 @@ def test_sigterm_under_once_stops_after_the_group(
         return 130 if stop_calls else 0
 
     runner = FakeRunner(training)
-    monkeypatch.setattr(sched, "train_timeframes", runner)
-    assert sched.main(["--once"]) == 130
+    monkeypatch.setattr(service, "train_timeframes", runner)
+    assert cli.main(["--once"]) == 130
     assert runner.calls == [DAILY_TFS]  # the weekly group did not start
     assert stop_calls == ["request_stop"]
 
 
 def test_graceful_stop_before_start(stop_calls: list[str], settings: Settings) -> None:
     stopping = threading.Event()
-    scheduler = sched.build_scheduler(
+    scheduler = service.build_scheduler(
         settings, FakeRunner(), scheduler_cls=BackgroundScheduler, stopping=stopping
     )
-    stopper = sched.GracefulStop(scheduler, stopping)
+    stopper = service.GracefulStop(scheduler, stopping)
     scheduler.add_listener(stopper.on_started, EVENT_SCHEDULER_STARTED)
     stopper(signal.SIGINT, None)  # before start: nothing to shut down yet
     stopper.wait(10)
@@ -633,9 +631,11 @@ def test_log_lines_carry_the_job_id(capsys: pytest.CaptureFixture[str], settings
         logging.getLogger("ml.training").warning("AAPL/d1 failed: not enough bars")
         return 1
 
-    restore = sched.configure_logging()
+    restore = service.configure_logging()
     try:
-        job = sched.ScheduledTraining(spec(settings, "train-daily"), FakeRunner(training), threading.Event())
+        job = service.ScheduledTraining(
+            spec(settings, "train-daily"), FakeRunner(training), threading.Event()
+        )
         assert job() == 1
     finally:
         restore()

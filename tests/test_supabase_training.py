@@ -15,7 +15,8 @@ from ml.src.data import load_bars
 from ml.src.data.store import StoreUnavailable
 from ml.src.data.supabase_db import SupabaseStore
 from ml.src.training.artifacts import sha256_file
-from ml.src.training.ensemble_training_job import main, run_job
+from ml.src.training.ensemble_training_job import main
+from ml.src.training.run_loop import run_job
 from tests.factories import real_bars, shared_csv
 
 pytestmark = pytest.mark.slow

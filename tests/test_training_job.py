@@ -13,11 +13,12 @@ from freezegun import freeze_time
 from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
 from ml.src.training import ensemble_training_job as job
+from ml.src.training import run_loop
 from ml.src.training.artifacts import ArtifactError, load_ensemble, sha256_file
 from ml.src.training.ensemble_training_job import main, train_ensemble_for_symbol_timeframe
+from ml.src.training.pair_result import PairRequest
 from ml.src.training.pipeline import (
     PairFailure,
-    PairRequest,
     check_bars,
     fit_pair,
     persist_pair,
@@ -97,7 +98,7 @@ def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore,
     settings = Settings()
     prep = prepare_pair(embedded_store, PairRequest("MSFT", "m15", target_bars=450), settings)
     fitted = fit_pair(prep, settings)
-    run = job.start_run(embedded_store, settings, {"symbols": ["MSFT"]}, "api")
+    run = run_loop.start_run(embedded_store, settings, {"symbols": ["MSFT"]}, "api")
     result = persist_pair(
         embedded_store,
         prep,
@@ -274,14 +275,14 @@ def test_job_module_has_main_entry() -> None:
 def test_an_unexpected_fit_error_fails_only_that_pair(embedded_store, capsys, monkeypatch) -> None:
     load(embedded_store, "GOOG", "d1", 700)
     load(embedded_store, "GOOG", "w1", 446)
-    real_fit = job.fit_pair
+    real_fit = run_loop.fit_pair
 
     def flaky_fit(prep, settings, n_threads=1):
         if prep.request.timeframe == "d1":
             raise RuntimeError("boom\nwith a second line")
         return real_fit(prep, settings, n_threads=n_threads)
 
-    monkeypatch.setattr(job, "fit_pair", flaky_fit)
+    monkeypatch.setattr(run_loop, "fit_pair", flaky_fit)
     code, out = run_json(["--symbol", "GOOG", "--timeframes", "d1", "w1", "--target-bars", "240"], capsys)
     assert code == 1
     by_tf = {r["timeframe"]: r for r in out["results"]}

@@ -14,10 +14,10 @@ from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
 from ml.src.monitoring import report as monitoring
 from ml.src.training import registry
-from ml.src.training.artifacts import load_champion
 from ml.src.training.ensemble_training_job import main
-from ml.src.training.pipeline import PairRequest, fit_pair, prepare_pair
-from ml.src.training.registry import ChampionError, decide_promotion
+from ml.src.training.pair_result import PairRequest
+from ml.src.training.pipeline import fit_pair, prepare_pair
+from ml.src.training.registry import ChampionError, decide_promotion, load_champion
 from ml.src.training.walk_forward import fold_bounds
 from tests.factories import real_bars
 

@@ -1,19 +1,18 @@
-"""The store interface the pipeline depends on; implementations: embedded SQLite and Supabase."""
+"""The store interface the pipeline depends on; implementations: local_db (SQLite) and supabase_db.
+
+`store_factory.open_store` picks one from the settings.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
-
-if TYPE_CHECKING:
-    from config.settings import Settings
 
 BAR_COLUMNS: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
 
@@ -145,17 +144,6 @@ class TrainingStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_store(settings: Settings) -> TrainingStore:
-    """The store the settings point at: Supabase when SUPABASE_URL is set, else the embedded one."""
-    if settings.uses_supabase:
-        from ml.src.data.supabase_db import SupabaseStore
-
-        return SupabaseStore.from_settings(settings)
-    from ml.src.data.local_db import SqliteStore
-
-    return SqliteStore(settings.local_db)
 
 
 def normalise_bars(bars: pd.DataFrame) -> pd.DataFrame:

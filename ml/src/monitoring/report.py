@@ -22,7 +22,8 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
-from ml.src.data.store import StoreError, TrainingStore, open_store
+from ml.src.data.store import StoreError, TrainingStore
+from ml.src.data.store_factory import open_store
 
 log = logging.getLogger("ml.monitoring")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ml.src.scheduler import main
+from ml.src.scheduler.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -84,10 +84,3 @@ def ensemble_from_bundle(bundle: dict[str, Any]) -> EnsembleModel:
 def load_ensemble(path: str | Path, expected_sha256: str | None = None) -> EnsembleModel:
     """Load a verified ensemble: `.classes`, `.feature_names`, `.predict_proba(features)`."""
     return ensemble_from_bundle(load_bundle(path, expected_sha256))
-
-
-def load_champion(symbol: str, timeframe: str, **kwargs: Any) -> EnsembleModel:
-    """The pair's verified champion bundle (store from settings); see registry.load_champion for the checks."""
-    from ml.src.training.registry import load_champion as _load_champion
-
-    return _load_champion(symbol, timeframe, **kwargs)

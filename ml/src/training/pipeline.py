@@ -7,7 +7,7 @@ prepare_pair (store reads, features, labels, split) -> fit_pair (pure compute, r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from config.settings import Settings, TimeframeSpec
-from ml.src.data.records import ModelVersionRecord, ResultRecord
+from ml.src.data.records import ModelVersionRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.features.feature_cache import FeatureError, features_for_window
 from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VERSION, WARMUP_BARS
@@ -39,6 +39,7 @@ from ml.src.training.metrics import (
     proba_metrics,
 )
 from ml.src.training.models import MODEL_NAMES, fit_ensemble
+from ml.src.training.pair_result import PairRequest, PairResult
 from ml.src.training.registry import PromotionDecision
 from ml.src.training.splits import PurgedSplit, SplitError, purged_split
 from ml.src.training.trading_metrics import information_coefficient, trading_metrics
@@ -48,16 +49,6 @@ from ml.src.training.weights import blend, direction_score, equal_weights
 
 class PairFailure(RuntimeError):
     """A pair that cannot be trained; str() is the one-line reason recorded with the result."""
-
-
-@dataclass(frozen=True)
-class PairRequest:
-    symbol: str
-    timeframe: str
-    as_of: datetime | None = None
-    lookback_days: float | None = None
-    target_bars: int | None = None
-    force: bool = False
 
 
 @dataclass
@@ -86,41 +77,6 @@ class FittedPair:
     timings: dict[str, float]
     test_proba: np.ndarray  # the ensemble's class probabilities on the test rows (promotion reuses them)
     walk_forward: dict[str, Any] | None = None
-
-
-@dataclass
-class PairResult:
-    """What a pair produced; `to_json()` is the shape of `--json` results and of `training_results`."""
-
-    symbol: str
-    timeframe: str
-    status: str
-    error: str | None = None
-    horizon_bars: int | None = None
-    n_train: int | None = None
-    n_valid: int | None = None
-    n_test: int | None = None
-    split: dict[str, Any] | None = None
-    weights: dict[str, float] | None = None
-    metrics: dict[str, Any] | None = None
-    artifact_path: str | None = None
-    artifact_sha256: str | None = None
-    duration_s: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-    walk_forward: dict[str, Any] | None = None
-    promotion: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["duration_s"] = round(self.duration_s, 3)
-        out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
-        return out
-
-    def to_record(self, run_id: str) -> ResultRecord:
-        # the result row has exactly ResultRecord's columns; PairResult adds only in-memory timings
-        values = {f.name: getattr(self, f.name) for f in fields(ResultRecord) if f.name != "run_id"}
-        values["duration_s"] = round(self.duration_s, 3)
-        return ResultRecord(run_id=run_id, **values)
 
 
 # --------------------------------------------------------------------------------------------------- prepare
@@ -435,20 +391,3 @@ def no_new_bars_reason(store: TrainingStore, req: PairRequest) -> str | None:
     if latest.empty or latest["ts"].iloc[-1] > pd.Timestamp(last_trained):
         return None
     return f"no new bars (latest {latest['ts'].iloc[-1].isoformat()} already trained on; --force to retrain)"
-
-
-def skipped_result(req: PairRequest, reason: str, duration_s: float) -> PairResult:
-    return PairResult(
-        symbol=req.symbol, timeframe=req.timeframe, status="skipped", error=reason, duration_s=duration_s
-    )
-
-
-def failed_result(req: PairRequest, error: str, duration_s: float, horizon: int | None = None) -> PairResult:
-    return PairResult(
-        symbol=req.symbol,
-        timeframe=req.timeframe,
-        status="failed",
-        error=error,
-        horizon_bars=horizon,
-        duration_s=duration_s,
-    )

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from config.settings import get_settings
 from ml.src.data.store import StoreError, TrainingStore
+from ml.src.data.store_factory import open_store
 from ml.src.features.technical_indicators import FEATURE_COLUMNS
-from ml.src.training.artifacts import ArtifactError, EnsembleModel, load_ensemble
+from ml.src.training.artifacts import ArtifactError, load_ensemble
+from ml.src.training.ensemble import EnsembleModel
 from ml.src.training.metrics import label_metrics, majority_class, persistence_predictions
 
 if TYPE_CHECKING:
@@ -166,9 +169,6 @@ def load_champion(
     now: datetime | None = None,
 ) -> EnsembleModel:
     """The pair's verified champion (store from settings unless given); refuses an expired or stale one."""
-    from config.settings import get_settings
-    from ml.src.data.store import open_store
-
     settings = settings or get_settings()
     own = store is None
     store = store or open_store(settings)

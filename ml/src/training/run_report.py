@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ml.src.training.pipeline import PairResult
+from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK
+from ml.src.training.pair_result import PairResult
 
 
 @dataclass
@@ -37,10 +38,10 @@ class RunReport:
 
     def exit_code(self) -> int:
         if self.locked_by:
-            return 75
+            return EXIT_LOCKED
         if self.interrupted:
-            return 130
-        return 0 if self.counts["failed"] == 0 and self.error is None else 1
+            return EXIT_INTERRUPTED
+        return EXIT_OK if self.counts["failed"] == 0 and self.error is None else EXIT_FAILED
 
     def to_json(self) -> dict[str, Any]:
         duration = (self.finished_at - self.started_at).total_seconds() if self.finished_at else None

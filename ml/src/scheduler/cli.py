@@ -1,0 +1,77 @@
+"""Command line of the scheduler: `python -m ml.src.scheduler [--print-schedule | --once] [-v]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from config.settings import Settings, settings_error_line
+from ml.src.scheduler.jobs import ScheduleError, format_schedule, job_specs
+from ml.src.training.exit_codes import EXIT_OK, EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ml.src.scheduler",
+        description=(
+            "Run the nightly training on a schedule (APScheduler, UTC cron from ML_SCHEDULE_* settings): "
+            "train-daily after the US close on NYSE trading days, train-weekly once a week. SIGTERM or "
+            "Ctrl-C lets the pair in progress finish, marks the run interrupted and stops."
+        ),
+        epilog=(
+            "Exit codes: 0 ok (and after SIGTERM when running for ever); 2 invalid settings; with --once the "
+            "worst of the training job's codes (1 failed, 75 another run active, 130 interrupted)."
+        ),
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--print-schedule",
+        action="store_true",
+        help="list the jobs and their next three fire times (UTC and New York), then exit",
+    )
+    mode.add_argument(
+        "--once", action="store_true", help="run every scheduled group now, one after another, then exit"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging from the scheduler")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        settings = Settings()
+        specs = job_specs(settings)
+    except ValidationError as exc:
+        print(settings_error_line(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except ScheduleError as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not specs:
+        print(
+            "invalid settings: schedule_daily_timeframes and schedule_weekly_timeframes are both empty: "
+            "nothing to schedule",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    if args.print_schedule:
+        print(format_schedule(specs, datetime.now(UTC)))
+        return EXIT_OK
+
+    from ml.src.scheduler.service import configure_logging, run_once, serve
+
+    restore_logging = configure_logging(args.verbose)
+    try:
+        if args.once:
+            return run_once(settings)
+        return serve(settings)
+    finally:
+        restore_logging()

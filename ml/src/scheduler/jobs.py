@@ -1,0 +1,105 @@
+"""The scheduled groups: which timeframes train when (5-field cron in UTC, optionally NYSE-holiday aware)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.job import Job
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+
+from config.settings import Settings
+from ml.src.scheduler.market_calendar import NEW_YORK, HolidaySkippingTrigger
+
+DAILY_JOB_ID = "train-daily"
+WEEKLY_JOB_ID = "train-weekly"
+
+
+class ScheduleError(ValueError):
+    """A schedule setting that does not parse (a bad cron expression)."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One scheduled group: which timeframes, when (a 5-field cron expression in UTC), holiday-aware or not."""
+
+    job_id: str
+    cron: str
+    timeframes: tuple[str, ...]
+    skip_holidays: bool = False
+
+    def trigger(self) -> BaseTrigger:
+        if self.skip_holidays:
+            return HolidaySkippingTrigger.from_crontab(self.cron, timezone=UTC)
+        return CronTrigger.from_crontab(self.cron, timezone=UTC)
+
+
+def job_specs(settings: Settings) -> list[JobSpec]:
+    """The scheduled groups; a group with no timeframes is not scheduled. Raises ScheduleError on a bad cron."""
+    specs = [
+        # Default `30 22 * * mon-fri`: 22:30 UTC = 17:30 EST / 18:30 EDT, after the 16:00 New York close all
+        # year round (UTC has no DST, so New York sees the run an hour later in summer than in winter).
+        JobSpec(
+            DAILY_JOB_ID,
+            settings.schedule_daily_cron,
+            tuple(settings.schedule_daily_timeframes),
+            skip_holidays=settings.schedule_skip_holidays,
+        ),
+        # Default `0 14 * * sat`: Saturday 14:00 UTC = 09:00 EST / 10:00 EDT, after the week's last session.
+        # No holiday check: a weekly run is never skipped because of the day it happens to fall on.
+        JobSpec(WEEKLY_JOB_ID, settings.schedule_weekly_cron, tuple(settings.schedule_weekly_timeframes)),
+    ]
+    for spec, field in zip(specs, ("schedule_daily_cron", "schedule_weekly_cron"), strict=True):
+        try:
+            spec.trigger()
+        except ValueError as exc:
+            raise ScheduleError(f"{field}: {spec.cron!r} is not a valid cron expression: {exc}") from exc
+    return [s for s in specs if s.timeframes]
+
+
+def job_defaults(settings: Settings) -> dict[str, Any]:
+    """APScheduler job defaults: a fire up to the grace time late still runs; a backlog runs once; no overlap."""
+    return {
+        "misfire_grace_time": round(settings.schedule_misfire_grace_hours * 3600),
+        "coalesce": True,
+        "max_instances": 1,
+    }
+
+
+def next_fire_times(
+    job_or_trigger: Job | BaseTrigger | JobSpec, start: datetime, n: int = 3
+) -> list[datetime]:
+    """The next `n` fire times at or after `start` (an aware datetime; naive means UTC)."""
+    if isinstance(job_or_trigger, JobSpec):
+        trigger = job_or_trigger.trigger()
+    elif isinstance(job_or_trigger, Job):
+        trigger = job_or_trigger.trigger
+    else:
+        trigger = job_or_trigger
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    times: list[datetime] = []
+    fire = trigger.get_next_fire_time(None, start)
+    while fire is not None and len(times) < n:
+        times.append(fire)
+        fire = trigger.get_next_fire_time(fire, fire)
+    return times
+
+
+def both_zones(moment: datetime) -> str:
+    ny = moment.astimezone(NEW_YORK)
+    return f"{moment.astimezone(UTC):%a %Y-%m-%d %H:%M} UTC = {ny:%a %Y-%m-%d %H:%M %Z} (America/New_York)"
+
+
+def format_schedule(specs: Iterable[JobSpec], start: datetime, n: int = 3) -> str:
+    lines: list[str] = []
+    for spec in specs:
+        holidays = ", skips NYSE holidays" if spec.skip_holidays else ""
+        lines.append(
+            f"{spec.job_id}: cron '{spec.cron}' (UTC), timeframes {' '.join(spec.timeframes)}{holidays}"
+        )
+        lines.extend(f"  {both_zones(t)}" for t in next_fire_times(spec, start, n))
+    return "\n".join(lines)

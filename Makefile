@@ -2,24 +2,34 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Exact versions and hashes of every package (uv pip compile of pyproject.toml; `make lock` regenerates).
+LOCK     := requirements.lock
+DEV_LOCK := requirements-dev.lock
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# Universal lock: one resolution for every platform and every Python from 3.11 on (forks pinned per version).
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" --quiet $(LOCK_FLAGS)
 
-.PHONY: install install-dev stack-deps run test lint format bench clean
+.PHONY: install install-dev stack-deps run test lint format bench lock lock-upgrade clean
 
 # python3-venv and libgomp1 (LightGBM) from apt when missing, before the venv exists.
 $(BIN)/python:
 	PYTHON=$(PYTHON) bash scripts/install_stack_deps.sh venv
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
-$(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+# --require-hashes: nothing is installed that the lock does not name, byte for byte. The project itself goes in
+# editable without dependencies (they all came from the lock).
+$(RUN_STAMP): $(LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml $(RUN_STAMP)
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $@
+# The dev lock is the runtime lock (same pins) plus the dev tools, so it satisfies `make run` too.
+$(DEV_STAMP): $(DEV_LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@ $(RUN_STAMP)
 
 install: $(RUN_STAMP)
 install-dev: $(DEV_STAMP)
@@ -46,6 +56,16 @@ lint: install-dev
 format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Re-resolve after editing pyproject.toml: keeps every pin that still fits, changes only what must change.
+# The dev lock is constrained by the runtime lock, so both install the same runtime versions.
+lock: install-dev
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
+
+# Move every pin to the newest release the bounds in pyproject.toml allow (then run `make test`).
+lock-upgrade:
+	$(MAKE) lock LOCK_FLAGS=--upgrade
 
 # Per-stage and whole-run timings (embedded), then the same whole run against the local Supabase stack.
 bench: install-dev stack-deps

@@ -13,27 +13,27 @@ from ml.src.features.technical_indicators import (
     WARMUP_BARS,
     add_technical_features,
 )
-from tests.factories import real_bars
+from tests.factories import sample_bars
 
 
 def test_cache_fills_once_then_serves(embedded_store: SqliteStore) -> None:
-    embedded_store.upsert_bars("AAPL", "h4", real_bars("AAPL", "h4", last=1000))
-    first = fetch_or_build_features(embedded_store, "AAPL", ["h4"], {"h4": 500})["h4"]
+    embedded_store.upsert_bars("IBM", "d1", sample_bars("IBM", "d1", last=1000))
+    first = fetch_or_build_features(embedded_store, "IBM", ["d1"], {"d1": 500})["d1"]
     assert (first.n_cached, first.n_computed) == (0, 500)
-    second = fetch_or_build_features(embedded_store, "AAPL", ["h4"], {"h4": 500})["h4"]
+    second = fetch_or_build_features(embedded_store, "IBM", ["d1"], {"d1": 500})["d1"]
     assert (second.n_cached, second.n_computed) == (500, 0)
     pd.testing.assert_frame_equal(first.frame, second.frame)
     assert list(first.frame.columns) == ["ts", "close", *FEATURE_COLUMNS]
 
 
 def test_only_missing_rows_are_computed_and_values_match_a_fresh_computation(embedded_store) -> None:
-    bars = real_bars("SPY", "d1", last=900)
-    embedded_store.upsert_bars("SPY", "d1", bars)
+    bars = sample_bars("GSPC", "d1", last=900)
+    embedded_store.upsert_bars("GSPC", "d1", bars)
     # an earlier night cached a window that started 150 bars earlier
-    old = embedded_store.read_bars("SPY", "d1", end=bars["ts"].iloc[-151], limit=500 + WARMUP_BARS)
-    features_for_window(embedded_store, "SPY", "d1", old)
-    now = embedded_store.read_bars("SPY", "d1", limit=500 + WARMUP_BARS)
-    got = features_for_window(embedded_store, "SPY", "d1", now)
+    old = embedded_store.read_bars("GSPC", "d1", end=bars["ts"].iloc[-151], limit=500 + WARMUP_BARS)
+    features_for_window(embedded_store, "GSPC", "d1", old)
+    now = embedded_store.read_bars("GSPC", "d1", limit=500 + WARMUP_BARS)
+    got = features_for_window(embedded_store, "GSPC", "d1", now)
     assert (got.n_cached, got.n_computed) == (350, 150)
     fresh = add_technical_features(now).iloc[WARMUP_BARS:].reset_index(drop=True)
     # finite-window features: the cached rows equal a fresh computation from another start (to 1e-9)
@@ -45,6 +45,6 @@ def test_only_missing_rows_are_computed_and_values_match_a_fresh_computation(emb
     )
     # the cache holds both nights' window rows; the first night's warm-up rows were never cached
     cached = embedded_store.read_feature_cache(
-        "SPY", "d1", FEATURE_SET_VERSION, bars["ts"].iloc[0], bars["ts"].iloc[-1]
+        "GSPC", "d1", FEATURE_SET_VERSION, bars["ts"].iloc[0], bars["ts"].iloc[-1]
     )
     assert len(cached) == 650 and cached["ts"].iloc[0] == old["ts"].iloc[WARMUP_BARS]

@@ -1,9 +1,11 @@
-"""Contract tests for ml.src.features.technical_indicators on real bars from ../shared/data."""
+"""Contract tests for ml.src.features.technical_indicators on real bars.
+
+Cases named ``sample/...`` use the bars the project ships (ml/sample_data); ``ML_TEST_DATA/...`` cases need what
+only that folder has (intraday bars, AAPL's -51.6 % day, DIS's close-only flat bars) and skip without it (see
+tests/factories.py). Features never read ``ts``, so the timeframe of a file matters only through its bars.
+"""
 
 from __future__ import annotations
-
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,28 +19,25 @@ from ml.src.features.technical_indicators import (
     WARMUP_BARS,
     add_technical_features,
 )
+from tests.factories import SAMPLE_DATA, ml_test_bars, ml_test_files, require_ml_test_data, sample_bars
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ALL_CSVS = sorted(p.name for p in DATA_DIR.glob("*.csv"))
+SAMPLE_NAMES = sorted(f"sample/{p.stem}" for p in SAMPLE_DATA.glob("*.csv"))
 
 
-def test_shared_data_is_present() -> None:
-    # Never skip for missing data: CI clones ../shared beside the repo, and a skipped test is a failed test.
-    assert ALL_CSVS, f"shared market data not found in {DATA_DIR}"
+def test_sample_data_is_present() -> None:
+    # Shipped with the project: these cases never skip.
+    assert len(SAMPLE_NAMES) == 8, f"ml/sample_data is incomplete: {SAMPLE_NAMES}"
 
 
 # The contract the persistent feature cache relies on.
 WINDOW_RTOL, WINDOW_ATOL = 1e-6, 1e-9
 
 
-@cache
-def _load(name: str) -> pd.DataFrame:
-    return pd.read_csv(DATA_DIR / name, parse_dates=["ts"])
-
-
 def bars(name: str, rows: slice | None = None) -> pd.DataFrame:
-    """A fresh copy of (a slice of) a shared CSV, with a 0..n-1 index."""
-    df = _load(name)
+    """A fresh copy of (a slice of) ``sample/SYMBOL_TF`` or ``ML_TEST_DATA/SYMBOL_TF``, with a 0..n-1 index."""
+    source, _, stem = name.partition("/")
+    symbol, timeframe = stem.rsplit("_", 1)
+    df = sample_bars(symbol, timeframe) if source == "sample" else ml_test_bars(symbol, timeframe)
     if rows is not None:
         df = df.iloc[rows]
     return df.reset_index(drop=True).copy()
@@ -49,7 +48,7 @@ def features(df: pd.DataFrame) -> np.ndarray:
 
 
 def _crash_row(df: pd.DataFrame) -> int:
-    """Row of the largest one-bar move (AAPL_d1: the -51.6 % day of 2000-09-29)."""
+    """Row of the largest one-bar move (AAPL_d1: the -51.6 % day of 2000-09-29; IXIC_w1: -25.3 %, 2000-04-10)."""
     return int(np.nanargmax(np.abs(np.log(df["close"]).diff().to_numpy())))
 
 
@@ -67,7 +66,7 @@ def test_public_constants() -> None:
 
 
 def test_returns_new_frame_with_same_rows_index_and_appended_features() -> None:
-    df = bars("AAPL_d1.csv", slice(-1500, None))
+    df = bars("sample/IBM_d1", slice(-1500, None))
     df.index = pd.RangeIndex(10_000, 10_000 + len(df), name="bar")  # a non-default index must survive
     original = df.copy(deep=True)
 
@@ -86,14 +85,14 @@ def test_returns_new_frame_with_same_rows_index_and_appended_features() -> None:
 
 
 def test_recomputing_on_an_output_frame_replaces_the_features() -> None:
-    df = bars("SPY_d1.csv", slice(-400, None))
+    df = bars("sample/GSPC_d1", slice(-400, None))
     once = add_technical_features(df)
     twice = add_technical_features(once)
     pd.testing.assert_frame_equal(once, twice)
 
 
 def test_short_inputs_do_not_fail() -> None:
-    df = bars("MSFT_h4.csv")
+    df = bars("sample/GOOG_w1")
     for n in (0, 1, 2, 30, WARMUP_BARS - 1):
         out = add_technical_features(df.iloc[:n])
         assert len(out) == n
@@ -101,13 +100,13 @@ def test_short_inputs_do_not_fail() -> None:
 
 
 def test_ts_is_not_used() -> None:
-    df = bars("MSFT_m15.csv", slice(-600, None))
+    df = bars("sample/IXIC_d1", slice(-600, None))
     shifted = df.assign(ts=df["ts"] + pd.Timedelta(days=3650, minutes=7))
     np.testing.assert_array_equal(features(df), features(shifted))
 
 
 def test_rejects_unsorted_or_incomplete_bars() -> None:
-    df = bars("SPY_d1.csv", slice(-300, None))
+    df = bars("sample/GSPC_d1", slice(-300, None))
     with pytest.raises(ValueError, match="sorted"):
         add_technical_features(df.iloc[::-1])
     with pytest.raises(ValueError, match="volume"):
@@ -165,17 +164,18 @@ def test_constant_bars_give_exact_neutral_values() -> None:
 # --- causality and history-window invariance ------------------------------------------------------------
 
 PREFIX_CASES = [
-    ("AAPL_d1.csv", slice(-1500, None)),
-    ("AAPL_d1.csv", slice(0, 1500)),  # contains the -51.6 % crash
-    ("SPY_h1.csv", slice(-1500, None)),
-    ("MSFT_m15.csv", slice(-1500, None)),
-    ("PG_w1.csv", slice(0, 1500)),
-    ("DIS_d1.csv", slice(0, 1500)),  # close-only O=H=L=C bars
+    ("sample/IBM_d1", slice(-1500, None)),
+    ("sample/IXIC_w1", None),  # contains the -25.3 % week
+    ("sample/IXIC_d1", slice(-1500, None)),  # zero-volume rows
+    ("ML_TEST_DATA/AAPL_d1", slice(0, 1500)),  # contains the -51.6 % crash
+    ("ML_TEST_DATA/SPY_h1", slice(-1500, None)),
+    ("ML_TEST_DATA/MSFT_m15", slice(-1500, None)),
+    ("ML_TEST_DATA/DIS_d1", slice(0, 1500)),  # close-only O=H=L=C bars
 ]
 
 
 @pytest.mark.parametrize(("name", "rows"), PREFIX_CASES, ids=lambda x: x if isinstance(x, str) else "")
-def test_prefix_invariance_is_exact(name: str, rows: slice) -> None:
+def test_prefix_invariance_is_exact(name: str, rows: slice | None) -> None:
     df = bars(name, rows)
     full = features(df)
     for k in (1, 50, WARMUP_BARS - 1, WARMUP_BARS, WARMUP_BARS + 1, 389, 777, len(df) - 1):
@@ -183,22 +183,27 @@ def test_prefix_invariance_is_exact(name: str, rows: slice) -> None:
         assert np.array_equal(prefix, full[:k], equal_nan=True), f"{name}: first {k} rows differ"
 
 
+CRASH_FILES = ("ML_TEST_DATA/AAPL_d1", "sample/IXIC_w1")
+
+
 def _window_starts(df: pd.DataFrame, name: str) -> list[int]:
     n = len(df)
     starts = {1, 2, 37, 199, n // 3, n // 2, n - WARMUP_BARS - 1}
-    if name == "AAPL_d1.csv":  # histories that begin just before, at and just after the crash
+    if name in CRASH_FILES:  # histories that begin just before, at and just after the crash
         crash = _crash_row(df)
         starts |= {crash - WARMUP_BARS, crash - 20, crash - 1, crash, crash + 1, crash + 13}
     return sorted(s for s in starts if 0 < s < n - WARMUP_BARS)
 
 
 WINDOW_CASES = [
-    ("AAPL_d1.csv", None),
-    ("SPY_h1.csv", slice(-3000, None)),
-    ("MSFT_m15.csv", slice(-3000, None)),
-    ("PG_w1.csv", None),
-    ("DIS_d1.csv", slice(0, 3000)),
-    ("IXIC_d1.csv", slice(-3000, None)),  # zero-volume rows
+    ("sample/IBM_d1", None),
+    ("sample/IXIC_d1", None),  # zero-volume rows
+    ("sample/IXIC_w1", None),  # the -25.3 % week
+    ("sample/GSPC_w1", None),
+    ("ML_TEST_DATA/AAPL_d1", None),  # prices from $0.12, the -51.6 % crash
+    ("ML_TEST_DATA/SPY_h1", slice(-3000, None)),
+    ("ML_TEST_DATA/MSFT_m15", slice(-3000, None)),
+    ("ML_TEST_DATA/DIS_d1", slice(0, 3000)),  # close-only flat bars
 ]
 
 
@@ -218,12 +223,13 @@ def test_window_invariance(name: str, rows: slice | None) -> None:
         )
 
 
-def test_window_residual_is_far_below_tolerance() -> None:
+@pytest.mark.parametrize("name", CRASH_FILES)
+def test_window_residual_is_far_below_tolerance(name: str) -> None:
     """Margin check: the worst residual across starts is orders of magnitude inside the cache tolerance."""
-    df = bars("AAPL_d1.csv")
+    df = bars(name)
     full = features(df)
     worst = 0.0
-    for s in _window_starts(df, "AAPL_d1.csv"):
+    for s in _window_starts(df, name):
         late = features(df.iloc[s:])[WARMUP_BARS:]
         ref = full[s + WARMUP_BARS :]
         worst = max(worst, float(np.max(np.abs(late - ref) / (WINDOW_ATOL + WINDOW_RTOL * np.abs(ref)))))
@@ -233,15 +239,21 @@ def test_window_residual_is_far_below_tolerance() -> None:
 # --- robustness and scale ------------------------------------------------------------------------------
 
 
-def _finite_cases() -> list[tuple[str, slice]]:
-    cases = [(name, slice(-3000, None)) for name in ALL_CSVS]
+def _finite_cases() -> list[tuple[str, slice | None]]:
+    cases: list[tuple[str, slice | None]] = [(name, None) for name in SAMPLE_NAMES]
+    extra = [f"ML_TEST_DATA/{name.removesuffix('.csv')}" for name in ml_test_files()]
+    if not extra:
+        return [*cases, ("ML_TEST_DATA", None)]  # one case that skips (or fails under CI) naming the folder
+    cases += [(name, slice(-3000, None)) for name in extra]
     # Early history with close-only flat bars, and the AAPL crash, which the last 3000 rows miss.
-    cases += [(name, slice(0, 3000)) for name in ("AAPL_d1.csv", "DIS_d1.csv", "MSFT_d1.csv", "PG_d1.csv")]
+    cases += [(f"ML_TEST_DATA/{s}_d1", slice(0, 3000)) for s in ("AAPL", "DIS", "MSFT", "PG")]
     return cases
 
 
 @pytest.mark.parametrize(("name", "rows"), _finite_cases(), ids=lambda x: x if isinstance(x, str) else "")
-def test_finite_after_warmup(name: str, rows: slice) -> None:
+def test_finite_after_warmup(name: str, rows: slice | None) -> None:
+    if name == "ML_TEST_DATA":
+        require_ml_test_data()
     df = bars(name, rows)
     feats = features(df)[WARMUP_BARS:]
     bad = ~np.isfinite(feats)
@@ -252,11 +264,12 @@ def test_finite_after_warmup(name: str, rows: slice) -> None:
 @pytest.mark.parametrize(
     ("name", "rows"),
     [
-        ("AAPL_d1.csv", None),  # prices from $0.12, crash included
-        ("DIS_d1.csv", slice(0, 3000)),  # flat bars
-        ("SPY_h1.csv", slice(-3000, None)),
-        ("MSFT_m15.csv", slice(-3000, None)),
-        ("IXIC_d1.csv", slice(-3000, None)),
+        ("sample/IXIC_d1", None),
+        ("sample/IXIC_w1", None),
+        ("ML_TEST_DATA/AAPL_d1", None),  # prices from $0.12, crash included
+        ("ML_TEST_DATA/DIS_d1", slice(0, 3000)),  # flat bars
+        ("ML_TEST_DATA/SPY_h1", slice(-3000, None)),
+        ("ML_TEST_DATA/MSFT_m15", slice(-3000, None)),
     ],
     ids=lambda x: x if isinstance(x, str) else "",
 )
@@ -273,11 +286,11 @@ def test_scale_free(name: str, rows: slice | None) -> None:
 
 def test_finite_memory_smoothers_equal_talib_on_the_trailing_window() -> None:
     """RSI/ATR/EMA are TA-Lib's own recursions run over exactly the trailing taps (hence window-invariant)."""
-    df = bars("SPY_d1.csv")
+    df = bars("sample/GSPC_d1")
     out = add_technical_features(df)
     h, lo, c = (df[col].to_numpy(dtype=np.float64) for col in ("high", "low", "close"))
     taps = ti._SMOOTH_TAPS
-    for i in (WARMUP_BARS, 777, 2500, len(df) - 1):
+    for i in (WARMUP_BARS, 777, 2000, len(df) - 1):
         w = slice(i - taps, i + 1)
         assert out.loc[i, "rsi_14"] == pytest.approx(talib.RSI(c[w], 14)[-1] / 100.0, rel=1e-12)
         atr = talib.ATR(h[w], lo[w], c[w], 14)[-1]
@@ -288,7 +301,7 @@ def test_finite_memory_smoothers_equal_talib_on_the_trailing_window() -> None:
 
 def test_close_to_full_history_talib() -> None:
     """Truncating the recursions' memory changes the indicators only negligibly."""
-    df = bars("SPY_d1.csv")
+    df = bars("sample/GSPC_d1")
     out = add_technical_features(df).iloc[WARMUP_BARS + 100 :]
     h, lo, c, v = (df[col].to_numpy(dtype=np.float64) for col in ("high", "low", "close", "volume"))
     tail = slice(WARMUP_BARS + 100, None)

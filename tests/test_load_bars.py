@@ -9,7 +9,7 @@ import pytest
 
 from ml.src.data import load_bars
 from ml.src.data.local_db import SqliteStore
-from tests.factories import real_bars, shared_csv
+from tests.factories import sample_bars, sample_csv
 
 
 def write(tmp_path: Path, name: str, frame) -> Path:
@@ -19,7 +19,7 @@ def write(tmp_path: Path, name: str, frame) -> Path:
 
 
 def corrupt(kind: str):
-    bars = real_bars("IBM", "d1", last=40)
+    bars = sample_bars("IBM", "d1", last=40)
     bars["volume"] = bars["volume"].astype("float64")
     if kind == "nan":
         bars.loc[9, "close"] = np.nan
@@ -62,25 +62,25 @@ def test_bad_file_is_rejected_whole(kind, message, embedded_store: SqliteStore, 
 def test_good_files_load_idempotently_and_register_symbols(
     embedded_store: SqliteStore, tmp_path, capsys
 ) -> None:
-    files = [str(shared_csv("GOOG", "w1")), str(shared_csv("TSLA", "h4"))]
+    files = [str(sample_csv("GOOG", "w1")), str(sample_csv("IXIC", "d1"))]
     assert load_bars.main([*files, "--quiet"]) == 0
     assert load_bars.main([*files, "--quiet"]) == 0
-    assert embedded_store.count_bars("GOOG", "w1") == 446 and embedded_store.count_bars("TSLA", "h4") == 411
-    assert embedded_store.list_active_symbols() == ["GOOG", "TSLA"]
-    renamed = write(tmp_path, "bars.csv", real_bars("SPY", "w1", last=30))
-    assert load_bars.main([str(renamed), "--symbol", "spy", "--timeframe", "w1", "--quiet"]) == 0
-    assert embedded_store.count_bars("SPY", "w1") == 30
-    assert load_bars.main([str(renamed), "--symbol", "spy", "--timeframe", "w1", "--if-missing"]) == 0
+    assert embedded_store.count_bars("GOOG", "w1") == 446 and embedded_store.count_bars("IXIC", "d1") == 2500
+    assert embedded_store.list_active_symbols() == ["GOOG", "IXIC"]
+    renamed = write(tmp_path, "bars.csv", sample_bars("GSPC", "w1", last=30))
+    assert load_bars.main([str(renamed), "--symbol", "gspc", "--timeframe", "w1", "--quiet"]) == 0
+    assert embedded_store.count_bars("GSPC", "w1") == 30
+    assert load_bars.main([str(renamed), "--symbol", "gspc", "--timeframe", "w1", "--if-missing"]) == 0
 
 
 def test_one_bad_file_does_not_stop_the_others(embedded_store, tmp_path, capsys) -> None:
     bad = write(tmp_path, "IBM_d1.csv", corrupt("low"))
-    assert load_bars.main([str(bad), str(shared_csv("GOOG", "w1")), "--quiet"]) == 1
+    assert load_bars.main([str(bad), str(sample_csv("GOOG", "w1")), "--quiet"]) == 1
     assert embedded_store.count_bars("GOOG", "w1") == 446 and embedded_store.count_bars("IBM", "d1") == 0
 
 
 def test_file_name_and_timestamp_problems(embedded_store, tmp_path, capsys) -> None:
-    odd = write(tmp_path, "IBM-daily.csv", real_bars("IBM", "d1", last=5))
+    odd = write(tmp_path, "IBM-daily.csv", sample_bars("IBM", "d1", last=5))
     assert load_bars.main([str(odd)]) == 1
     assert "name is not SYMBOL_TF.csv" in capsys.readouterr().err
     naive = tmp_path / "IBM_d1.csv"
@@ -99,8 +99,8 @@ def test_file_name_and_timestamp_problems(embedded_store, tmp_path, capsys) -> N
 
 def test_if_missing_checks_the_pair_the_file_would_load_into(embedded_store, capsys) -> None:
     # the file is named GOOG_w1 but --symbol says ALPHA: --if-missing must look at ALPHA/w1
-    assert load_bars.main([str(shared_csv("GOOG", "w1")), "--quiet"]) == 0
+    assert load_bars.main([str(sample_csv("GOOG", "w1")), "--quiet"]) == 0
     assert (
-        load_bars.main([str(shared_csv("GOOG", "w1")), "--symbol", "ALPHA", "--if-missing", "--quiet"]) == 0
+        load_bars.main([str(sample_csv("GOOG", "w1")), "--symbol", "ALPHA", "--if-missing", "--quiet"]) == 0
     )
     assert embedded_store.count_bars("ALPHA", "w1") == 446

@@ -16,7 +16,7 @@ from ml.src.data.local_db import SqliteStore
 from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.supabase_db import SupabaseStore
-from tests.factories import real_bars
+from tests.factories import sample_bars
 
 SHA = "ab" * 32
 
@@ -49,7 +49,7 @@ def new_run(store: TrainingStore) -> str:
 
 
 def test_bars_round_trip_exactly(store: TrainingStore, symbol: str) -> None:
-    bars = real_bars("AAPL", "d1", last=300)
+    bars = sample_bars("GOOG", "d1", last=300)
     assert store.upsert_bars(symbol, "d1", bars) == 300
     got = store.read_bars(symbol, "d1")
     assert list(got.columns) == ["ts", "open", "high", "low", "close", "volume"]
@@ -59,31 +59,31 @@ def test_bars_round_trip_exactly(store: TrainingStore, symbol: str) -> None:
 
 
 def test_read_bars_limit_end_start(store: TrainingStore, symbol: str) -> None:
-    bars = real_bars("SPY", "h1", last=200)
-    store.upsert_bars(symbol, "h1", bars)
-    last50 = store.read_bars(symbol, "h1", limit=50)
+    bars = sample_bars("GSPC", "d1", last=200)
+    store.upsert_bars(symbol, "d1", bars)
+    last50 = store.read_bars(symbol, "d1", limit=50)
     assert last50["ts"].tolist() == bars["ts"].iloc[-50:].tolist()
     end = bars["ts"].iloc[99]
-    upto = store.read_bars(symbol, "h1", end=end, limit=10)
+    upto = store.read_bars(symbol, "d1", end=end, limit=10)
     assert upto["ts"].tolist() == bars["ts"].iloc[90:100].tolist()
-    window = store.read_bars(symbol, "h1", start=bars["ts"].iloc[10], end=bars["ts"].iloc[19])
+    window = store.read_bars(symbol, "d1", start=bars["ts"].iloc[10], end=bars["ts"].iloc[19])
     assert window["ts"].tolist() == bars["ts"].iloc[10:20].tolist()
     assert store.read_bars(symbol, "m15").empty
-    assert store.read_bars("NOPE" + symbol, "h1").empty
+    assert store.read_bars("NOPE" + symbol, "d1").empty
 
 
 def test_reads_page_past_the_row_cap(store: TrainingStore, symbol: str) -> None:
-    bars = real_bars("AAPL", "h1", last=2600)
-    store.upsert_bars(symbol, "h1", bars)
-    assert store.count_bars(symbol, "h1") == 2600
-    got = store.read_bars(symbol, "h1")
-    assert len(got) == 2600 and got["ts"].is_monotonic_increasing
+    bars = sample_bars("IXIC", "d1")  # 2,500 bars: two full 1,000-row pages and a partial one
+    store.upsert_bars(symbol, "d1", bars)
+    assert store.count_bars(symbol, "d1") == 2500
+    got = store.read_bars(symbol, "d1")
+    assert len(got) == 2500 and got["ts"].is_monotonic_increasing
     assert got["ts"].tolist() == bars["ts"].tolist()
-    assert len(store.read_bars(symbol, "h1", limit=2100)) == 2100
+    assert len(store.read_bars(symbol, "d1", limit=2100)) == 2100
 
 
 def test_upsert_is_idempotent_and_replaces_values(store: TrainingStore, symbol: str) -> None:
-    bars = real_bars("IBM", "w1", last=40)
+    bars = sample_bars("IBM", "w1", last=40)
     store.upsert_bars(symbol, "w1", bars)
     store.upsert_bars(symbol, "w1", bars)
     assert store.count_bars(symbol, "w1") == 40
@@ -96,7 +96,7 @@ def test_upsert_is_idempotent_and_replaces_values(store: TrainingStore, symbol: 
 
 def test_bad_timeframe_is_rejected(store: TrainingStore, symbol: str) -> None:
     with pytest.raises(StoreError):
-        store.upsert_bars(symbol, "m5", real_bars("IBM", "w1", last=3))
+        store.upsert_bars(symbol, "m5", sample_bars("IBM", "w1", last=3))
 
 
 def test_symbols(store: TrainingStore, symbol: str) -> None:
@@ -109,21 +109,21 @@ def test_symbols(store: TrainingStore, symbol: str) -> None:
 
 
 def test_feature_cache_round_trip(store: TrainingStore, symbol: str) -> None:
-    ts = real_bars("MSFT", "m15", last=1200)["ts"]
+    ts = sample_bars("GSPC", "d1", last=1200)["ts"]
     rng = np.random.default_rng(7)  # cache payload only: arbitrary floats must survive the trip bit for bit
     frame = pd.DataFrame({"ts": ts, "f_a": rng.normal(size=len(ts)), "f_b": rng.normal(size=len(ts)) * 1e-9})
-    assert store.upsert_feature_cache(symbol, "m15", "v-test", frame) == 1200
-    got = store.read_feature_cache(symbol, "m15", "v-test", ts.iloc[0], ts.iloc[-1])
+    assert store.upsert_feature_cache(symbol, "d1", "v-test", frame) == 1200
+    got = store.read_feature_cache(symbol, "d1", "v-test", ts.iloc[0], ts.iloc[-1])
     assert got["ts"].tolist() == ts.tolist()
     np.testing.assert_array_equal(got["f_a"].to_numpy(), frame["f_a"].to_numpy())
     np.testing.assert_array_equal(got["f_b"].to_numpy(), frame["f_b"].to_numpy())
-    part = store.read_feature_cache(symbol, "m15", "v-test", ts.iloc[10], ts.iloc[19])
+    part = store.read_feature_cache(symbol, "d1", "v-test", ts.iloc[10], ts.iloc[19])
     assert len(part) == 10
-    assert store.read_feature_cache(symbol, "m15", "v-other", ts.iloc[0], ts.iloc[-1]).empty
+    assert store.read_feature_cache(symbol, "d1", "v-other", ts.iloc[0], ts.iloc[-1]).empty
     bad = frame.iloc[:2].copy()
     bad.loc[0, "f_a"] = np.nan
     with pytest.raises(StoreError, match="non-finite"):
-        store.upsert_feature_cache(symbol, "m15", "v-test", bad)
+        store.upsert_feature_cache(symbol, "d1", "v-test", bad)
 
 
 def test_run_ledger_and_results(store: TrainingStore, symbol: str) -> None:

@@ -17,7 +17,7 @@ from ml.src.data.supabase_db import SupabaseStore
 from ml.src.training.artifacts import sha256_file
 from ml.src.training.ensemble_training_job import main
 from ml.src.training.run_loop import run_job
-from tests.factories import real_bars, shared_csv
+from tests.factories import sample_bars, sample_csv
 
 pytestmark = pytest.mark.slow
 
@@ -36,29 +36,28 @@ def supabase_env(
 
 
 def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, capsys, tmp_path) -> None:
-    # SPY h1 from the shared data, the last 3,000 bars, loaded through the CLI into Postgres via PostgREST
-    src = tmp_path / "SPY_h1.csv"
-    real_bars("SPY", "h1", last=3000).to_csv(src, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
-    pg.execute("delete from ohlc_bars where symbol = 'SPY' and timeframe = 'h1'")
-    pg.execute("delete from feature_cache where symbol = 'SPY' and timeframe = 'h1'")
+    # IXIC d1 as shipped (2,500 bars, past the 1,000-row cap), loaded through the CLI into Postgres via PostgREST
+    src = sample_csv("IXIC", "d1")
+    pg.execute("delete from ohlc_bars where symbol = 'IXIC' and timeframe = 'd1'")
+    pg.execute("delete from feature_cache where symbol = 'IXIC' and timeframe = 'd1'")
     assert load_bars.main([str(src), "--quiet"]) == 0
     assert (
-        pg.execute("select count(*) from ohlc_bars where symbol='SPY' and timeframe='h1'").fetchone()[0]
-        == 3000
+        pg.execute("select count(*) from ohlc_bars where symbol='IXIC' and timeframe='d1'").fetchone()[0]
+        == 2500
     )
 
-    code = main(["--symbol", "SPY", "--timeframes", "h1", "--target-bars", "2700", "--json", "--quiet"])
+    code = main(["--symbol", "IXIC", "--timeframes", "d1", "--target-bars", "2200", "--json", "--quiet"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
     assert out["store"] == "supabase"
     r = out["results"][0]
     assert r["status"] == "succeeded"
-    assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * 5 + 5 == 2700
-    # every feature row of the 2,700-bar window is in Postgres, computed once
+    assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * 5 + 5 == 2200
+    # every feature row of the 2,200-bar window is in Postgres, computed once
     n_cache = pg.execute(
-        "select count(*) from feature_cache where symbol='SPY' and timeframe='h1'"
+        "select count(*) from feature_cache where symbol='IXIC' and timeframe='d1'"
     ).fetchone()[0]
-    assert n_cache == 2700
+    assert n_cache == 2200
 
     run = pg.execute(
         "select status, n_succeeded, config_hash, host from training_runs where run_id = %s", (out["run_id"],)
@@ -76,20 +75,20 @@ def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, caps
     ).fetchone()
     assert mv == (r["artifact_sha256"], r["artifact_path"])
     latest = pg.execute(
-        "select run_id::text from latest_models where symbol='SPY' and timeframe='h1'"
+        "select run_id::text from latest_models where symbol='IXIC' and timeframe='d1'"
     ).fetchone()
     assert latest[0] == out["run_id"]
 
     # A second run reads the whole window from the cache: nothing recomputed, identical features.
     code = main(
-        ["--symbol", "SPY", "--timeframes", "h1", "--target-bars", "2700", "--json", "--quiet", "--force"]
+        ["--symbol", "IXIC", "--timeframes", "d1", "--target-bars", "2200", "--json", "--quiet", "--force"]
     )
     again = json.loads(capsys.readouterr().out)
     assert code == 0
     assert again["results"][0]["metrics"]["ensemble"] == r["metrics"]["ensemble"]
     assert (
-        pg.execute("select count(*) from feature_cache where symbol='SPY' and timeframe='h1'").fetchone()[0]
-        == 2700
+        pg.execute("select count(*) from feature_cache where symbol='IXIC' and timeframe='d1'").fetchone()[0]
+        == 2200
     )
 
 
@@ -118,7 +117,7 @@ class FaultyReads(SupabaseStore):
 def _seed_two_symbols(stack: dict[str, str]) -> None:
     with SupabaseStore(stack["SUPABASE_URL"], stack["SUPABASE_SERVICE_ROLE_KEY"]) as s:
         for sym in ("IBM", "GSPC"):
-            s.upsert_bars(sym, "d1", real_bars(sym, "d1", last=700))
+            s.upsert_bars(sym, "d1", sample_bars(sym, "d1", last=700))
 
 
 def test_persistent_503_fails_that_pair_and_the_run_goes_on(
@@ -198,7 +197,7 @@ def test_store_unavailable_is_typed(tmp_path) -> None:
 
 
 def test_load_bars_cli_rejects_bad_file_and_writes_nothing(supabase_env, pg, tmp_path, capsys) -> None:
-    good = real_bars("GOOG", "d1", last=50)
+    good = sample_bars("GOOG", "d1", last=50)
     bad = good.copy()
     bad.loc[30, "low"] = bad.loc[30, "close"] * 1.5
     path = tmp_path / "ZZBAD_d1.csv"
@@ -207,7 +206,7 @@ def test_load_bars_cli_rejects_bad_file_and_writes_nothing(supabase_env, pg, tmp
     err = capsys.readouterr().err.strip()
     assert err == f"load_bars: {path}: line 32: low > min(open, close)"
     assert pg.execute("select count(*) from ohlc_bars where symbol='ZZBAD'").fetchone()[0] == 0
-    assert load_bars.main([str(shared_csv("GOOG", "w1")), "--quiet"]) == 0
+    assert load_bars.main([str(sample_csv("GOOG", "w1")), "--quiet"]) == 0
     assert pg.execute("select active from symbols where ticker='GOOG'").fetchone()[0] is True
 
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,9 +15,10 @@ from ml.src.training.trading_metrics import (
     max_drawdown,
     trading_metrics,
 )
+from tests.factories import sample_csv
 
 BEAR, NEUT, BULL = CLASS_CODES["BEARISH"], CLASS_CODES["NEUTRAL"], CLASS_CODES["BULLISH"]
-SPY_D1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "SPY_d1.csv"
+GSPC_D1 = sample_csv("GSPC", "d1")  # shipped real bars (ml/sample_data)
 
 
 # --- information coefficient -------------------------------------------------------------------------------
@@ -171,9 +171,9 @@ def test_invalid_inputs_raise():
         trading_metrics(np.array([BULL]), np.array([0.1]), horizon=1, bars_per_year=0)
 
 
-def test_always_bullish_on_real_spy_bars_equals_buy_and_hold_and_chained_closes():
-    assert SPY_D1.is_file(), f"missing real data file {SPY_D1}"
-    close = pd.read_csv(SPY_D1)["close"].to_numpy(dtype="float64")
+def test_always_bullish_on_real_index_bars_equals_buy_and_hold_and_chained_closes():
+    assert GSPC_D1.is_file(), f"missing real data file {GSPC_D1}"
+    close = pd.read_csv(GSPC_D1)["close"].to_numpy(dtype="float64")
     h = 5
     assert close.size > 1000 and np.isfinite(close).all()
     r = forward_returns(close, h)

@@ -1,4 +1,5 @@
-"""The job end to end on the embedded store, through main(argv), with real bars."""
+"""The job end to end on the embedded store, through main(argv), with real bars (shipped daily/weekly; intraday
+from ML_TEST_DATA)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ml.src.training.pipeline import (
     prepare_pair,
 )
 from ml.src.training.weights import blend
-from tests.factories import real_bars
+from tests.factories import ml_test_bars, sample_bars
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ TARGET = "400"  # a few hundred real bars keep each fit around a second
 
 
 def load(store: SqliteStore, symbol: str, tf: str, last: int) -> None:
-    store.upsert_bars(symbol, tf, real_bars(symbol, tf, last=last))
+    store.upsert_bars(symbol, tf, sample_bars(symbol, tf, last=last))
     store.upsert_symbols([symbol])
 
 
@@ -44,20 +45,20 @@ def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 
 
 def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest.CaptureFixture[str]) -> None:
-    load(embedded_store, "AAPL", "d1", 900)
-    load(embedded_store, "SPY", "h4", 900)
+    load(embedded_store, "GOOG", "d1", 900)
+    load(embedded_store, "GSPC", "w1", 900)
     code, out = run_json(
-        ["--symbols", "AAPL", "SPY", "--timeframes", "d1", "h4", "--target-bars", TARGET], capsys
+        ["--symbols", "GOOG", "GSPC", "--timeframes", "d1", "w1", "--target-bars", TARGET], capsys
     )
-    assert code == 1  # AAPL/h4 and SPY/d1 have no bars: failed pairs, the others go on
+    assert code == 1  # GOOG/w1 and GSPC/d1 have no bars: failed pairs, the others go on
     by_pair = {(r["symbol"], r["timeframe"]): r for r in out["results"]}
-    assert set(by_pair) == {("AAPL", "d1"), ("AAPL", "h4"), ("SPY", "d1"), ("SPY", "h4")}
+    assert set(by_pair) == {("GOOG", "d1"), ("GOOG", "w1"), ("GSPC", "d1"), ("GSPC", "w1")}
     assert out["status"] == "partial"
-    for key in (("AAPL", "h4"), ("SPY", "d1")):
+    for key in (("GOOG", "w1"), ("GSPC", "d1")):
         assert by_pair[key]["status"] == "failed"
         assert "no bars" in by_pair[key]["error"] and "\n" not in by_pair[key]["error"]
 
-    r = by_pair[("AAPL", "d1")]
+    r = by_pair[("GOOG", "d1")]
     assert r["status"] == "succeeded" and r["error"] is None
     assert r["horizon_bars"] == 5
     assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * 5 == 400 - 5
@@ -83,22 +84,45 @@ def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest
     assert run["config_hash"] and run["package_versions"]["scikit-learn"]
     assert run["heartbeat_at"] is not None and run["host"] and run["finished_at"]
     rows = {(x["symbol"], x["timeframe"]): x for x in embedded_store.list_results(out["run_id"])}
-    assert rows[("AAPL", "d1")]["artifact_sha256"] == r["artifact_sha256"]
+    assert rows[("GOOG", "d1")]["artifact_sha256"] == r["artifact_sha256"]
     assert (
-        rows[("AAPL", "d1")]["metrics"]["ensemble"]["test_accuracy"]
+        rows[("GOOG", "d1")]["metrics"]["ensemble"]["test_accuracy"]
         == r["metrics"]["ensemble"]["test_accuracy"]
     )
-    assert rows[("SPY", "d1")]["status"] == "failed"
-    versions = embedded_store.list_model_versions("AAPL", "d1")
+    assert rows[("GSPC", "d1")]["status"] == "failed"
+    versions = embedded_store.list_model_versions("GOOG", "d1")
     assert [v["artifact_sha256"] for v in versions] == [r["artifact_sha256"]]
 
 
+def test_intraday_pairs_train_end_to_end(
+    embedded_store: SqliteStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """m15, h1 and h4 on real intraday bars: each timeframe's horizon, split and trading calendar."""
+    for tf in ("m15", "h1", "h4"):
+        embedded_store.upsert_bars("SPY", tf, ml_test_bars("SPY", tf, last=700))
+    embedded_store.upsert_symbols(["SPY"])
+    code, out = run_json(
+        ["--symbol", "SPY", "--timeframes", "m15", "h1", "h4", "--target-bars", TARGET], capsys
+    )
+    assert code == 0, out
+    specs = Settings().timeframes
+    by_tf = {r["timeframe"]: r for r in out["results"]}
+    assert set(by_tf) == {"m15", "h1", "h4"}
+    for tf, r in by_tf.items():
+        h = specs[tf].horizon_bars
+        assert r["status"] == "succeeded" and r["horizon_bars"] == h
+        assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * h == 400 - h
+        trading = r["metrics"]["trading"]
+        assert trading["horizon"] == h and trading["bars_per_year"] == specs[tf].bars_per_year
+        assert sha256_file(r["artifact_path"]) == r["artifact_sha256"]
+
+
 def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore, ml_env: Path) -> None:
-    load(embedded_store, "MSFT", "m15", 700)
+    load(embedded_store, "GOOG", "d1", 700)
     settings = Settings()
-    prep = prepare_pair(embedded_store, PairRequest("MSFT", "m15", target_bars=450), settings)
+    prep = prepare_pair(embedded_store, PairRequest("GOOG", "d1", target_bars=450), settings)
     fitted = fit_pair(prep, settings)
-    run = run_loop.start_run(embedded_store, settings, {"symbols": ["MSFT"]}, "api")
+    run = run_loop.start_run(embedded_store, settings, {"symbols": ["GOOG"]}, "api")
     result = persist_pair(
         embedded_store,
         prep,
@@ -119,8 +143,8 @@ def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore,
 
 
 def test_tampered_artifact_is_refused_before_unpickling(embedded_store, ml_env, monkeypatch) -> None:
-    load(embedded_store, "SPY", "d1", 700)
-    out = train_ensemble_for_symbol_timeframe(embedded_store, "SPY", "d1", target_bars=400)
+    load(embedded_store, "GSPC", "d1", 700)
+    out = train_ensemble_for_symbol_timeframe(embedded_store, "GSPC", "d1", target_bars=400)
     path, sha = Path(out["models_path"]), out["artifact_sha256"]
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -135,9 +159,9 @@ def test_tampered_artifact_is_refused_before_unpickling(embedded_store, ml_env, 
 
 
 def test_seed_api_shape(embedded_store: SqliteStore) -> None:
-    load(embedded_store, "QQQ", "h1", 700)
+    load(embedded_store, "IXIC", "d1", 700)
     out = train_ensemble_for_symbol_timeframe(
-        db=embedded_store, symbol="QQQ", timeframe="h1", target_bars=400
+        db=embedded_store, symbol="IXIC", timeframe="d1", target_bars=400
     )
     assert out["success"] is True
     assert 0 <= out["models"]["rf"]["valid_accuracy"] <= 1 and 0 <= out["models"]["gb"]["valid_accuracy"] <= 1
@@ -155,10 +179,10 @@ def test_artifact_name_and_times_are_utc(embedded_store: SqliteStore, capsys) ->
 
 
 def test_as_of_ignores_later_bars(embedded_store: SqliteStore, capsys) -> None:
-    load(embedded_store, "AAPL", "d1", 1200)
-    as_of = "2019-06-28T23:59:59Z"
+    load(embedded_store, "GSPC", "d1", 1200)
+    as_of = "2017-06-30T23:59:59Z"
     code, out = run_json(
-        ["--symbol", "AAPL", "--timeframes", "d1", "--target-bars", TARGET, "--as-of", as_of], capsys
+        ["--symbol", "GSPC", "--timeframes", "d1", "--target-bars", TARGET, "--as-of", as_of], capsys
     )
     assert code == 0
     split = out["results"][0]["split"]
@@ -166,33 +190,33 @@ def test_as_of_ignores_later_bars(embedded_store: SqliteStore, capsys) -> None:
 
 
 def test_lookback_limits_the_window(embedded_store: SqliteStore, capsys) -> None:
-    load(embedded_store, "SPY", "d1", 1500)
-    code, out = run_json(["--symbol", "SPY", "--timeframes", "d1", "--lookback", "730"], capsys)
+    load(embedded_store, "GSPC", "d1", 1500)
+    code, out = run_json(["--symbol", "GSPC", "--timeframes", "d1", "--lookback", "730"], capsys)
     assert code == 0
     r = out["results"][0]
-    last = real_bars("SPY", "d1").ts.iloc[-1]
+    last = sample_bars("GSPC", "d1").ts.iloc[-1]
     assert pd.Timestamp(r["split"]["train_start"]) >= last - pd.Timedelta(days=730)
     assert r["n_train"] + r["n_valid"] + r["n_test"] < 500
 
 
 def test_too_few_bars_and_missing_class_fail_clearly(embedded_store, capsys, monkeypatch) -> None:
-    load(embedded_store, "TSLA", "h4", 260)
-    load(embedded_store, "PG", "d1", 700)
+    load(embedded_store, "GOOG", "w1", 260)
+    load(embedded_store, "IBM", "d1", 700)
     monkeypatch.setenv("ML_TIMEFRAMES", '{"d1": {"threshold": 0.45}}')
     code, out = run_json(
-        ["--symbols", "TSLA", "PG", "--timeframes", "h4", "d1", "--target-bars", TARGET], capsys
+        ["--symbols", "GOOG", "IBM", "--timeframes", "w1", "d1", "--target-bars", TARGET], capsys
     )
     assert code == 1
     errors = {(r["symbol"], r["timeframe"]): r["error"] for r in out["results"]}
-    assert "TSLA/h4: only 260 bars; need at least" in errors[("TSLA", "h4")]
-    assert "PG/d1: class BEARISH, BULLISH has no samples in train" in errors[("PG", "d1")]
+    assert "GOOG/w1: only 260 bars; need at least" in errors[("GOOG", "w1")]
+    assert "IBM/d1: class BEARISH, BULLISH has no samples in train" in errors[("IBM", "d1")]
     assert out["status"] == "failed"
     assert not list(Path(embedded_store.path).parent.joinpath("models").rglob("*.joblib"))
 
 
 def test_gap_and_nan_bars_fail_the_pair() -> None:
     spec = Settings().timeframes["d1"]
-    bars = real_bars("GOOG", "d1", first=300)
+    bars = sample_bars("GOOG", "d1", first=300)
     with_gap = pd.concat([bars.iloc[:100], bars.iloc[130:]], ignore_index=True)  # a 6-week hole
     with pytest.raises(PairFailure, match=r"GOOG/d1: gap of \d+\.\d days between bars"):
         check_bars(with_gap, "GOOG/d1", spec)
@@ -250,9 +274,9 @@ def test_help_explains_every_flag(capsys) -> None:
 
 
 def test_parallel_workers_match_sequential(embedded_store: SqliteStore, capsys) -> None:
-    load(embedded_store, "NVDA", "h1", 700)
-    load(embedded_store, "NVDA", "m15", 700)
-    argv = ["--symbol", "NVDA", "--timeframes", "h1", "m15", "--target-bars", TARGET, "--force"]
+    load(embedded_store, "GSPC", "d1", 700)
+    load(embedded_store, "GSPC", "w1", 700)
+    argv = ["--symbol", "GSPC", "--timeframes", "d1", "w1", "--target-bars", TARGET, "--force"]
     code1, seq = run_json([*argv, "--workers", "1"], capsys)
     code2, par = run_json([*argv, "--workers", "2"], capsys)
     assert code1 == code2 == 0
@@ -262,10 +286,10 @@ def test_parallel_workers_match_sequential(embedded_store: SqliteStore, capsys) 
 
 
 def test_summary_table_on_stdout(embedded_store: SqliteStore, capsys) -> None:
-    load(embedded_store, "DIS", "w1", 700)
-    assert main(["--symbol", "DIS", "--timeframes", "w1", "--target-bars", TARGET, "--quiet"]) == 0
+    load(embedded_store, "IXIC", "w1", 700)
+    assert main(["--symbol", "IXIC", "--timeframes", "w1", "--target-bars", TARGET, "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "ens_bal" in out and "majority" in out and "DIS" in out and "1 succeeded" in out
+    assert "ens_bal" in out and "majority" in out and "IXIC" in out and "1 succeeded" in out
 
 
 def test_job_module_has_main_entry() -> None:

@@ -1,4 +1,4 @@
-"""Walk-forward, trading read, promotion gate, retention, load_champion and monitoring, on real bars."""
+"""Walk-forward, trading read, promotion gate, retention, load_champion and monitoring, on the shipped real bars."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ml.src.training.pair_result import PairRequest
 from ml.src.training.pipeline import fit_pair, prepare_pair
 from ml.src.training.registry import ChampionError, decide_promotion, load_champion
 from ml.src.training.walk_forward import fold_bounds
-from tests.factories import real_bars
+from tests.factories import sample_bars
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ TARGET = "400"
 
 
 def load(store: SqliteStore, symbol: str, tf: str, last: int) -> None:
-    store.upsert_bars(symbol, tf, real_bars(symbol, tf, last=last))
+    store.upsert_bars(symbol, tf, sample_bars(symbol, tf, last=last))
     store.upsert_symbols([symbol])
 
 
@@ -46,15 +46,15 @@ def test_fold_bounds_are_ordered_blocks_after_enough_history() -> None:
 
 
 def test_walk_forward_folds_never_see_their_test_rows(embedded_store, capsys) -> None:
-    load(embedded_store, "SPY", "d1", 800)
-    out = run(capsys, "--symbol", "SPY", "--timeframes", "d1", "--target-bars", "500", "--walk-forward", "3")
+    load(embedded_store, "GSPC", "d1", 800)
+    out = run(capsys, "--symbol", "GSPC", "--timeframes", "d1", "--target-bars", "500", "--walk-forward", "3")
     r = out["results"][0]
     wf = r["walk_forward"]
     assert [f["fold"] for f in wf["folds"]] == [0, 1, 2] and all("error" not in f for f in wf["folds"])
     starts = [f["test_start"] for f in wf["folds"]]
     assert starts == sorted(starts)
     # the purge: h labelled rows lie between a fold's history and its test block
-    labelled = real_bars("SPY", "d1", last=800)["ts"].map(lambda t: t.isoformat()).tolist()
+    labelled = sample_bars("GSPC", "d1", last=800)["ts"].map(lambda t: t.isoformat()).tolist()
     for f in wf["folds"]:
         assert labelled.index(f["test_start"]) - labelled.index(f["history_end"]) == 5 + 1
     for f in wf["folds"]:
@@ -186,10 +186,10 @@ def _history(store: SqliteStore, capsys, symbol: str, tf: str, as_ofs: list[str]
 
 def test_monitoring_rules_on_real_history(embedded_store, capsys) -> None:
     hist = _history(
-        embedded_store, capsys, "SPY", "d1", ["2018-06-29", "2019-06-28", "2020-06-30", "2021-03-31"]
+        embedded_store, capsys, "GSPC", "d1", ["2016-06-30", "2017-06-30", "2018-06-29", "2018-12-31"]
     )
     assert len(hist) == 4
-    champion = embedded_store.get_champion("SPY", "d1")
+    champion = embedded_store.get_champion("GSPC", "d1")
     now = datetime.now(UTC)
     scores = [h["metrics"]["ensemble"]["test_balanced_accuracy"] for h in hist]
     mean_prev = float(np.mean(scores[:-1]))
@@ -216,9 +216,9 @@ def test_monitoring_rules_on_real_history(embedded_store, capsys) -> None:
 
 
 def test_monitoring_cli(embedded_store, capsys) -> None:
-    _history(embedded_store, capsys, "QQQ", "w1", ["2016-12-30", "2017-11-06"])
+    _history(embedded_store, capsys, "IXIC", "w1", ["2017-12-29", "2018-12-31"])
     assert monitoring.main(["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["symbol"], r["timeframe"], r["runs"]) for r in rows] == [("QQQ", "w1", 2)]
+    assert [(r["symbol"], r["timeframe"], r["runs"]) for r in rows] == [("IXIC", "w1", 2)]
     assert monitoring.main([]) == 0
-    assert "QQQ" in capsys.readouterr().out
+    assert "IXIC" in capsys.readouterr().out

@@ -134,6 +134,11 @@ def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore,
     )
     model = load_ensemble(result.artifact_path, expected_sha256=result.artifact_sha256)
     assert model.classes == ("BEARISH", "NEUTRAL", "BULLISH")
+    # the lock the environment was installed from, beside the library versions
+    assert model.metadata["lock_sha256"] == sha256_file(
+        Path(__file__).resolve().parents[1] / "requirements.lock"
+    )
+    assert model.metadata["library_versions"]["scikit-learn"]
     x_test = prep.x[prep.split.test]
     expected = blend({n: m.predict_proba(x_test) for n, m in fitted.models.items()}, fitted.weights)
     np.testing.assert_array_equal(model.predict_proba(x_test), expected)

@@ -6,9 +6,11 @@ prepare_pair (store reads, features, labels, split) -> fit_pair (pure compute, r
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +307,19 @@ def library_versions() -> dict[str, str]:
     }
 
 
+# The exact versions (with hashes) the install came from; the dev lock pins the same runtime versions.
+LOCK_FILE = Path(__file__).resolve().parents[3] / "requirements.lock"
+
+
+@cache
+def lock_sha256() -> str | None:
+    """sha256 of requirements.lock, so a bundle names the environment that can load it; None without the file."""
+    try:
+        return hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def persist_pair(
     store: TrainingStore,
     prep: PreparedPair,
@@ -339,6 +354,7 @@ def persist_pair(
         "split": prep.split_info,
         "metrics": fitted.metrics,
         "library_versions": library_versions(),
+        "lock_sha256": lock_sha256(),
     }
     sha = artifacts.save_bundle(bundle, path)
     timings = {**prep.timings, **fitted.timings, "save": time.perf_counter() - t0}

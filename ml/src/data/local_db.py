@@ -18,7 +18,15 @@ from typing import Any
 
 import pandas as pd
 
-from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.records import (
+    ForecastOutcome,
+    ForecastRecord,
+    LeaseGrant,
+    ModelVersionRecord,
+    ResultRecord,
+    RunOutcome,
+    RunRecord,
+)
 from ml.src.data.store import (
     BAR_COLUMNS,
     StoreError,
@@ -113,6 +121,46 @@ create unique index if not exists model_versions_one_champion on model_versions 
     where is_champion = 1;
 """
 
+# The champions' forecasts (same columns as supabase/migrations/20261202003100_forecasts.sql). No foreign key to
+# model_versions: retention deletes old versions, and their forecasts are the live record that must stay.
+FORECAST_SCHEMA = """
+create table if not exists ml_forecasts (
+    id integer primary key autoincrement,
+    symbol text not null,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    bar_ts text not null,
+    horizon_bars integer not null check (horizon_bars > 0),
+    target_ts text not null,
+    p_bearish real not null check (p_bearish between 0 and 1),
+    p_neutral real not null check (p_neutral between 0 and 1),
+    p_bullish real not null check (p_bullish between 0 and 1),
+    label text not null check (label in ('BEARISH','NEUTRAL','BULLISH')),
+    direction_score real not null check (direction_score between -1 and 1),
+    model_version_id integer not null,
+    model_trained_at text not null,
+    model_run_id text,
+    model_sha256 text,
+    bar_close real,
+    threshold_lower real,
+    threshold_upper real,
+    persistence_label text check (persistence_label in ('BEARISH','NEUTRAL','BULLISH')),
+    created_at text not null,
+    realised_bar_ts text,
+    realised_close real,
+    realised_return real,
+    realised_label text check (realised_label in ('BEARISH','NEUTRAL','BULLISH')),
+    realised_at text,
+    check (abs(p_bearish + p_neutral + p_bullish - 1) < 1e-6),
+    unique (symbol, timeframe, bar_ts, model_version_id)
+);
+create index if not exists ml_forecasts_unrealised on ml_forecasts (symbol, timeframe, bar_ts)
+    where realised_return is null;
+"""
+
+_FORECAST_TS_COLUMNS = frozenset(
+    {"bar_ts", "target_ts", "model_trained_at", "created_at", "realised_bar_ts", "realised_at"}
+)
+
 _JSON_COLUMNS = frozenset(
     {"package_versions", "config", "scope", "split", "weights", "metrics", "walk_forward", "promotion"}
 )
@@ -193,6 +241,7 @@ class SqliteStore(TrainingStore):
             self._conn.execute("pragma journal_mode=wal")
             self._conn.execute("pragma foreign_keys=on")
             self._conn.executescript(SCHEMA)
+            self._conn.executescript(FORECAST_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open embedded store {self.path}: {exc}") from exc
 
@@ -425,6 +474,62 @@ class SqliteStore(TrainingStore):
             f" where status = 'running' and run_id in ({marks})",
             (reason, _now(), *run_ids),
         )
+
+    # --- forecasts ---------------------------------------------------------------------------------------
+    def insert_forecast(self, forecast: ForecastRecord) -> bool:
+        row = {**forecast.to_row(), "created_at": _now()}
+        keys = list(row)
+        sql = (
+            f"insert into ml_forecasts ({', '.join(keys)}) values ({', '.join('?' for _ in keys)})"
+            " on conflict (symbol, timeframe, bar_ts, model_version_id) do nothing"
+        )
+        return self._write(sql, tuple(_to_db(k, row[k]) for k in keys)) == 1
+
+    def list_forecasts(self, symbol=None, timeframe=None, *, unrealised_only=False) -> list[dict]:
+        sql, params = "select * from ml_forecasts where 1 = 1", []
+        if symbol is not None:
+            sql += " and symbol = ?"
+            params.append(symbol)
+        if timeframe is not None:
+            sql += " and timeframe = ?"
+            params.append(timeframe)
+        if unrealised_only:
+            sql += " and realised_return is null"
+        rows = self._query(sql + " order by symbol, timeframe, bar_ts, id", tuple(params))
+        out = []
+        for r in rows:
+            row = dict(zip(r.keys(), tuple(r), strict=True))
+            for key in _FORECAST_TS_COLUMNS:
+                if row[key] is not None:
+                    row[key] = pd.Timestamp(row[key]).isoformat()
+            out.append(row)
+        return out
+
+    def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
+        if not outcomes:
+            return 0
+        now = _now()
+        changed = 0
+        with self._lock:
+            try:
+                with self._conn:
+                    for o in outcomes:
+                        cur = self._conn.execute(
+                            "update ml_forecasts set realised_bar_ts = ?, realised_close = ?, realised_return = ?,"
+                            " realised_label = ?, realised_at = ? where id = ? and realised_return is null",
+                            (
+                                format_ts(o.realised_bar_ts),
+                                o.realised_close,
+                                o.realised_return,
+                                o.realised_label,
+                                now,
+                                o.forecast_id,
+                            ),
+                        )
+                        changed += cur.rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot record forecast outcomes: {exc}") from exc
+        return changed
 
     # --- leases: one writer at a time via BEGIN IMMEDIATE; times from this process's clock -----------
     @contextmanager

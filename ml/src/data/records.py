@@ -102,3 +102,54 @@ class LeaseGrant:
     name: str | None = None
     expires_at: datetime | None = None
     taken_over: tuple[dict[str, Any], ...] = ()  # expired leases of dead holders: name, holder, run_id
+
+
+FORECAST_LABELS = ("BEARISH", "NEUTRAL", "BULLISH")
+
+
+@dataclass(frozen=True)
+class ForecastRecord:
+    """A champion's forecast at one closed bar: one row in `ml_forecasts`.
+
+    Unique per (symbol, timeframe, bar_ts, model_version_id): writing it again changes nothing. `bar_close` and
+    the label thresholds are kept so the realised outcome is judged exactly as the model's training labels were;
+    `persistence_label` (the label of the return over the h bars up to bar_ts) is the live baseline.
+    """
+
+    symbol: str
+    timeframe: str
+    bar_ts: datetime
+    horizon_bars: int
+    target_ts: datetime
+    p_bearish: float
+    p_neutral: float
+    p_bullish: float
+    label: str
+    direction_score: float
+    model_version_id: int
+    model_trained_at: datetime
+    model_run_id: str | None = None
+    model_sha256: str | None = None
+    bar_close: float | None = None
+    threshold_lower: float | None = None
+    threshold_upper: float | None = None
+    persistence_label: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ForecastOutcome:
+    """What happened after a forecast: the close h bars after its bar, the return and its label."""
+
+    forecast_id: int
+    realised_bar_ts: datetime
+    realised_close: float
+    realised_return: float
+    realised_label: str
+
+    def to_row(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("forecast_id")
+        return out

@@ -12,7 +12,15 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.records import (
+    ForecastOutcome,
+    ForecastRecord,
+    LeaseGrant,
+    ModelVersionRecord,
+    ResultRecord,
+    RunOutcome,
+    RunRecord,
+)
 
 BAR_COLUMNS: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
 
@@ -135,6 +143,21 @@ class TrainingStore(ABC):
 
     @abstractmethod
     def release_leases(self, names: Sequence[str], holder: str) -> int: ...
+
+    # --- forecasts of the champions and their live record ---------------------------------------------------
+    @abstractmethod
+    def insert_forecast(self, forecast: ForecastRecord) -> bool:
+        """Write one forecast unless (symbol, timeframe, bar_ts, model_version_id) exists; True if written."""
+
+    @abstractmethod
+    def list_forecasts(
+        self, symbol: str | None = None, timeframe: str | None = None, *, unrealised_only: bool = False
+    ) -> list[dict]:
+        """Forecast rows, ascending by (symbol, timeframe, bar_ts, id); optionally only those not yet realised."""
+
+    @abstractmethod
+    def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
+        """Fill the realised columns of forecasts still unrealised; returns how many rows changed."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

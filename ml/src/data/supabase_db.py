@@ -23,7 +23,15 @@ import pandas as pd
 from postgrest.exceptions import APIError
 from postgrest.types import CountMethod, ReturnMethod
 
-from ml.src.data.records import LeaseGrant, ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.records import (
+    ForecastOutcome,
+    ForecastRecord,
+    LeaseGrant,
+    ModelVersionRecord,
+    ResultRecord,
+    RunOutcome,
+    RunRecord,
+)
 from ml.src.data.store import (
     BAR_COLUMNS,
     StoreError,
@@ -490,6 +498,56 @@ class SupabaseStore(TrainingStore):
             ),
         )
         return len(res.data or [])
+
+    # --- forecasts ---------------------------------------------------------------------------------------
+    def insert_forecast(self, forecast: ForecastRecord) -> bool:
+        row = _jsonable(forecast.to_row())
+        # insert ... on conflict do nothing: PostgREST returns only the rows it inserted
+        res = self._call(
+            f"write forecast {forecast.symbol}/{forecast.timeframe}",
+            lambda: (
+                self._table("ml_forecasts")
+                .upsert(
+                    row,
+                    on_conflict="symbol,timeframe,bar_ts,model_version_id",
+                    ignore_duplicates=True,
+                    returning=ReturnMethod.representation,
+                )
+                .execute()
+            ),
+        )
+        return bool(res is not None and res.data)
+
+    def list_forecasts(self, symbol=None, timeframe=None, *, unrealised_only=False) -> list[dict]:
+        filters: list[tuple[str, str, Any]] = []
+        if symbol is not None:
+            filters.append(("eq", "symbol", symbol))
+        if timeframe is not None:
+            filters.append(("eq", "timeframe", timeframe))
+        if unrealised_only:
+            filters.append(("is_", "realised_return", "null"))
+        rows = self._select_keyset(
+            "read forecasts", "ml_forecasts", "*", filters, "id", descending=False, limit=None
+        )
+        return sorted(rows, key=lambda r: (r["symbol"], r["timeframe"], pd.Timestamp(r["bar_ts"]), r["id"]))
+
+    def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
+        changed = 0
+        now = iso(pd.Timestamp.now(tz="UTC"))
+        for o in outcomes:
+            row = _jsonable({**o.to_row(), "realised_at": now})
+            res = self._call(
+                f"record forecast outcome {o.forecast_id}",
+                lambda row=row, fid=o.forecast_id: (
+                    self._table("ml_forecasts")
+                    .update(row)
+                    .eq("id", fid)
+                    .is_("realised_return", "null")
+                    .execute()
+                ),
+            )
+            changed += len(res.data or [])
+        return changed
 
     # --- leases: SQL functions, the database clock decides expiry -------------------------------------
     def acquire_leases(self, names, holder, ttl_s, run_id=None) -> LeaseGrant:

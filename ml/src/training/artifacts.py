@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
+import warnings
+from importlib import metadata
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,11 @@ import joblib
 from ml.src.training.ensemble import EnsembleModel
 
 BUNDLE_FORMAT = 1
+# Libraries whose pickled models a bundle holds: a different major version refuses to load, a different minor
+# version loads with a warning (the models may predict differently).
+CHECKED_LIBRARIES = ("scikit-learn", "lightgbm")
+
+log = logging.getLogger("ml.artifacts")
 
 
 class ArtifactError(RuntimeError):
@@ -53,6 +61,43 @@ def save_bundle(bundle: dict[str, Any], path: Path) -> str:
     return digest
 
 
+class LibraryVersionWarning(UserWarning):
+    """A bundle was saved with another minor version of a library whose models it holds."""
+
+
+def running_version(library: str) -> str | None:
+    try:
+        return metadata.version(library)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _major_minor(version: str) -> tuple[str, str]:
+    parts = version.split(".")
+    return parts[0], parts[1] if len(parts) > 1 else "0"
+
+
+def check_library_versions(path: str | Path, recorded: dict[str, Any] | None) -> None:
+    """Refuse a bundle saved with another major version of scikit-learn or LightGBM; warn on another minor one."""
+    recorded = recorded or {}
+    for lib in CHECKED_LIBRARIES:
+        saved, running = recorded.get(lib), running_version(lib)
+        if not saved or not running:
+            continue  # not recorded (or not installed: unpickling its models fails on its own)
+        (saved_major, saved_minor), (run_major, run_minor) = _major_minor(str(saved)), _major_minor(running)
+        if saved_major != run_major:
+            raise ArtifactError(
+                f"artifact {path} was saved with {lib} {saved}, this is {lib} {running}: a different major "
+                f"version; refusing to load (retrain, or install {lib}=={saved})"
+            )
+        if saved_minor != run_minor:
+            message = (
+                f"artifact {path} was saved with {lib} {saved}, this is {lib} {running}: predictions may differ"
+            )
+            log.warning("%s", message)
+            warnings.warn(message, LibraryVersionWarning, stacklevel=3)
+
+
 def load_bundle(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
     """The raw bundle dict; refuses a file whose sha256 differs from the expected one before unpickling it."""
     path = Path(path)
@@ -67,6 +112,7 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> dict[st
     bundle = joblib.load(path)
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise ArtifactError(f"artifact {path} is not a bundle of format {BUNDLE_FORMAT}")
+    check_library_versions(path, bundle.get("library_versions"))
     return bundle
 
 

@@ -13,6 +13,10 @@ from ml.src.training.labels import CLASSES
 from ml.src.training.weights import blend, direction_score
 
 
+class MissingFeaturesError(ValueError):
+    """Rows with missing (NaN) or infinite features: a model must not guess inside the feature warm-up."""
+
+
 @dataclass(frozen=True)
 class EnsembleModel:
     models: Mapping[str, Any]
@@ -21,6 +25,16 @@ class EnsembleModel:
     classes: tuple[str, ...] = CLASSES
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def warmup_bars(self) -> int:
+        """Bars of history each row's features need (recorded with the model; the feature set's by default)."""
+        recorded = (self.metadata.get("timeframe_settings") or {}).get("warmup_bars")
+        if recorded:
+            return int(recorded)
+        from ml.src.features.technical_indicators import WARMUP_BARS
+
+        return WARMUP_BARS
+
     def _matrix(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
         if isinstance(features, pd.DataFrame):
             missing = [c for c in self.feature_names if c not in features.columns]
@@ -28,13 +42,28 @@ class EnsembleModel:
                 raise ValueError(
                     f"features missing {len(missing)} column(s) the model needs, e.g. {missing[:5]}"
                 )
-            return features.loc[:, list(self.feature_names)].to_numpy(dtype="float64")
-        x = np.asarray(features, dtype="float64")
-        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
-            raise ValueError(
-                f"expected a 2-D array with {len(self.feature_names)} columns, got shape {x.shape}"
-            )
+            x = features.loc[:, list(self.feature_names)].to_numpy(dtype="float64")
+        else:
+            x = np.asarray(features, dtype="float64")
+            if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+                raise ValueError(
+                    f"expected a 2-D array with {len(self.feature_names)} columns, got shape {x.shape}"
+                )
+        self._refuse_missing(x)
         return x
+
+    def _refuse_missing(self, x: np.ndarray) -> None:
+        bad = ~np.isfinite(x)
+        if not bad.any():
+            return
+        rows = bad.any(axis=1)
+        cols = [self.feature_names[j] for j in np.flatnonzero(bad.any(axis=0))[:3]]
+        raise MissingFeaturesError(
+            f"{int(rows.sum())} of {len(x)} row(s) have missing (NaN) or infinite features ({int(bad.sum())} "
+            f"cell(s), e.g. {', '.join(cols)}): each row needs {self.warmup_bars} bars of history before it "
+            f"(the feature warm-up); compute features on at least {self.warmup_bars + 1} bars and predict "
+            "only rows past the warm-up"
+        )
 
     def model_probas(self, features: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
         x = self._matrix(features)

@@ -26,6 +26,7 @@ from typing import Any
 from config.settings import Settings
 from ml.src.data.records import RunOutcome, RunRecord
 from ml.src.data.store import StoreError, TrainingStore
+from ml.src.inference.outcomes import fill_outcomes_quietly
 from ml.src.training.leases import LeaseRenewer, holder_name, lease_name
 from ml.src.training.pair_result import PairRequest, PairResult, failed_result, skipped_result
 from ml.src.training.pipeline import (
@@ -163,6 +164,7 @@ def train_pairs(
             if reason is not None:
                 finish(i, skipped_result(req, reason, time.perf_counter() - t0))
                 return None, t0
+            fill_outcomes_quietly(store, req.symbol, req.timeframe)  # new bars may realise earlier forecasts
             return prepare_pair(store, req, settings), t0
         except (PairFailure, StoreError) as exc:
             horizon = settings.timeframes[req.timeframe].horizon_bars

@@ -1,0 +1,167 @@
+"""One pair's forecast: its champion, the features of its latest closed bar, one row in `ml_forecasts`.
+
+Statuses: `written` (a new row), `unchanged` (this model already forecast this bar: nothing written), `skipped`
+(no usable champion: none, expired, built for another feature set; no closed bar yet; the bar is inside the
+champion's own training data) and `failed` (the champion's file is missing, altered or built with another major
+library version; too little history for the features; bad bars; the store failing). Realised outcomes of the
+pair's earlier forecasts are recorded first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from config.settings import Settings
+from ml.src.data.records import ForecastRecord
+from ml.src.data.store import StoreError, TrainingStore
+from ml.src.features.technical_indicators import WARMUP_BARS, add_technical_features
+from ml.src.inference.bar_clock import SessionGrid, latest_closed_index, target_ts
+from ml.src.inference.outcomes import fill_outcomes, realised_label
+from ml.src.training.artifacts import ArtifactError
+from ml.src.training.ensemble import EnsembleModel, MissingFeaturesError
+from ml.src.training.pipeline import PairFailure, check_bars
+from ml.src.training.registry import ChampionError, load_champion
+
+STATUSES = ("written", "unchanged", "skipped", "failed")
+
+
+@dataclass
+class ForecastResult:
+    symbol: str
+    timeframe: str
+    status: str
+    reason: str | None = None
+    bar_ts: str | None = None
+    target_ts: str | None = None
+    horizon_bars: int | None = None
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    direction_score: float | None = None
+    model_version_id: int | None = None
+    model_trained_at: str | None = None
+    outcomes_realised: int = 0
+    duration_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["duration_s"] = round(self.duration_s, 3)
+        return out
+
+
+def _warmup(model: EnsembleModel, settings: Settings, timeframe: str) -> int:
+    recorded = (model.metadata.get("timeframe_settings") or {}).get("warmup_bars")
+    return max(int(recorded or 0), settings.timeframes[timeframe].warmup_bars, WARMUP_BARS)
+
+
+def forecast_pair(
+    store: TrainingStore,
+    settings: Settings,
+    symbol: str,
+    timeframe: str,
+    *,
+    as_of: datetime | None = None,
+    now: datetime | None = None,
+) -> ForecastResult:
+    """Forecast one pair at its latest bar closed by `as_of` (default: now) and write it; never raises for a
+    pair-level problem (the result says what happened)."""
+    t0 = time.perf_counter()
+    now = now or datetime.now(UTC)
+    clock = as_of or now
+    label = f"{symbol}/{timeframe}"
+    result = ForecastResult(symbol=symbol, timeframe=timeframe, status="failed")
+
+    def done(status: str, reason: str | None = None) -> ForecastResult:
+        result.status, result.reason = status, reason
+        result.duration_s = time.perf_counter() - t0
+        return result
+
+    try:
+        result.outcomes_realised = fill_outcomes(store, symbol, timeframe)
+        row = store.get_champion(symbol, timeframe)
+        if row is None:
+            return done("skipped", f"{label}: no champion model yet (train the pair first)")
+        try:
+            model = load_champion(symbol, timeframe, settings=settings, store=store, now=now)
+        except ChampionError as exc:
+            return done("skipped", str(exc))
+        except (ArtifactError, OSError) as exc:
+            return done("failed", f"{label}: champion unusable: {exc}")
+        if model.metadata.get("run_id") != row.get("run_id"):
+            return done("failed", f"{label}: the champion changed while forecasting; run again")
+
+        spec = settings.timeframes[timeframe]
+        h = spec.horizon_bars
+        warmup = _warmup(model, settings, timeframe)
+        bars = store.read_bars(symbol, timeframe, end=clock, limit=warmup + 2)
+        if bars.empty:
+            return done("failed", f"{label}: no bars up to {clock.isoformat()}")
+        grid = SessionGrid.from_history(bars["ts"])
+        last = latest_closed_index(bars["ts"], timeframe, clock, grid)
+        if last is None:
+            return done("skipped", f"{label}: no closed bar at {clock.isoformat()} yet")
+        window = bars.iloc[max(0, last - warmup) : last + 1].reset_index(drop=True)
+        bar_ts = window["ts"].iloc[-1]
+        data_end = (model.metadata.get("split") or {}).get("data_end")
+        if data_end is not None and bar_ts < pd.Timestamp(data_end):
+            return done(
+                "skipped",
+                f"{label}: bar {bar_ts.isoformat()} is inside the champion's training data (up to "
+                f"{pd.Timestamp(data_end).isoformat()}): not a forecast",
+            )
+        try:
+            check_bars(window, label, spec)
+        except PairFailure as exc:
+            return done("failed", str(exc))
+        features = add_technical_features(window).iloc[[-1]]
+        try:
+            proba = model.predict_proba(features)[0]
+        except MissingFeaturesError as exc:
+            return done("failed", f"{label}: at bar {bar_ts.isoformat()}: {exc}")
+
+        p = {name: float(v) for name, v in zip(model.classes, proba, strict=True)}
+        thresholds = model.metadata.get("thresholds") or {}
+        lower, upper = thresholds.get("lower"), thresholds.get("upper")
+        close = window["close"].to_numpy(dtype="float64")
+        persistence = (
+            realised_label(float(close[-1] / close[-1 - h] - 1.0), lower, upper) if len(close) > h else None
+        )
+        target = target_ts(bar_ts.to_pydatetime(), timeframe, h, grid)
+        record = ForecastRecord(
+            symbol=symbol,
+            timeframe=timeframe,
+            bar_ts=bar_ts.to_pydatetime(),
+            horizon_bars=h,
+            target_ts=target,
+            p_bearish=p["BEARISH"],
+            p_neutral=p["NEUTRAL"],
+            p_bullish=p["BULLISH"],
+            label=model.classes[int(np.argmax(proba))],
+            direction_score=p["BULLISH"] - p["BEARISH"],
+            model_version_id=int(row["id"]),
+            model_trained_at=pd.Timestamp(row["trained_at"]).to_pydatetime(),
+            model_run_id=str(row["run_id"]),
+            model_sha256=row.get("artifact_sha256"),
+            bar_close=float(close[-1]),
+            threshold_lower=lower,
+            threshold_upper=upper,
+            persistence_label=persistence,
+        )
+        written = store.insert_forecast(record)
+    except StoreError as exc:
+        return done("failed", f"{label}: {exc}")
+
+    result.bar_ts = bar_ts.isoformat()
+    result.target_ts = target.isoformat()
+    result.horizon_bars = h
+    result.label = record.label
+    result.probabilities = p
+    result.direction_score = record.direction_score
+    result.model_version_id = record.model_version_id
+    result.model_trained_at = record.model_trained_at.isoformat()
+    return done("written" if written else "unchanged")

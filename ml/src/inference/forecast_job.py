@@ -1,0 +1,235 @@
+"""The forecast step: each pair's champion forecasts its latest closed bar, one row per bar in `ml_forecasts`.
+
+    python -m ml.src.inference.forecast_job --all --timeframes d1 w1 --json
+
+Exit codes as the training job's: 0 every pair written, unchanged or skipped; 1 a pair failed (or the store);
+2 bad usage or settings; 130 interrupted (SIGTERM / Ctrl-C: the pair in progress finishes). There are no leases:
+a forecast row is unique per (symbol, timeframe, bar_ts, model version), so two overlapping runs write it once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.data.load_bars import SYMBOL_RE
+from ml.src.data.store import StoreError, TrainingStore, unique_upper
+from ml.src.data.store_factory import open_store
+from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from ml.src.training.job_cli import UsageError, parse_as_of, setup_logging
+from ml.src.training.stop import install_stop_handlers, stop_requested
+
+log = logging.getLogger("ml.inference")
+
+
+@dataclass
+class ForecastRun:
+    started_at: datetime
+    store: str
+    as_of: datetime | None
+    results: list[Any] = field(default_factory=list)
+    interrupted: bool = False
+    finished_at: datetime | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("written", "unchanged", "skipped", "failed")}
+        for r in self.results:
+            out[r.status] += 1
+        return out
+
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.counts["failed"] else EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": "interrupted" if self.interrupted else "failed" if self.counts["failed"] else "succeeded",
+            "store": self.store,
+            "as_of": self.as_of.isoformat() if self.as_of else None,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "counts": self.counts,
+            "forecasts": [r.to_json() for r in self.results],
+        }
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    symbol, sep, tf = text.partition(":")
+    symbol = symbol.strip().upper()
+    if not sep or tf not in TIMEFRAMES or not SYMBOL_RE.match(symbol):
+        raise UsageError(f"--pairs {text!r}: expected SYMBOL:TF with TF one of {' '.join(TIMEFRAMES)}")
+    return symbol, tf
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ml.src.inference.forecast_job",
+        description=(
+            "Forecast each (symbol, timeframe) with its champion model: read the last bars (feature warm-up plus "
+            "one), compute the features of the latest CLOSED bar, predict BEARISH / NEUTRAL / BULLISH and write "
+            "one row to ml_forecasts (once per bar and model version). Earlier forecasts whose horizon has "
+            "passed get their realised return and label first. Pairs without a usable champion are skipped."
+        ),
+        epilog=(
+            "Exit codes: 0 every pair written, unchanged or skipped; 1 a pair or the store failed; 2 bad usage "
+            "or settings; 130 interrupted."
+        ),
+    )
+    who = p.add_mutually_exclusive_group()
+    who.add_argument(
+        "--all", action="store_true", help="every active symbol of the store's symbols table x --timeframes"
+    )
+    who.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="these symbols x --timeframes")
+    who.add_argument(
+        "--pairs", nargs="+", metavar="SYMBOL:TF", help="exactly these pairs, e.g. AAPL:d1 SPY:h1 (ignores --timeframes)"
+    )
+    p.add_argument(
+        "--timeframes",
+        nargs="+",
+        choices=TIMEFRAMES,
+        default=list(TIMEFRAMES),
+        metavar="TF",
+        help=f"timeframes to forecast (default: all of {' '.join(TIMEFRAMES)})",
+    )
+    p.add_argument(
+        "--as-of",
+        metavar="TS",
+        help="forecast as if it were TS: the latest bar closed by TS, later bars ignored (ISO-8601; no offset "
+        "means UTC; default: now). A bar inside the champion's training data is never forecast.",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object on stdout (counts, forecasts); logs to stderr"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def resolve_pairs(args: argparse.Namespace, settings: Settings, store: TrainingStore) -> list[tuple[str, str]]:
+    if args.pairs:
+        pairs = [parse_pair(t) for t in args.pairs]
+        return list(dict.fromkeys(pairs))
+    if args.all:
+        symbols = store.list_active_symbols()
+        if not symbols:
+            raise UsageError("--all: the store has no active symbols (load bars first: python -m ml.src.data.load_bars)")
+    else:
+        symbols = list(args.symbols or settings.default_symbols)
+    symbols = unique_upper(symbols)
+    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+    if bad:
+        raise UsageError(f"invalid symbol(s): {', '.join(bad)}")
+    return [(s, tf) for s in symbols for tf in args.timeframes]
+
+
+def run_forecasts(
+    store: TrainingStore,
+    settings: Settings,
+    pairs: list[tuple[str, str]],
+    *,
+    as_of: datetime | None = None,
+    now: datetime | None = None,
+) -> ForecastRun:
+    """Forecast every pair in turn; a pair's problem is its own result, and SIGTERM stops between pairs."""
+    from ml.src.inference.forecast import forecast_pair
+
+    run = ForecastRun(started_at=datetime.now(UTC), store=store.name, as_of=as_of)
+    for i, (symbol, tf) in enumerate(pairs, 1):
+        if stop_requested():
+            run.interrupted = True
+            break
+        result = forecast_pair(store, settings, symbol, tf, as_of=as_of, now=now)
+        run.results.append(result)
+        level = logging.WARNING if result.status == "failed" else logging.INFO
+        detail = result.reason or f"{result.label} at {result.bar_ts} (model {result.model_version_id})"
+        log.log(level, "[%d/%d] %s/%s %s: %s", i, len(pairs), symbol, tf, result.status, detail)
+    run.finished_at = datetime.now(UTC)
+    return run
+
+
+def table(run: ForecastRun) -> str:
+    head = (
+        f"{'symbol':<8} {'tf':<4} {'status':<9} {'bar_ts':<25} {'label':<8} {'p_bear':>6} {'p_neu':>6} "
+        f"{'p_bull':>6} {'model':>6} {'real':>4}  reason"
+    )
+    lines = [head, "-" * len(head)]
+    for r in run.results:
+        p = r.probabilities
+        probs = (
+            f"{p['BEARISH']:>6.3f} {p['NEUTRAL']:>6.3f} {p['BULLISH']:>6.3f}" if p else f"{'-':>6} {'-':>6} {'-':>6}"
+        )
+        lines.append(
+            f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.bar_ts or '-':<25} {r.label or '-':<8} {probs} "
+            f"{r.model_version_id if r.model_version_id is not None else '-':>6} {r.outcomes_realised:>4}  "
+            f"{r.reason or ''}"
+        )
+    c = run.counts
+    lines.append(
+        f"{c['written']} written, {c['unchanged']} unchanged, {c['skipped']} skipped, {c['failed']} failed"
+        + (" (interrupted)" if run.interrupted else "")
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    setup_logging(args.quiet, args.verbose)
+    try:
+        as_of = parse_as_of(args.as_of) if args.as_of else None
+        if args.pairs:
+            for text in args.pairs:
+                parse_pair(text)
+        settings = Settings()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:
+        print(settings_error_line(exc), file=sys.stderr)
+        return EXIT_USAGE
+    t0 = time.perf_counter()
+    try:
+        store = open_store(settings)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    with store:
+        try:
+            pairs = resolve_pairs(args, settings, store)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        restore_signals = install_stop_handlers()
+        try:
+            run = run_forecasts(store, settings, pairs, as_of=as_of)
+        finally:
+            restore_signals()
+    log.info("%d pair(s) in %.1fs", len(pairs), time.perf_counter() - t0)
+    text = table(run)
+    if args.json:
+        print(text, file=sys.stderr)
+        print(json.dumps(run.to_json(), default=str))
+    else:
+        print(text)
+    return run.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

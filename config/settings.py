@@ -151,6 +151,15 @@ class Settings(BaseSettings):
     # Saturday 14:00 UTC = 09:00 EST / 10:00 EDT: once a week, after the week's last session.
     schedule_weekly_cron: str = "0 14 * * sat"
     schedule_weekly_timeframes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["w1"])
+    # Forecasts: after each training group (its timeframes), and on their own cron for the intraday timeframes,
+    # whose bars close many times a day. Default: 5, 20, 35 and 50 minutes past each hour from 13:05 to 21:50
+    # UTC on NYSE trading days, which covers the 09:30-16:00 New York session in winter and summer. An empty
+    # cron (or no timeframes) schedules no separate forecast job.
+    schedule_forecast_cron: str = "5,20,35,50 13-21 * * mon-fri"
+    schedule_forecast_timeframes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["m15", "h1", "h4"]
+    )
+    schedule_forecast_after_training: bool = True
     schedule_misfire_grace_hours: float = Field(default=6.0, gt=0)
     schedule_skip_holidays: bool = True
 
@@ -178,6 +187,9 @@ class Settings(BaseSettings):
     monitor_disable_runs: int = Field(
         default=3, ge=1, description="DISABLE after this many runs below baselines"
     )
+    monitor_live_min_forecasts: int = Field(
+        default=20, ge=1, description="LIVE flag only once this many forecasts are realised"
+    )
 
     # --- execution ------------------------------------------------------------------------------------
     workers: int = Field(
@@ -195,7 +207,12 @@ class Settings(BaseSettings):
             return [str(v).strip().upper() for v in value]
         return value
 
-    @field_validator("schedule_daily_timeframes", "schedule_weekly_timeframes", mode="before")
+    @field_validator(
+        "schedule_daily_timeframes",
+        "schedule_weekly_timeframes",
+        "schedule_forecast_timeframes",
+        mode="before",
+    )
     @classmethod
     def _parse_timeframe_list(cls, value: Any) -> Any:
         value = _split_list(value)

@@ -536,16 +536,17 @@ class SupabaseStore(TrainingStore):
         now = iso(pd.Timestamp.now(tz="UTC"))
         for o in outcomes:
             row = _jsonable({**o.to_row(), "realised_at": now})
-            res = self._call(
-                f"record forecast outcome {o.forecast_id}",
-                lambda row=row, fid=o.forecast_id: (
+
+            def update(row: dict[str, Any] = row, fid: int = o.forecast_id) -> Any:
+                return (
                     self._table("ml_forecasts")
                     .update(row)
                     .eq("id", fid)
                     .is_("realised_return", "null")
                     .execute()
-                ),
-            )
+                )
+
+            res = self._call(f"record forecast outcome {o.forecast_id}", update)
             changed += len(res.data or [])
         return changed
 

@@ -94,7 +94,9 @@ def bar_close_time(ts: datetime, timeframe: str, grid: SessionGrid) -> datetime:
     return nxt
 
 
-def latest_closed_index(ts: pd.Series, timeframe: str, now: datetime, grid: SessionGrid | None = None) -> int | None:
+def latest_closed_index(
+    ts: pd.Series, timeframe: str, now: datetime, grid: SessionGrid | None = None
+) -> int | None:
     """Position in `ts` (ascending bar opening instants, all <= now) of the newest bar closed at `now`."""
     if len(ts) == 0:
         return None

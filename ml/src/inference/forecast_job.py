@@ -54,7 +54,11 @@ class ForecastRun:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "status": "interrupted" if self.interrupted else "failed" if self.counts["failed"] else "succeeded",
+            "status": "interrupted"
+            if self.interrupted
+            else "failed"
+            if self.counts["failed"]
+            else "succeeded",
             "store": self.store,
             "as_of": self.as_of.isoformat() if self.as_of else None,
             "started_at": self.started_at.isoformat(),
@@ -92,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     who.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="these symbols x --timeframes")
     who.add_argument(
-        "--pairs", nargs="+", metavar="SYMBOL:TF", help="exactly these pairs, e.g. AAPL:d1 SPY:h1 (ignores --timeframes)"
+        "--pairs",
+        nargs="+",
+        metavar="SYMBOL:TF",
+        help="exactly these pairs, e.g. AAPL:d1 SPY:h1 (ignores --timeframes)",
     )
     p.add_argument(
         "--timeframes",
@@ -109,21 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
         "means UTC; default: now). A bar inside the champion's training data is never forecast.",
     )
     p.add_argument(
-        "--json", action="store_true", help="print one JSON object on stdout (counts, forecasts); logs to stderr"
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (counts, forecasts); logs to stderr",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
-def resolve_pairs(args: argparse.Namespace, settings: Settings, store: TrainingStore) -> list[tuple[str, str]]:
+def resolve_pairs(
+    args: argparse.Namespace, settings: Settings, store: TrainingStore
+) -> list[tuple[str, str]]:
     if args.pairs:
         pairs = [parse_pair(t) for t in args.pairs]
         return list(dict.fromkeys(pairs))
     if args.all:
         symbols = store.list_active_symbols()
-        if not symbols:
-            raise UsageError("--all: the store has no active symbols (load bars first: python -m ml.src.data.load_bars)")
+        if not symbols:  # nothing trained yet, so nothing to forecast: not an error for the scheduled step
+            log.warning("--all: the store has no active symbols: nothing to forecast")
+            return []
     else:
         symbols = list(args.symbols or settings.default_symbols)
     symbols = unique_upper(symbols)
@@ -167,7 +179,9 @@ def table(run: ForecastRun) -> str:
     for r in run.results:
         p = r.probabilities
         probs = (
-            f"{p['BEARISH']:>6.3f} {p['NEUTRAL']:>6.3f} {p['BULLISH']:>6.3f}" if p else f"{'-':>6} {'-':>6} {'-':>6}"
+            f"{p['BEARISH']:>6.3f} {p['NEUTRAL']:>6.3f} {p['BULLISH']:>6.3f}"
+            if p
+            else f"{'-':>6} {'-':>6} {'-':>6}"
         )
         lines.append(
             f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.bar_ts or '-':<25} {r.label or '-':<8} {probs} "

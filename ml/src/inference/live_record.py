@@ -32,7 +32,9 @@ class LiveRecord:
 
     @property
     def best_baseline(self) -> float | None:
-        values = [v for v in (self.chance_balanced_accuracy, self.persistence_balanced_accuracy) if v is not None]
+        values = [
+            v for v in (self.chance_balanced_accuracy, self.persistence_balanced_accuracy) if v is not None
+        ]
         return max(values) if values else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,7 +69,9 @@ def _mean(mask: np.ndarray) -> float | None:
 def summarise(rows: Iterable[Mapping[str, Any]]) -> LiveRecord:
     """The live record of one pair's forecast rows (as the store returns them)."""
     forecasts = one_per_bar(rows)
-    done = [r for r in forecasts if r.get("realised_return") is not None and r.get("realised_label") is not None]
+    done = [
+        r for r in forecasts if r.get("realised_return") is not None and r.get("realised_label") is not None
+    ]
     label = np.array([r["label"] for r in done], dtype=object)
     truth = np.array([r["realised_label"] for r in done], dtype=object)
     persist = np.array([r.get("persistence_label") for r in done], dtype=object)

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except ScheduleError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not specs:
+    if not [s for s in specs if s.kind == "train"]:
         print(
             "invalid settings: schedule_daily_timeframes and schedule_weekly_timeframes are both empty: "
             "nothing to schedule",

@@ -16,6 +16,7 @@ from ml.src.scheduler.market_calendar import NEW_YORK, HolidaySkippingTrigger
 
 DAILY_JOB_ID = "train-daily"
 WEEKLY_JOB_ID = "train-weekly"
+FORECAST_JOB_ID = "forecast-intraday"
 
 
 class ScheduleError(ValueError):
@@ -24,12 +25,17 @@ class ScheduleError(ValueError):
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One scheduled group: which timeframes, when (a 5-field cron expression in UTC), holiday-aware or not."""
+    """One scheduled group: which timeframes, when (a 5-field cron expression in UTC), holiday-aware or not.
+
+    kind "train" trains the timeframes (then forecasts them, with schedule_forecast_after_training); kind
+    "forecast" only forecasts them.
+    """
 
     job_id: str
     cron: str
     timeframes: tuple[str, ...]
     skip_holidays: bool = False
+    kind: str = "train"
 
     def trigger(self) -> BaseTrigger:
         if self.skip_holidays:
@@ -52,7 +58,20 @@ def job_specs(settings: Settings) -> list[JobSpec]:
         # No holiday check: a weekly run is never skipped because of the day it happens to fall on.
         JobSpec(WEEKLY_JOB_ID, settings.schedule_weekly_cron, tuple(settings.schedule_weekly_timeframes)),
     ]
-    for spec, field in zip(specs, ("schedule_daily_cron", "schedule_weekly_cron"), strict=True):
+    fields = ["schedule_daily_cron", "schedule_weekly_cron"]
+    if settings.schedule_forecast_cron.strip():
+        # Intraday forecasts between trainings: bars close all day, the champions are retrained nightly.
+        specs.append(
+            JobSpec(
+                FORECAST_JOB_ID,
+                settings.schedule_forecast_cron.strip(),
+                tuple(settings.schedule_forecast_timeframes),
+                skip_holidays=settings.schedule_skip_holidays,
+                kind="forecast",
+            )
+        )
+        fields.append("schedule_forecast_cron")
+    for spec, field in zip(specs, fields, strict=True):
         try:
             spec.trigger()
         except ValueError as exc:
@@ -98,8 +117,9 @@ def format_schedule(specs: Iterable[JobSpec], start: datetime, n: int = 3) -> st
     lines: list[str] = []
     for spec in specs:
         holidays = ", skips NYSE holidays" if spec.skip_holidays else ""
+        what = "forecasts only, " if spec.kind == "forecast" else ""
         lines.append(
-            f"{spec.job_id}: cron '{spec.cron}' (UTC), timeframes {' '.join(spec.timeframes)}{holidays}"
+            f"{spec.job_id}: cron '{spec.cron}' (UTC), {what}timeframes {' '.join(spec.timeframes)}{holidays}"
         )
         lines.extend(f"  {both_zones(t)}" for t in next_fire_times(spec, start, n))
     return "\n".join(lines)

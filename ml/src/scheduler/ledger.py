@@ -86,8 +86,8 @@ class RunLedgerListener:
         self._lock = threading.Lock()
 
     def __call__(self, event: SchedulerEvent) -> None:
-        if not isinstance(event, JobEvent):
-            return
+        if not isinstance(event, JobEvent) or event.job_id not in self.specs:
+            return  # only the training groups' fires are runs of the ledger
         try:
             self.record(event)
         except Exception as exc:

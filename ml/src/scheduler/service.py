@@ -52,13 +52,39 @@ def train_timeframes(timeframes: Sequence[str]) -> int:
     return training_main(argv)
 
 
-class ScheduledTraining:
-    """The job function of one group: runs the runner and returns (and logs) its exit code."""
+def forecast_timeframes(timeframes: Sequence[str]) -> int:
+    """The default forecaster: every active symbol's champions forecast these timeframes; the exit code."""
+    argv = ["--all", "--timeframes", *timeframes, "--quiet"]
+    from ml.src.inference.forecast_job import main as forecast_main
 
-    def __init__(self, spec: JobSpec, runner: Runner, stopping: threading.Event) -> None:
+    return forecast_main(argv)
+
+
+def default_forecaster(settings: Settings, runner: Runner | None, forecaster: Runner | None) -> Runner | None:
+    """The forecaster a scheduler uses: the given one, else the forecast job, unless a custom training runner was
+    injected without one (tests, embedding programs: they decide what runs)."""
+    if forecaster is not None:
+        return forecaster
+    return forecast_timeframes if runner is None else None
+
+
+class ScheduledTraining:
+    """The job function of one group: runs the runner (training groups), then the forecaster, and returns (and
+    logs) the worst exit code. A forecast-only group runs just the forecaster."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        runner: Runner,
+        stopping: threading.Event,
+        forecaster: Runner | None = None,
+        forecast_after_training: bool = True,
+    ) -> None:
         self.spec = spec
         self.runner = runner
         self.stopping = stopping
+        self.forecaster = forecaster
+        self.forecast_after_training = forecast_after_training
 
     def __call__(self) -> int:
         token = _JOB_ID.set(self.spec.job_id)
@@ -70,6 +96,8 @@ class ScheduledTraining:
             clear_stop()
             if self.stopping.is_set():  # ... but a signal that arrived meanwhile must still count
                 request_stop()
+            if self.spec.kind == "forecast":
+                return self._forecast()
             log.info("training timeframes %s", " ".join(self.spec.timeframes))
             t0 = time.monotonic()
             code = int(self.runner(self.spec.timeframes))
@@ -87,9 +115,23 @@ class ScheduledTraining:
                 log.error(
                     "training finished in %.0fs with exit code %d: a pair or the run failed", took, code
                 )
+            if self.forecast_after_training and code not in (EXIT_INTERRUPTED, EXIT_USAGE):
+                code = worst_exit_code([code, self._forecast()])
             return code
         finally:
             _JOB_ID.reset(token)
+
+    def _forecast(self) -> int:
+        if self.forecaster is None or self.stopping.is_set():
+            return EXIT_OK
+        log.info("forecasting timeframes %s", " ".join(self.spec.timeframes))
+        t0 = time.monotonic()
+        code = int(self.forecaster(self.spec.timeframes))
+        if code == EXIT_OK:
+            log.info("forecasts done in %.0fs (exit 0)", time.monotonic() - t0)
+        else:
+            log.error("forecasts finished with exit code %d", code)
+        return code
 
 
 def build_scheduler(
@@ -100,6 +142,7 @@ def build_scheduler(
     executor: BaseExecutor | None = None,
     store_factory: StoreFactory | None = None,
     stopping: threading.Event | None = None,
+    forecaster: Runner | None = None,
 ) -> BaseScheduler:
     """A scheduler (not started) with the training jobs and the run-ledger listener.
 
@@ -115,17 +158,24 @@ def build_scheduler(
         executors={"default": executor if executor is not None else ThreadPoolExecutor(max_workers=1)},
         job_defaults=job_defaults(settings),
     )
+    forecast = default_forecaster(settings, runner, forecaster)
     for spec in specs:
         scheduler.add_job(
-            ScheduledTraining(spec, runner or train_timeframes, stopping),
+            ScheduledTraining(
+                spec,
+                runner or train_timeframes,
+                stopping,
+                forecast,
+                settings.schedule_forecast_after_training,
+            ),
             trigger=spec.trigger(),
             id=spec.job_id,
             name=spec.job_id,
             replace_existing=True,
         )
-    scheduler.add_listener(
-        RunLedgerListener(settings, {s.job_id: s for s in specs}, store_factory), RunLedgerListener.MASK
-    )
+    # Missed or failed fires of the training groups become run-ledger rows; forecast fires are not training runs.
+    training = {s.job_id: s for s in specs if s.kind == "train"}
+    scheduler.add_listener(RunLedgerListener(settings, training, store_factory), RunLedgerListener.MASK)
     return scheduler
 
 
@@ -196,11 +246,17 @@ def serve(
     *,
     store_factory: StoreFactory | None = None,
     scheduler_cls: type[BaseScheduler] = BlockingScheduler,
+    forecaster: Runner | None = None,
 ) -> int:
     """Run the scheduler until SIGTERM / Ctrl-C; 0 once the run in progress (if any) has finished."""
     stopping = threading.Event()
     scheduler = build_scheduler(
-        settings, runner, scheduler_cls=scheduler_cls, store_factory=store_factory, stopping=stopping
+        settings,
+        runner,
+        scheduler_cls=scheduler_cls,
+        store_factory=store_factory,
+        stopping=stopping,
+        forecaster=forecaster,
     )
     stopper = GracefulStop(scheduler, stopping)
     scheduler.add_listener(stopper.on_started, EVENT_SCHEDULER_STARTED)
@@ -230,15 +286,18 @@ def run_once(
     runner: Runner | None = None,
     *,
     store_factory: StoreFactory | None = None,
+    forecaster: Runner | None = None,
 ) -> int:
-    """Run every scheduled group now, one after another; the worst exit code.
+    """Run every scheduled group now, one after another (each training group followed by its forecasts, then the
+    forecast-only group); the worst exit code.
 
     After SIGTERM / Ctrl-C, or after a group that was interrupted, the remaining groups do not start. While a
     group trains, the training job's own handlers are in force (a second Ctrl-C aborts at once: exit 130).
     """
     specs = job_specs(settings)
     stopping = threading.Event()
-    ledger = RunLedgerListener(settings, {s.job_id: s for s in specs}, store_factory)
+    ledger = RunLedgerListener(settings, {s.job_id: s for s in specs if s.kind == "train"}, store_factory)
+    forecast = default_forecaster(settings, runner, forecaster)
 
     def on_signal(signum: int, frame: FrameType | None = None) -> None:
         log.warning("%s: finishing the pair in progress, then stopping", signal.Signals(signum).name)
@@ -252,7 +311,13 @@ def run_once(
             if stopping.is_set():
                 log.warning("not starting %s: stopping", spec.job_id)
                 continue
-            job = ScheduledTraining(spec, runner or train_timeframes, stopping)
+            job = ScheduledTraining(
+                spec,
+                runner or train_timeframes,
+                stopping,
+                forecast,
+                settings.schedule_forecast_after_training,
+            )
             started = datetime.now(UTC)
             try:
                 code = job()

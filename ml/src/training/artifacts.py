@@ -7,8 +7,8 @@ import logging
 import os
 import tempfile
 import warnings
-from importlib import metadata
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +91,7 @@ def check_library_versions(path: str | Path, recorded: dict[str, Any] | None) ->
                 f"version; refusing to load (retrain, or install {lib}=={saved})"
             )
         if saved_minor != run_minor:
-            message = (
-                f"artifact {path} was saved with {lib} {saved}, this is {lib} {running}: predictions may differ"
-            )
+            message = f"artifact {path} was saved with {lib} {saved}, this is {lib} {running}: predictions may differ"
             log.warning("%s", message)
             warnings.warn(message, LibraryVersionWarning, stacklevel=3)
 

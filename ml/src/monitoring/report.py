@@ -1,10 +1,14 @@
-"""Model health per (symbol, timeframe): compare each pair's latest run with its history.
+"""Model health per (symbol, timeframe): compare each pair's latest run with its history and live record.
 
-    python -m ml.src.monitoring.report [--symbol S] [--timeframe TF] [--json] [--fail-on-flag]
+    python -m ml.src.monitoring.report [--symbol S] [--timeframe TF] [--json] [--fail-on-flag] [--html DIR]
 
 RETRAIN: the latest test metric fell by more than `monitor_retrain_drop` below the mean of the previous runs,
          or the champion is missing or older than the timeframe's `max_model_age_days`.
 DISABLE: the champion has not beaten its baselines in each of the last `monitor_disable_runs` runs.
+LIVE:    with at least `monitor_live_min_forecasts` realised forecasts, the live balanced accuracy is not above
+         the best live baseline on the same rows (chance = the majority class's, or persistence).
+
+--html DIR also writes the static report with pictures (ml/src/monitoring/html_report.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,6 +29,7 @@ from pydantic import ValidationError
 from config.settings import TIMEFRAMES, Settings, settings_error_line
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
+from ml.src.inference.live_record import LiveRecord, summarise
 
 log = logging.getLogger("ml.monitoring")
 
@@ -44,6 +50,7 @@ class PairHealth:
     runs_below_baselines: int
     flags: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    live: dict[str, Any] | None = None  # LiveRecord.to_dict() of the pair's forecasts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,10 +75,33 @@ def champion_vs_baselines(result: dict[str, Any], metric: str) -> tuple[float | 
     return champion, best
 
 
+def assess_live(health: PairHealth, live: LiveRecord, settings: Settings) -> None:
+    """The LIVE flag: enough realised forecasts, and a live balanced accuracy not above the best baseline's."""
+    health.live = live.to_dict()
+    best = live.best_baseline
+    if (
+        live.n_realised < settings.monitor_live_min_forecasts
+        or live.balanced_accuracy is None
+        or best is None
+    ):
+        return
+    if live.balanced_accuracy <= best:
+        health.flags.append("LIVE")
+        health.reasons.append(
+            f"live balanced accuracy {live.balanced_accuracy:.3f} over {live.n_realised} realised forecasts "
+            f"does not beat its baselines (chance {live.chance_balanced_accuracy or 0:.3f}, persistence "
+            f"{live.persistence_balanced_accuracy or 0:.3f})"
+        )
+
+
 def assess_pair(
-    history: list[dict[str, Any]], champion: dict[str, Any] | None, settings: Settings, now: datetime
+    history: list[dict[str, Any]],
+    champion: dict[str, Any] | None,
+    settings: Settings,
+    now: datetime,
+    forecasts: list[dict[str, Any]] | None = None,
 ) -> PairHealth:
-    """history: the pair's succeeded results, oldest first."""
+    """history: the pair's succeeded results, oldest first; forecasts: the pair's forecast rows."""
     metric = settings.promotion_metric
     last = history[-1]
     symbol, tf = last["symbol"], last["timeframe"]
@@ -119,6 +149,8 @@ def assess_pair(
     if len(history) >= n and below == n:
         health.flags.append("DISABLE")
         health.reasons.append(f"champion did not beat its baselines in any of the last {n} runs")
+    if forecasts:
+        assess_live(health, summarise(forecasts), settings)
     return health
 
 
@@ -133,8 +165,11 @@ def build_report(
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in store.results_history(symbol, timeframe):
         by_pair[(row["symbol"], row["timeframe"])].append(row)
+    forecasts: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in store.list_forecasts(symbol, timeframe):
+        forecasts[(row["symbol"], row["timeframe"])].append(row)
     return [
-        assess_pair(rows, store.get_champion(sym, tf), settings, now)
+        assess_pair(rows, store.get_champion(sym, tf), settings, now, forecasts.get((sym, tf)))
         for (sym, tf), rows in sorted(by_pair.items(), key=lambda kv: (kv[0][0], TIMEFRAMES.index(kv[0][1])))
     ]
 
@@ -145,13 +180,16 @@ def _fmt(v: float | None) -> str:
 
 def table(rows: list[PairHealth]) -> str:
     head = (
-        f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5}  {'flags':<16} reasons"
+        f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5} {'live_n':>6} "
+        f"{'live':>6}  {'flags':<20} reasons"
     )
     lines = [head, "-" * len(head)]
     for h in rows:
+        live = h.live or {}
         lines.append(
             f"{h.symbol:<8} {h.timeframe:<4} {h.runs:>4} {_fmt(h.latest):>7} {_fmt(h.history_mean):>7} "
-            f"{h.runs_below_baselines:>5}  {','.join(h.flags) or 'OK':<16} {'; '.join(h.reasons)}"
+            f"{h.runs_below_baselines:>5} {live.get('n_realised', 0):>6} {_fmt(live.get('balanced_accuracy')):>6}  "
+            f"{','.join(h.flags) or 'OK':<20} {'; '.join(h.reasons)}"
         )
     if not rows:
         lines.append("no succeeded training results yet")
@@ -168,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeframe", choices=TIMEFRAMES, help="only this timeframe")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any pair is flagged")
+    p.add_argument(
+        "--html",
+        metavar="DIR",
+        help="also write the static report (index of pairs with verdicts and flags, a page of charts per pair) "
+        "to DIR; open DIR/index.html from disk or serve DIR with any static server",
+    )
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
@@ -178,11 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(settings_error_line(exc), file=sys.stderr)
         return 2
+    symbol = args.symbol.upper() if args.symbol else None
     try:
         with open_store(settings) as store:
-            rows = build_report(store, settings, args.symbol.upper() if args.symbol else None, args.timeframe)
+            rows = build_report(store, settings, symbol, args.timeframe)
+            if args.html:
+                from ml.src.monitoring.html_report import write_html_report
+
+                site = write_html_report(store, settings, Path(args.html), health=rows)
+                print(site.summary_line(), file=sys.stderr)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot write the report: {exc}", file=sys.stderr)
         return 1
     print(json.dumps([r.to_dict() for r in rows]) if args.json else table(rows))
     return 3 if args.fail_on_flag and any(r.flags for r in rows) else 0

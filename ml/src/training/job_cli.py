@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydantic import ValidationError
@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="manual",
         help="recorded in the run ledger (the scheduler passes 'scheduled')",
     )
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="after the run, write the static HTML report of the run's pairs (charts, verdicts, live record) "
+        "to DIR (see python -m ml.src.monitoring.report --html)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -182,6 +188,22 @@ def _progress_line(done: int, total: int, r: PairResult) -> None:
         log.warning("[%d/%d] %s/%s %s: %s", done, total, r.symbol, r.timeframe, r.status, r.error)
 
 
+def write_run_report(store: TrainingStore, settings: Settings, report: Any, out_dir: str) -> int:
+    """--report DIR: the HTML report of the run's trained pairs; 0, or EXIT_FAILED when it cannot be written."""
+    from pathlib import Path
+
+    from ml.src.monitoring.html_report import write_html_report
+
+    pairs = [(r.symbol, r.timeframe) for r in report.results]
+    try:
+        site = write_html_report(store, settings, Path(out_dir), pairs=pairs)
+    except (StoreError, OSError) as exc:
+        print(f"error: cannot write the report to {out_dir}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    log.info("%s", site.summary_line())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -238,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
         finally:
             restore_signals()
+        if args.report and not report.locked_by:
+            code = write_run_report(store, settings, report, args.report)
+            if code:
+                return code
 
     if report.locked_by:
         print(f"error: {report.error}; this run ({report.run_id}) is recorded as skipped", file=sys.stderr)

@@ -22,7 +22,7 @@ from ml.src.data.records import ModelVersionRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.features.feature_cache import FeatureError, features_for_window
 from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VERSION, WARMUP_BARS
-from ml.src.training import artifacts
+from ml.src.training import artifacts, report_data
 from ml.src.training.labels import (
     CLASSES,
     Thresholds,
@@ -259,6 +259,7 @@ def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> Fitt
     metrics, ens = evaluate(fit.probas, fit.weights, prep, settings)
     metrics["weights_fallback"] = fit.weights_fallback
     timings["weights"] += time.perf_counter() - t0
+    metrics["charts"] = chart_data(prep, fit.models, fit.weights, ens["test"], settings)
     wf = None
     if settings.walk_forward_folds > 0:
         t0 = time.perf_counter()
@@ -285,6 +286,30 @@ def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> Fitt
         test_proba=ens["test"],
         walk_forward=wf,
     )
+
+
+def chart_data(
+    prep: PreparedPair,
+    models: dict[str, Any],
+    weights: dict[str, float],
+    test_proba: np.ndarray,
+    settings: Settings,
+) -> dict[str, Any]:
+    """What the report draws for this pair, recorded with the result (see report_data)."""
+    s = prep.split
+    return {
+        "equity": report_data.equity_curves(
+            test_proba.argmax(axis=1),
+            prep.returns[s.test],
+            prep.ts.iloc[s.test],
+            horizon=prep.spec.horizon_bars,
+            fee_bps=settings.trading_fee_bps,
+            slippage_bps=settings.trading_slippage_bps,
+            allow_short=settings.trading_allow_short,
+        ),
+        "reliability": report_data.reliability(test_proba, prep.codes[s.test]),
+        "feature_importance": report_data.feature_importance(models, weights, FEATURE_COLUMNS),
+    }
 
 
 # --------------------------------------------------------------------------------------------------- persist

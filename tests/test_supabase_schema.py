@@ -34,10 +34,11 @@ TABLES = (
     "training_results",
     "model_versions",
     "job_leases",
+    "ml_forecasts",
 )
 PUBLIC_TABLES = ("symbols", "ohlc_bars")  # the only ones anon may read
 ML_TABLES = tuple(t for t in TABLES if t not in PUBLIC_TABLES)
-VIEWS = ("latest_models", "accuracy_history")
+VIEWS = ("latest_models", "accuracy_history", "latest_forecasts", "forecast_performance")
 SHA = "0123456789abcdef" * 4
 TS0 = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -50,6 +51,7 @@ KEY_COLUMN = {
     "training_results": "symbol",
     "model_versions": "symbol",
     "job_leases": "name",
+    "ml_forecasts": "symbol",
 }
 
 
@@ -128,6 +130,26 @@ def sample_rows(ticker: str, run_id: str) -> dict[str, dict[str, Any]]:
             "holder": "seed",
             "acquired_at": iso(datetime.now(UTC)),
             "expires_at": iso(datetime.now(UTC) + timedelta(hours=1)),
+        },
+        "ml_forecasts": {
+            "symbol": ticker,
+            "timeframe": "d1",
+            "bar_ts": iso(TS0),
+            "horizon_bars": 5,
+            "target_ts": iso(TS0 + timedelta(days=7)),
+            "p_bearish": 0.25,
+            "p_neutral": 0.25,
+            "p_bullish": 0.5,
+            "label": "BULLISH",
+            "direction_score": 0.25,
+            "model_version_id": 1,
+            "model_trained_at": iso(TS0),
+            "model_run_id": run_id,
+            "model_sha256": SHA,
+            "bar_close": 10.5,
+            "threshold_lower": -0.009,
+            "threshold_upper": 0.009,
+            "persistence_label": "NEUTRAL",
         },
     }
 
@@ -339,6 +361,28 @@ def test_authenticated_reads_views_but_cannot_take_leases(
     expect_api_error(lambda: authenticated_client.rpc("acquire_leases", args).execute(), "42501")
 
 
+def test_authenticated_reads_forecast_views_but_cannot_change_forecasts(
+    authenticated_client: Any, service_client: Any, pg: psycopg.Connection[Any], seeded: dict[str, Any]
+) -> None:
+    ticker = seeded["ticker"]
+    latest = authenticated_client.table("latest_forecasts").select("*").eq("symbol", ticker).execute().data
+    assert [(r["label"], r["by_current_champion"]) for r in latest] == [("BULLISH", False)]
+    perf = authenticated_client.table("forecast_performance").select("*").eq("symbol", ticker).execute().data
+    assert [(r["n_forecasts"], r["n_realised"]) for r in perf] == [(1, 0)]
+    table = authenticated_client.table("ml_forecasts")
+    expect_api_error(lambda: table.update({"label": "BEARISH"}).eq("symbol", ticker).execute(), "42501")
+    expect_api_error(lambda: table.upsert(sample_rows(ticker, seeded["run_id"])["ml_forecasts"]).execute(), "42501")
+    # the service role (the forecast step) may fill the outcome; nobody else changed the row
+    service_client.table("ml_forecasts").update({"realised_return": 0.01, "realised_label": "BULLISH"}).eq(
+        "symbol", ticker
+    ).execute()
+    row = pg.execute("select label, realised_label from ml_forecasts where symbol = %s", (ticker,)).fetchone()
+    assert row == ("BULLISH", "BULLISH")
+    assert pg.execute("select has_sequence_privilege('authenticated', 'ml_forecasts_id_seq', 'usage')").fetchone() == (
+        False,
+    )
+
+
 # ---- service_role ---------------------------------------------------------------------------------------------------------
 
 
@@ -401,6 +445,12 @@ BAD_VALUES = [
     ("training_results", {"artifact_sha256": SHA.upper()}),
     ("model_versions", {"timeframe": "D1"}),
     ("model_versions", {"artifact_sha256": "not-a-hash"}),
+    ("ml_forecasts", {"p_bearish": 0.5}),  # probabilities no longer sum to 1
+    ("ml_forecasts", {"p_neutral": -0.25, "p_bullish": 1.0}),
+    ("ml_forecasts", {"label": "UP"}),
+    ("ml_forecasts", {"direction_score": 1.5}),
+    ("ml_forecasts", {"realised_label": "bullish"}),
+    ("ml_forecasts", {"timeframe": "1d"}),
 ]
 
 

@@ -45,7 +45,7 @@ class SessionGrid:
         if len(local) == 0:
             return cls(slots=(time(9, 30),))
         slots = tuple(sorted({t.replace(tzinfo=None) for t in local.time}))
-        weekend = bool((local.dayofweek >= 5).any())
+        weekend = bool((local.day_of_week >= 5).any())
         return cls(slots=slots, exchange_days=not weekend)
 
     def trades_on(self, day: date) -> bool:

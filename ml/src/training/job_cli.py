@@ -260,10 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
         finally:
             restore_signals()
+        report_code = 0
         if args.report and not report.locked_by:
-            code = write_run_report(store, settings, report, args.report)
-            if code:
-                return code
+            report_code = write_run_report(store, settings, report, args.report)
 
     if report.locked_by:
         print(f"error: {report.error}; this run ({report.run_id}) is recorded as skipped", file=sys.stderr)
@@ -275,4 +274,5 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.to_json(), default=str))
     else:
         print(table)
-    return report.exit_code()
+    code = report.exit_code()
+    return EXIT_FAILED if code == 0 and report_code else code

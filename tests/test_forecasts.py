@@ -30,7 +30,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(params=["embedded", "supabase"])
-def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("ML_WORKERS", "1")
     monkeypatch.setenv("ML_LOCAL_DB", str(tmp_path / "store.sqlite3"))
@@ -112,7 +114,13 @@ def test_forecasts_for_every_champion_once_and_their_outcomes(env: dict[str, Any
     assert old["realised_return"] == pytest.approx(close[1204] / close[1199] - 1.0, rel=1e-12)
     assert pd.Timestamp(old["realised_bar_ts"]) == goog_bars["ts"].iloc[1204]
     ret = old["realised_return"]
-    expected = "BULLISH" if ret > old["threshold_upper"] else "BEARISH" if ret < old["threshold_lower"] else "NEUTRAL"
+    expected = (
+        "BULLISH"
+        if ret > old["threshold_upper"]
+        else "BEARISH"
+        if ret < old["threshold_lower"]
+        else "NEUTRAL"
+    )
     assert old["realised_label"] == expected
     assert new["realised_return"] is None  # its horizon has not passed
 
@@ -125,7 +133,9 @@ def test_forecasts_for_every_champion_once_and_their_outcomes(env: dict[str, Any
     assert pd.Timestamp(old_ibm["realised_bar_ts"]) == ibm_bars["ts"].iloc[603]
 
 
-def test_live_record_over_a_month_of_daily_forecasts(env: dict[str, Any], request: pytest.FixtureRequest) -> None:
+def test_live_record_over_a_month_of_daily_forecasts(
+    env: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
     """A champion trained as of bar 1199 forecasts each of the next 30 real days; the live record adds up."""
     store, settings, tag = env["store"], env["settings"], env["tag"]
     ticker = f"L{tag}"
@@ -134,7 +144,9 @@ def test_live_record_over_a_month_of_daily_forecasts(env: dict[str, Any], reques
     train(store, settings, ticker, "d1", as_of=bars["ts"].iloc[1199].to_pydatetime())
     for k in range(1199, 1229):
         # 8 hours after the bar opened: after the 16:00 New York close, winter or summer
-        run = run_forecasts(store, settings, [(ticker, "d1")], as_of=(bars["ts"].iloc[k] + pd.Timedelta(hours=8)))
+        run = run_forecasts(
+            store, settings, [(ticker, "d1")], as_of=(bars["ts"].iloc[k] + pd.Timedelta(hours=8))
+        )
         assert [(r.status, pd.Timestamp(r.bar_ts)) for r in run.results] == [("written", bars["ts"].iloc[k])]
     fill_outcomes(store, ticker, "d1")
     rows = store.list_forecasts(ticker, "d1")
@@ -145,9 +157,13 @@ def test_live_record_over_a_month_of_daily_forecasts(env: dict[str, Any], reques
     assert live.accuracy == pytest.approx(right / 30)
     assert live.balanced_accuracy is not None and live.chance_balanced_accuracy is not None
 
-    health = {(h.symbol, h.timeframe): h for h in build_report(store, settings, symbol=ticker)}[(ticker, "d1")]
+    health = {(h.symbol, h.timeframe): h for h in build_report(store, settings, symbol=ticker)}[
+        (ticker, "d1")
+    ]
     assert health.live == live.to_dict()
-    below = live.balanced_accuracy <= max(live.chance_balanced_accuracy, live.persistence_balanced_accuracy or 0)
+    below = live.balanced_accuracy <= max(
+        live.chance_balanced_accuracy, live.persistence_balanced_accuracy or 0
+    )
     assert ("LIVE" in health.flags) == below  # 30 realised >= monitor_live_min_forecasts (20)
 
     if env["kind"] == "supabase":  # the SQL view gives the same numbers as the Python summary

@@ -13,7 +13,14 @@ import pandas as pd
 import pytest
 
 from ml.src.data.local_db import SqliteStore
-from ml.src.data.records import ModelVersionRecord, ResultRecord, RunOutcome, RunRecord
+from ml.src.data.records import (
+    ForecastOutcome,
+    ForecastRecord,
+    ModelVersionRecord,
+    ResultRecord,
+    RunOutcome,
+    RunRecord,
+)
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.supabase_db import SupabaseStore
 from tests.factories import sample_bars
@@ -253,3 +260,84 @@ def test_expired_lease_is_taken_over_and_its_run_abandoned(
     assert store.mark_runs_abandoned([dead_run], "again") == 0  # only runs still marked running
     assert store.renew_leases([name], "host-a:1:dead", 600) == 0  # the dead holder lost it
     store.release_leases([name], "host-b:2:live")
+
+
+# ---- forecasts -----------------------------------------------------------------------------------------------------
+
+
+def forecast(symbol: str, bar_ts: datetime, version: int = 1, **override: object) -> ForecastRecord:
+    values: dict = {
+        "symbol": symbol,
+        "timeframe": "d1",
+        "bar_ts": bar_ts,
+        "horizon_bars": 5,
+        "target_ts": bar_ts + timedelta(days=7),
+        "p_bearish": 0.2,
+        "p_neutral": 0.3,
+        "p_bullish": 0.5,
+        "label": "BULLISH",
+        "direction_score": 0.3,
+        "model_version_id": version,
+        "model_trained_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "model_run_id": str(uuid.uuid4()),
+        "model_sha256": SHA,
+        "bar_close": 100.0,
+        "threshold_lower": -0.009,
+        "threshold_upper": 0.009,
+        "persistence_label": "NEUTRAL",
+    }
+    values.update(override)
+    return ForecastRecord(**values)
+
+
+def test_forecasts_are_written_once_per_bar_and_model_version(store: TrainingStore, symbol: str) -> None:
+    ts = sample_bars("IBM", "d1").iloc[-3:]["ts"]
+    t0, t1 = ts.iloc[0].to_pydatetime(), ts.iloc[1].to_pydatetime()
+    assert store.insert_forecast(forecast(symbol, t1)) is True
+    assert store.insert_forecast(forecast(symbol, t0)) is True
+    assert store.insert_forecast(forecast(symbol, t1, p_bullish=0.4, p_neutral=0.4)) is False  # exists: kept
+    assert store.insert_forecast(forecast(symbol, t1, version=2)) is True  # another model, same bar
+    rows = store.list_forecasts(symbol, "d1")
+    assert [(pd.Timestamp(r["bar_ts"]), r["model_version_id"]) for r in rows] == [
+        (pd.Timestamp(t0), 1),
+        (pd.Timestamp(t1), 1),
+        (pd.Timestamp(t1), 2),
+    ]
+    assert rows[1]["p_bullish"] == 0.5 and rows[1]["created_at"] is not None
+    assert pd.Timestamp(rows[0]["target_ts"]) == pd.Timestamp(t0 + timedelta(days=7))
+    assert store.list_forecasts(symbol, "h1") == [] and store.list_forecasts("NOPE" + symbol) == []
+
+
+def test_forecast_outcomes_are_recorded_once(store: TrainingStore, symbol: str) -> None:
+    ts = sample_bars("IBM", "d1").iloc[-10:].reset_index(drop=True)["ts"]
+    store.insert_forecast(forecast(symbol, ts.iloc[0].to_pydatetime()))
+    store.insert_forecast(forecast(symbol, ts.iloc[1].to_pydatetime()))
+    first, second = store.list_forecasts(symbol, "d1", unrealised_only=True)
+    outcome = ForecastOutcome(
+        forecast_id=int(first["id"]),
+        realised_bar_ts=ts.iloc[5].to_pydatetime(),
+        realised_close=101.5,
+        realised_return=0.015,
+        realised_label="BULLISH",
+    )
+    assert store.record_forecast_outcomes([outcome]) == 1
+    assert store.record_forecast_outcomes([outcome]) == 0  # already realised: never overwritten
+    assert [r["id"] for r in store.list_forecasts(symbol, "d1", unrealised_only=True)] == [second["id"]]
+    done = store.list_forecasts(symbol, "d1")[0]
+    assert (done["realised_return"], done["realised_label"], done["realised_close"]) == (
+        0.015,
+        "BULLISH",
+        101.5,
+    )
+    assert pd.Timestamp(done["realised_bar_ts"]) == ts.iloc[5] and done["realised_at"] is not None
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"p_bearish": 0.5}, {"label": "UP"}, {"timeframe": "m5"}, {"direction_score": 2.0}],
+    ids=["probabilities-not-summing-to-1", "label", "timeframe", "direction"],
+)
+def test_bad_forecasts_are_rejected(store: TrainingStore, symbol: str, override: dict) -> None:
+    with pytest.raises(StoreError):
+        store.insert_forecast(forecast(symbol, datetime(2024, 1, 2, 14, 30, tzinfo=UTC), **override))
+    assert store.list_forecasts(symbol) == []

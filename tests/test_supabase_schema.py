@@ -371,16 +371,18 @@ def test_authenticated_reads_forecast_views_but_cannot_change_forecasts(
     assert [(r["n_forecasts"], r["n_realised"]) for r in perf] == [(1, 0)]
     table = authenticated_client.table("ml_forecasts")
     expect_api_error(lambda: table.update({"label": "BEARISH"}).eq("symbol", ticker).execute(), "42501")
-    expect_api_error(lambda: table.upsert(sample_rows(ticker, seeded["run_id"])["ml_forecasts"]).execute(), "42501")
+    expect_api_error(
+        lambda: table.upsert(sample_rows(ticker, seeded["run_id"])["ml_forecasts"]).execute(), "42501"
+    )
     # the service role (the forecast step) may fill the outcome; nobody else changed the row
     service_client.table("ml_forecasts").update({"realised_return": 0.01, "realised_label": "BULLISH"}).eq(
         "symbol", ticker
     ).execute()
     row = pg.execute("select label, realised_label from ml_forecasts where symbol = %s", (ticker,)).fetchone()
     assert row == ("BULLISH", "BULLISH")
-    assert pg.execute("select has_sequence_privilege('authenticated', 'ml_forecasts_id_seq', 'usage')").fetchone() == (
-        False,
-    )
+    assert pg.execute(
+        "select has_sequence_privilege('authenticated', 'ml_forecasts_id_seq', 'usage')"
+    ).fetchone() == (False,)
 
 
 # ---- service_role ---------------------------------------------------------------------------------------------------------

@@ -52,3 +52,21 @@ def embedded_store(ml_env: Path) -> Iterator[SqliteStore]:
     store = SqliteStore(ml_env / "store.sqlite3")
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Champions, forecasts and outcomes built once per session (tests.trained_store); copy before writing."""
+    from tests.trained_store import build
+
+    return build(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture()
+def trained_store(ml_env: Path, trained_template: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """ml_env with a private copy of the trained store; the artifacts are the template's (read-only use)."""
+    import shutil
+
+    shutil.copyfile(trained_template["db"], ml_env / "store.sqlite3")
+    monkeypatch.setenv("ML_MODELS_DIR", str(trained_template["models"]))
+    return ml_env / "store.sqlite3"

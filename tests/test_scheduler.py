@@ -125,7 +125,10 @@ def test_job_ids_and_defaults(settings: Settings) -> None:
     assert scheduler.timezone == UTC
     assert scheduler._job_defaults == {"misfire_grace_time": 6 * 3600, "coalesce": True, "max_instances": 1}
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"train-daily", "train-weekly"}
+    assert set(jobs) == {"train-daily", "train-weekly", "forecast-intraday"}
+    assert isinstance(jobs["forecast-intraday"].trigger, HolidaySkippingTrigger)
+    assert jobs["forecast-intraday"].func.spec.timeframes == ("m15", "h1", "h4")
+    assert jobs["forecast-intraday"].func.spec.kind == "forecast"
     assert isinstance(jobs["train-daily"].trigger, HolidaySkippingTrigger)
     assert isinstance(jobs["train-weekly"].trigger, CronTrigger)
     assert jobs["train-daily"].func.spec.timeframes == DAILY_TFS
@@ -137,7 +140,7 @@ def test_started_jobs_carry_the_defaults(
 ) -> None:
     scheduler, _ = manual(schedule_misfire_grace_hours=1.5)
     jobs = scheduler.get_jobs()
-    assert {j.id for j in jobs} == {"train-daily", "train-weekly"}
+    assert {j.id for j in jobs} == {"train-daily", "train-weekly", "forecast-intraday"}
     for job in jobs:
         assert job.misfire_grace_time == 5400
         assert job.coalesce is True
@@ -152,8 +155,10 @@ def test_skip_holidays_off_uses_the_plain_cron(settings: Settings) -> None:
 
 
 def test_empty_timeframes_are_not_scheduled(settings: Settings) -> None:
-    s = settings.model_copy(update={"schedule_weekly_timeframes": []})
+    s = settings.model_copy(update={"schedule_weekly_timeframes": [], "schedule_forecast_timeframes": []})
     assert [x.job_id for x in jobs.job_specs(s)] == ["train-daily"]
+    s = settings.model_copy(update={"schedule_forecast_cron": ""})  # no separate forecast job
+    assert [x.job_id for x in jobs.job_specs(s)] == ["train-daily", "train-weekly"]
 
 
 def test_bad_cron_is_a_schedule_error(settings: Settings) -> None:
@@ -432,8 +437,17 @@ def test_print_schedule(
     out = capsys.readouterr().out
     assert "train-daily: cron '30 22 * * mon-fri' (UTC), timeframes m15 h1 h4 d1, skips NYSE holidays" in out
     assert "train-weekly: cron '0 14 * * sat' (UTC), timeframes w1" in out
+    assert (
+        "forecast-intraday: cron '5,20,35,50 13-21 * * mon-fri' (UTC), forecasts only, timeframes m15 h1 h4, "
+        "skips NYSE holidays" in out
+    )
     lines = [line.strip() for line in out.splitlines() if line.startswith("  ")]
-    assert lines == [
+    assert lines[6:] == [
+        "Tue 2026-11-24 13:05 UTC = Tue 2026-11-24 08:05 EST (America/New_York)",
+        "Tue 2026-11-24 13:20 UTC = Tue 2026-11-24 08:20 EST (America/New_York)",
+        "Tue 2026-11-24 13:35 UTC = Tue 2026-11-24 08:35 EST (America/New_York)",
+    ]
+    assert lines[:6] == [
         "Tue 2026-11-24 22:30 UTC = Tue 2026-11-24 17:30 EST (America/New_York)",
         "Wed 2026-11-25 22:30 UTC = Wed 2026-11-25 17:30 EST (America/New_York)",
         "Fri 2026-11-27 22:30 UTC = Fri 2026-11-27 17:30 EST (America/New_York)",  # Thanksgiving skipped
@@ -644,3 +658,59 @@ def test_log_lines_carry_the_job_id(capsys: pytest.CaptureFixture[str], settings
     assert len(lines) == 3
     assert all("[train-daily]" in line for line in lines)
     assert "ml.training [train-daily]: AAPL/d1 failed" in err
+
+
+# ------------------------------------------------------------------------------------------------ forecasts
+def test_each_training_group_is_followed_by_its_forecasts(ml_env: Path) -> None:
+    trained, forecast = FakeRunner(lambda tfs: 1 if "w1" in tfs else 0), FakeRunner(0)
+    assert service.run_once(Settings(), trained, forecaster=forecast) == 1
+    assert trained.calls == [DAILY_TFS, ("w1",)]
+    # after train-daily, after train-weekly, then the forecast-only group
+    assert forecast.calls == [DAILY_TFS, ("w1",), ("m15", "h1", "h4")]
+
+
+def test_forecast_exit_code_counts_and_an_interrupted_group_forecasts_nothing(ml_env: Path) -> None:
+    forecast = FakeRunner(lambda tfs: 1 if "w1" in tfs else 0)
+    assert service.run_once(Settings(), FakeRunner(0), forecaster=forecast) == 1
+    interrupted, forecast = FakeRunner(130), FakeRunner(0)
+    assert service.run_once(Settings(), interrupted, forecaster=forecast) == 130
+    assert forecast.calls == []
+
+
+def test_forecasts_after_training_can_be_turned_off(ml_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ML_SCHEDULE_FORECAST_AFTER_TRAINING", "false")
+    monkeypatch.setenv("ML_SCHEDULE_FORECAST_CRON", "")
+    forecast = FakeRunner(0)
+    assert service.run_once(Settings(), FakeRunner(0), forecaster=forecast) == 0
+    assert forecast.calls == []
+
+
+def test_the_intraday_forecast_job_fires_on_its_own_cron(settings: Settings, ledger_path: Path) -> None:
+    forecast = FakeRunner(0)
+    s = settings.model_copy(update={"schedule_forecast_cron": "*/15 * * * *"})
+    with freeze_time("2026-11-24T14:00:00Z") as clock:
+        scheduler = service.build_scheduler(
+            s,
+            FakeRunner(0),
+            scheduler_cls=ManualScheduler,
+            executor=DebugExecutor(),
+            store_factory=lambda: SqliteStore(ledger_path),
+            forecaster=forecast,
+        )
+        scheduler.start()
+        clock.tick(timedelta(minutes=15))
+        scheduler._process_jobs()
+        clock.tick(timedelta(hours=9))  # far past the grace time: a missed forecast fire is no training run
+        scheduler._process_jobs()
+        scheduler.shutdown(wait=False)
+    assert forecast.calls[0] == ("m15", "h1", "h4")
+    assert not ledger_path.exists()  # the ledger was never even opened
+
+
+def test_the_default_forecaster_runs_the_forecast_job(ml_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.src.inference import forecast_job
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(forecast_job, "main", lambda argv: calls.append(argv) or 0)
+    assert service.forecast_timeframes(["h1", "d1"]) == 0
+    assert calls == [["--all", "--timeframes", "h1", "d1", "--quiet"]]

@@ -11,7 +11,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock" --quiet $(LOCK_FLAGS)
 
-.PHONY: install install-dev stack-deps run test lint format bench lock lock-upgrade clean
+.PHONY: install install-dev stack-deps browser-deps run test lint format bench lock lock-upgrade clean
 
 # python3-venv and libgomp1 (LightGBM) from apt when missing, before the venv exists.
 $(BIN)/python:
@@ -38,13 +38,17 @@ install-dev: $(DEV_STAMP)
 stack-deps:
 	PYTHON=$(PYTHON) bash scripts/install_stack_deps.sh all
 
+# Debian's chromium, the headless browser the report tests open every page in.
+browser-deps:
+	bash scripts/install_browser_deps.sh
+
 # Loads the bundled sample bars into the embedded store (once), then trains every active symbol.
 run: install
 	$(BIN)/python -m ml.src.data.load_bars --if-missing --quiet ml/sample_data/*.csv
 	$(BIN)/python -m ml.src.training.ensemble_training_job --all --timeframes d1 w1
 
 # The test session starts the local Supabase stack once and always tears it down.
-test: install-dev stack-deps
+test: install-dev stack-deps browser-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

@@ -395,7 +395,7 @@ def test_real_background_scheduler_runs_and_records_misses(settings: Settings, l
     executed, missed = threading.Semaphore(0), threading.Semaphore(0)
     with freeze_time("2026-03-06 20:00:00") as clock:  # Friday
         scheduler = service.build_scheduler(
-            settings,
+            settings.model_copy(update={"schedule_forecast_cron": ""}),  # training fires only
             runner,
             scheduler_cls=BackgroundScheduler,
             store_factory=lambda: SqliteStore(ledger_path),

@@ -73,7 +73,8 @@ select distinct on (f.symbol, f.timeframe)
   f.p_bearish, f.p_neutral, f.p_bullish, f.direction_score,
   f.model_version_id, f.model_trained_at, f.created_at,
   exists (select 1 from public.model_versions m
-           where m.id = f.model_version_id and m.is_champion) as by_current_champion
+           where m.id = f.model_version_id and m.symbol = f.symbol and m.timeframe = f.timeframe
+             and m.is_champion) as by_current_champion
 from public.ml_forecasts f
 order by f.symbol, f.timeframe, f.bar_ts desc, f.model_trained_at desc, f.id desc;
 

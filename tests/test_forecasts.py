@@ -177,7 +177,9 @@ def test_live_record_over_a_month_of_daily_forecasts(
         champion = store.get_champion(ticker, "d1")
         assert view["champion_version_id"] == champion["id"]
         [latest] = client.table("latest_forecasts").select("*").eq("symbol", ticker).execute().data
-        assert pd.Timestamp(latest["bar_ts"]) == bars["ts"].iloc[1228] and latest["by_current_champion"] is True
+        assert (
+            pd.Timestamp(latest["bar_ts"]) == bars["ts"].iloc[1228] and latest["by_current_champion"] is True
+        )
         assert view["champion_valid_balanced_accuracy"] == pytest.approx(
             champion["metrics"]["ensemble"]["valid_balanced_accuracy"]
         )

@@ -215,3 +215,21 @@ def test_closed_bar_clock_is_now_by_default(tmp_path: Path) -> None:
     assert latest_closed_index(window, "d1", now) == day - 1
     with freeze_time("2008-11-20T21:00:00Z"):
         assert latest_closed_index(window, "d1", datetime.now(UTC)) == day
+
+
+def test_a_weekly_bar_stamped_at_midnight_utc_belongs_to_the_coming_week() -> None:
+    """Some vendors stamp weekly bars 00:00 UTC Monday (Sunday evening in New York): it closes that Friday."""
+    ts = sample_bars("IBM", "w1")["ts"].iloc[-100:]
+    midnight = ts.dt.normalize()  # the same weeks, stamped 00:00 UTC on their first trading day
+    grid = SessionGrid.from_history(midnight)
+    assert bar_close_time(pd.Timestamp("2013-02-25T00:00:00Z"), "w1", grid) == utc("2013-03-01T21:00:00Z")
+    assert latest_closed_index(midnight.reset_index(drop=True), "w1", utc("2013-02-27T12:00:00Z")) == 98
+
+
+def test_a_daily_bar_stamped_at_midnight_utc_closes_at_its_sessions_close() -> None:
+    ts = sample_bars("GOOG", "d1")["ts"].iloc[-300:].dt.normalize().reset_index(drop=True)
+    grid = SessionGrid.from_history(ts)
+    assert grid.exchange_days
+    # 2013-03-01 00:00Z is Thursday 19:00 EST: Friday's session, which closes 21:00Z
+    assert bar_close_time(pd.Timestamp("2013-03-01T00:00:00Z"), "d1", grid) == utc("2013-03-01T21:00:00Z")
+    assert latest_closed_index(ts, "d1", utc("2013-03-01T20:00:00Z")) == len(ts) - 2

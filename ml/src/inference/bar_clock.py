@@ -7,9 +7,12 @@ estimated from the pair's own session grid:
 * the grid is the set of New York times of day at which the pair's recent bars open (for example 09:30, 10:00,
   11:00 ... 15:00 for clock-aligned hourly bars, or just 09:30 for daily bars), and the days it trades on are
   NYSE trading days (weekends and NYSE holidays skipped) unless its history has bars on weekends;
-* an intraday or daily bar closes when the next grid slot opens, but no later than the 16:00 New York session
-  close of its own day when it opened before that close (the last hourly bar of a day, a daily bar);
-* a weekly bar closes at 16:00 New York on the last NYSE trading day of its week.
+* an intraday bar closes when the next grid slot opens, but no later than the 16:00 New York session close of
+  its own day when it opened before that close (the last hourly bar of a day);
+* a daily bar closes at 16:00 New York on its trading day: its own date when it opens before 16:00 on a trading
+  day, else the next trading day (bars stamped 00:00 UTC, the evening before in New York, belong to the next
+  session); a weekly bar at 16:00 on the last NYSE trading day of that day's week;
+* a pair whose history trades on weekends (in New York and in UTC) is taken to trade round the clock.
 
 Early-close days (13:00) are not modelled: such a bar is taken to close at 16:00, so a forecast waits a little
 longer than it had to, never less. The same grid gives `target_ts`, the opening instant of the bar h bars after a
@@ -41,11 +44,14 @@ class SessionGrid:
 
     @classmethod
     def from_history(cls, ts: Sequence[datetime] | pd.Series) -> SessionGrid:
-        local = pd.DatetimeIndex(pd.to_datetime(pd.Series(ts), utc=True)).tz_convert(NEW_YORK)
+        utc = pd.DatetimeIndex(pd.to_datetime(pd.Series(ts), utc=True))
+        local = utc.tz_convert(NEW_YORK)
         if len(local) == 0:
             return cls(slots=(time(9, 30),))
         slots = tuple(sorted({t.replace(tzinfo=None) for t in local.time}))
-        weekend = bool((local.day_of_week >= 5).any())
+        # Weekend trading only when a bar is on a weekend in New York AND in UTC: a Monday bar stamped 00:00 UTC
+        # is Sunday evening in New York, and is not one.
+        weekend = bool(((local.day_of_week >= 5) & (utc.day_of_week >= 5)).any())
         return cls(slots=slots, exchange_days=not weekend)
 
     def trades_on(self, day: date) -> bool:
@@ -79,17 +85,36 @@ def _week_days(day: date) -> list[date]:
     return [monday + timedelta(days=k) for k in range(7)]
 
 
+def _session_day(local: datetime, grid: SessionGrid) -> date:
+    """The trading day a daily or weekly bar opening at `local` (New York time) belongs to: its own date before
+    the 16:00 close on a trading day, else the next trading day (vendors stamping 00:00 UTC, i.e. the evening
+    before in New York, included)."""
+    day = local.date()
+    if local.time() < SESSION_CLOSE and grid.trades_on(day):
+        return day
+    day += timedelta(days=1)
+    for _ in range(14):
+        if grid.trades_on(day):
+            return day
+        day += timedelta(days=1)
+    return day
+
+
 def bar_close_time(ts: datetime, timeframe: str, grid: SessionGrid) -> datetime:
     """The instant the bar opened at `ts` has closed by (an upper bound; see the module docstring)."""
     ts = pd.Timestamp(ts).to_pydatetime()
     local = ts.astimezone(NEW_YORK)
-    session_close = datetime.combine(local.date(), SESSION_CLOSE, tzinfo=NEW_YORK).astimezone(UTC)
-    if timeframe == "w1":
-        days = [d for d in _week_days(local.date()) if grid.trades_on(d) and d >= local.date()]
-        last = days[-1] if days else local.date()
-        return datetime.combine(last, SESSION_CLOSE, tzinfo=NEW_YORK).astimezone(UTC)
+    if not grid.exchange_days:  # round-the-clock markets: a bar closes when the next one opens
+        return ts + {"d1": timedelta(days=1), "w1": timedelta(days=7)}.get(timeframe, grid.next_open(ts) - ts)
+    if timeframe in ("d1", "w1"):
+        day = _session_day(local, grid)
+        if timeframe == "w1":
+            day = [d for d in _week_days(day) if grid.trades_on(d) and d >= day][-1]
+        close = datetime.combine(day, SESSION_CLOSE, tzinfo=NEW_YORK).astimezone(UTC)
+        return close if close > ts else ts + timedelta(days=7 if timeframe == "w1" else 1)
     nxt = grid.next_open(ts)
-    if local.time() < SESSION_CLOSE and grid.exchange_days:
+    if local.time() < SESSION_CLOSE:
+        session_close = datetime.combine(local.date(), SESSION_CLOSE, tzinfo=NEW_YORK).astimezone(UTC)
         return min(nxt, session_close)
     return nxt
 

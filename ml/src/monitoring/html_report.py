@@ -239,7 +239,7 @@ def _pair_page(pair: PairData, folder: Path, site: ReportSite) -> str:
             parts.append(f'<p class="nodata">{_e(exc)}</p>')
             continue
         path = img_dir / f"{key}.png"
-        fig.savefig(path, format="png")
+        fig.savefig(path, format="png", pil_kwargs={"compress_level": 3})  # zlib 6 costs ~2x for ~4% less
         site.images.append(path)
         parts.append(
             f'<figure><img src="{_e(slug)}/{key}.png" alt="{_e(title)} of {_e(pair.symbol)} {_e(pair.timeframe)}">'

@@ -24,7 +24,7 @@ from ml.src.inference.outcomes import fill_outcomes
 from ml.src.monitoring.report import build_report
 from ml.src.training.labels import CLASSES
 from ml.src.training.run_loop import run_job
-from tests.sample_bars import sample_bars
+from tests.factories import sample_bars
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from ml.src.monitoring import report
 from ml.src.monitoring.html_report import verdict_of
 from ml.src.training import job_cli
 from tests.browser import Chromium
-from tests.sample_bars import SAMPLE_DATA
+from tests.factories import SAMPLE_DATA
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,7 @@ from ml.src.inference.live_record import summarise
 from ml.src.training import artifacts
 from ml.src.training.artifacts import ArtifactError, LibraryVersionWarning, load_ensemble, running_version
 from ml.src.training.ensemble import MissingFeaturesError
-from tests.factories import real_bars
-from tests.sample_bars import sample_bars
+from tests.factories import ml_test_bars, sample_bars
 
 
 def utc(text: str) -> datetime:
@@ -53,7 +52,7 @@ def test_a_weekly_bar_closes_on_its_weeks_last_trading_day() -> None:
 
 
 def test_intraday_bars_close_at_the_next_slot_or_the_session_close() -> None:
-    ts = pd.to_datetime(real_bars("AAPL", "h1", last=400)["ts"], utc=True)
+    ts = pd.to_datetime(ml_test_bars("AAPL", "h1", last=400)["ts"], utc=True)
     grid = SessionGrid.from_history(ts)
     nine_thirty = ts[ts.dt.tz_convert("America/New_York").dt.strftime("%H:%M") == "09:30"].iloc[-1]
     assert bar_close_time(nine_thirty, "h1", grid) == nine_thirty + pd.Timedelta(minutes=30)
@@ -73,7 +72,7 @@ def test_target_ts_is_the_real_bar_h_bars_later(symbol: str, tf: str, h: int) ->
 
 @pytest.mark.parametrize(("tf", "h"), [("m15", 5), ("h1", 5), ("h4", 3)])
 def test_intraday_target_ts_matches_real_bars_except_early_closes(tf: str, h: int) -> None:
-    ts = pd.to_datetime(real_bars("SPY", tf, last=2000)["ts"], utc=True)
+    ts = pd.to_datetime(ml_test_bars("SPY", tf, last=2000)["ts"], utc=True)
     checked = missed = 0
     for i in range(WARMUP_BARS, len(ts) - h, 3):
         grid = SessionGrid.from_history(ts.iloc[i - WARMUP_BARS : i + 1])

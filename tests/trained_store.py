@@ -12,7 +12,7 @@ from ml.src.data.local_db import SqliteStore
 from ml.src.inference.forecast_job import run_forecasts
 from ml.src.inference.outcomes import fill_outcomes
 from ml.src.training.run_loop import run_job
-from tests.sample_bars import sample_bars
+from tests.factories import sample_bars
 
 GOOG_TRAINED = 1200  # GOOG d1 trains as of its bar 1199, then forecasts the next 25 trading days
 

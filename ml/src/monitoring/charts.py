@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pandas as pd
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
 CLASSES = ("BEARISH", "NEUTRAL", "BULLISH")
@@ -42,6 +43,13 @@ def _figure(w: float = 7.5, h: float = 3.6) -> Figure:
     return fig
 
 
+def _dates(ax: Any) -> None:
+    """Readable, non-overlapping date ticks (2009, Feb, Mar ... instead of full dates side by side)."""
+    locator = AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
 def equity(charts: Mapping[str, Any] | None) -> Figure:
     eq = (charts or {}).get("equity") or {}
     ts, model, hold = eq.get("ts") or [], eq.get("strategy_net") or [], eq.get("buy_and_hold_net") or []
@@ -53,6 +61,7 @@ def equity(charts: Mapping[str, Any] | None) -> Figure:
     ax.plot(x, model, color=COLORS["model"], lw=1.8, marker="o", ms=2.5, label="strategy, net of costs")
     ax.plot(x, hold, color=COLORS["hold"], lw=1.4, ls="--", label="buy and hold, net")
     ax.axhline(1.0, color="#444", lw=0.6)
+    _dates(ax)
     ax.set_ylabel("equity (start = 1)")
     ax.set_title(
         f"Test slice: {len(ts)} holds of {eq.get('horizon', '?')} bars, {eq.get('cost_bps_one_way', '?')} bps per side"
@@ -257,5 +266,5 @@ def live(forecasts: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | No
     )
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
+    _dates(ax)
     return fig

@@ -6,6 +6,7 @@ No `SUPABASE_URL` means the embedded SQLite store (`ML_LOCAL_DB`), so a newcomer
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -90,6 +91,24 @@ DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
 }
 
 
+def _default_home() -> Path:
+    """Where the embedded store and the models live by default: the project checkout, not the working directory.
+
+    A source checkout (the supported layout: `make run`, a systemd unit or cron in /opt/swiftbolt-ml) has
+    pyproject.toml beside config/; there the defaults are `<checkout>/.local/swiftbolt_ml.sqlite3` and
+    `<checkout>/trained_models`, whatever directory the command runs from. An installed package (no checkout)
+    uses `$XDG_DATA_HOME/swiftbolt-ml` (default `~/.local/share/swiftbolt-ml`).
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "swiftbolt-ml"
+
+
+DEFAULT_HOME = _default_home()
+
+
 def _split_list(value: Any) -> Any:
     """Accept `AAPL,MSFT`, `AAPL MSFT` or a JSON list for list settings."""
     if isinstance(value, str):
@@ -110,10 +129,17 @@ class Settings(BaseSettings):
     supabase_service_role_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_KEY")
     )
+    # Defaults are absolute (DEFAULT_HOME); an explicit relative value is taken relative to the working directory
+    # where the settings are read, and made absolute at once, so one process never sees two meanings.
     local_db: Path = Field(
-        default=Path(".local/swiftbolt_ml.sqlite3"), validation_alias=AliasChoices("ML_LOCAL_DB")
+        default=DEFAULT_HOME / ".local" / "swiftbolt_ml.sqlite3", validation_alias=AliasChoices("ML_LOCAL_DB")
     )
-    models_dir: Path = Field(default=Path("trained_models"), validation_alias=AliasChoices("ML_MODELS_DIR"))
+    models_dir: Path = Field(
+        default=DEFAULT_HOME / "trained_models", validation_alias=AliasChoices("ML_MODELS_DIR")
+    )
+    # HMAC-SHA256 key for model artifacts: when set, every bundle is signed when saved and refused when loaded
+    # without a valid signature recorded in the ledger.
+    artifact_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("ML_ARTIFACT_KEY"))
 
     # --- what to train -----------------------------------------------------------------------------------
     default_symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["SPY", "QQQ", "AAPL"])
@@ -190,6 +216,9 @@ class Settings(BaseSettings):
     monitor_live_min_forecasts: int = Field(
         default=20, ge=1, description="LIVE flag only once this many forecasts are realised"
     )
+    monitor_history_runs: int = Field(
+        default=5, ge=1, description="RETRAIN compares the latest run with the mean of this many before it"
+    )
 
     # --- execution ------------------------------------------------------------------------------------
     workers: int = Field(
@@ -198,6 +227,22 @@ class Settings(BaseSettings):
     db_timeout_s: float = Field(default=30.0, gt=0)
     db_max_retries: int = Field(default=4, ge=0)
     db_backoff_s: float = Field(default=0.5, ge=0)
+
+    @field_validator("local_db", "models_dir", mode="after")
+    @classmethod
+    def _absolute_path(cls, value: Path) -> Path:
+        if str(value) in ("", ":memory:"):
+            return value
+        return Path(os.path.abspath(value.expanduser()))
+
+    @field_validator("artifact_key", mode="after")
+    @classmethod
+    def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None  # ML_ARTIFACT_KEY= (empty) means no key
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (a random secret, e.g. `openssl rand -hex 32`)")
+        return value
 
     @field_validator("default_symbols", mode="before")
     @classmethod
@@ -255,8 +300,9 @@ class Settings(BaseSettings):
 
     def public_dict(self) -> dict[str, Any]:
         """The configuration as recorded in the run ledger: no secrets."""
-        data = self.model_dump(mode="json", exclude={"supabase_service_role_key"})
+        data = self.model_dump(mode="json", exclude={"supabase_service_role_key", "artifact_key"})
         data["supabase_service_role_key"] = "***" if self.supabase_service_role_key else None
+        data["artifact_key"] = "***" if self.artifact_key else None
         return data
 
 

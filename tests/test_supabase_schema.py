@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,16 +30,18 @@ ROLES_SQL = REPO / "scripts" / "supabase_roles.sql"
 TABLES = (
     "symbols",
     "ohlc_bars",
-    "feature_cache",
+    "bar_revisions",
+    "feature_chunks",
     "training_runs",
     "training_results",
     "model_versions",
     "job_leases",
     "ml_forecasts",
 )
+SINGLETON_TABLES = ("monitoring_settings",)  # one row, created by its migration
 PUBLIC_TABLES = ("symbols", "ohlc_bars")  # the only ones anon may read
 ML_TABLES = tuple(t for t in TABLES if t not in PUBLIC_TABLES)
-VIEWS = ("latest_models", "accuracy_history", "latest_forecasts", "forecast_performance")
+VIEWS = ("latest_models", "accuracy_history", "latest_forecasts", "forecast_performance", "model_health")
 SHA = "0123456789abcdef" * 4
 TS0 = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -46,7 +49,8 @@ TS0 = datetime(2026, 1, 5, tzinfo=UTC)
 KEY_COLUMN = {
     "symbols": "ticker",
     "ohlc_bars": "symbol",
-    "feature_cache": "symbol",
+    "bar_revisions": "symbol",
+    "feature_chunks": "symbol",
     "training_runs": "run_id",
     "training_results": "symbol",
     "model_versions": "symbol",
@@ -94,12 +98,19 @@ def sample_rows(ticker: str, run_id: str) -> dict[str, dict[str, Any]]:
             "close": 10.5,
             "volume": 1000.0,
         },
-        "feature_cache": {
-            "symbol": ticker,
+        # other symbols than the bar's: the bar's insert trigger writes its own bar_revisions row
+        "bar_revisions": {"symbol": ticker + "R", "timeframe": "d1", "revision": 3},
+        "feature_chunks": {
+            "symbol": ticker + "F",
             "timeframe": "d1",
             "feature_version": "v1",
-            "ts": iso(TS0),
-            "features": {"rsi_14": 55.5, "ret_1": 0.01},
+            "chunk_start": iso(TS0),
+            "first_ts": iso(TS0),
+            "last_ts": iso(TS0),
+            "n_rows": 1,
+            "columns": ["rsi_14", "ret_1"],
+            "ts_data": "\\x" + struct.pack("<q", int(TS0.timestamp() * 1_000_000)).hex(),
+            "values_data": "\\x" + struct.pack("<2d", 55.5, 0.01).hex(),
         },
         "training_runs": {
             "run_id": run_id,
@@ -124,6 +135,7 @@ def sample_rows(ticker: str, run_id: str) -> dict[str, dict[str, Any]]:
             "artifact_sha256": SHA,
             "feature_version": "v1",
             "trained_at": iso(TS0),
+            "is_champion": True,
         },
         "job_leases": {
             "name": f"lease-{ticker}",
@@ -274,7 +286,7 @@ def test_no_write_policies_for_api_roles(pg: psycopg.Connection[Any]) -> None:
     anon_readable = {t for t, _, _, roles in rows if "anon" in roles}
     assert anon_readable == set(PUBLIC_TABLES)
     authenticated_readable = {t for t, _, _, roles in rows if "authenticated" in roles}
-    assert authenticated_readable == set(TABLES)
+    assert authenticated_readable == set(TABLES) | set(SINGLETON_TABLES)
 
 
 # ---- anon --------------------------------------------------------------------------------------------------------------
@@ -309,7 +321,7 @@ def test_anon_can_read_market_data(anon_client: Any, seeded: dict[str, Any], tab
     assert len(anon_client.table(table).select("*").eq(col, key).execute().data) == 1
 
 
-@pytest.mark.parametrize("relation", ML_TABLES + VIEWS)
+@pytest.mark.parametrize("relation", ML_TABLES + SINGLETON_TABLES + VIEWS)
 def test_anon_cannot_read_ml_tables_or_views(
     anon_client: Any, pg: psycopg.Connection[Any], seeded: dict[str, Any], relation: str
 ) -> None:
@@ -438,7 +450,10 @@ BAD_VALUES = [
     ("symbols", {"ticker": "X" * 21}),
     ("ohlc_bars", {"timeframe": "5m"}),
     ("ohlc_bars", {"volume": -1.0}),
-    ("feature_cache", {"timeframe": "1d"}),
+    ("feature_chunks", {"timeframe": "1d"}),
+    ("feature_chunks", {"n_rows": 2}),
+    ("model_versions", {"artifact_signature": "not-a-signature"}),
+    ("training_results", {"artifact_signature": SHA.upper()}),
     ("training_runs", {"status": "done"}),
     ("training_runs", {"trigger": "cron"}),
     ("training_results", {"timeframe": "m5"}),
@@ -561,7 +576,14 @@ def test_views_return_expected_rows(service_client: Any, authenticated_client: A
     runs = {
         "old": ("2026-01-01T00:00:00+00:00", "succeeded", metrics(0.51, 0.50, 0.49, 0.48, 0.47, 0.46)),
         "new": ("2026-02-01T00:00:00+00:00", "succeeded", metrics(0.61, 0.60, 0.59, 0.58, 0.57, 0.56)),
+        "challenger": ("2026-02-15T00:00:00+00:00", "succeeded", metrics(0.41, 0.40, 0.39, 0.38, 0.37, 0.36)),
         "newest_failed": ("2026-03-01T00:00:00+00:00", "failed", None),
+    }
+    # when each model was trained: NOT its run's start (a run trains its pairs one after another)
+    trained_at = {
+        "old": "2026-01-01T00:10:00+00:00",
+        "new": "2026-02-01T01:23:45+00:00",
+        "challenger": "2026-02-15T00:05:00+00:00",
     }
     run_ids = {}
     for label, (started_at, status, m) in runs.items():
@@ -577,20 +599,37 @@ def test_views_return_expected_rows(service_client: Any, authenticated_client: A
             "n_train": 400,
             "n_test": 100,
             "weights": {"rf": 0.5, "gb": 0.5},
-            "artifact_path": f"trained_models/{label}.joblib" if status == "succeeded" else None,
+            "artifact_path": f"{ticker}/h4/{label}.joblib" if status == "succeeded" else None,
             "artifact_sha256": SHA if status == "succeeded" else None,
             "error": None if status == "succeeded" else "boom",
         }
         service_client.table("training_results").insert(result).execute()
+        if status == "succeeded":
+            service_client.table("model_versions").insert(
+                {
+                    "symbol": ticker,
+                    "timeframe": "h4",
+                    "run_id": run_id,
+                    "artifact_path": f"{ticker}/h4/{label}.joblib",
+                    "artifact_sha256": SHA,
+                    "feature_version": "v1",
+                    "trained_at": trained_at[label],
+                    "weights": {"rf": 0.5, "gb": 0.5},
+                    "metrics": m,
+                }
+            ).execute()
+    # "new" beat "old" and is the champion; the later "challenger" did not replace it
+    service_client.table("model_versions").update({"is_champion": True}).eq("run_id", run_ids["new"]).execute()
 
     for client in (service_client, authenticated_client):
         latest = client.table("latest_models").select("*").eq("symbol", ticker).execute().data
         assert len(latest) == 1
         row = latest[0]
+        # the champion ("new"), not the newest succeeded result (the challenger) nor the newest run
         assert row["run_id"] == run_ids["new"]
         assert row["timeframe"] == "h4"
-        assert datetime.fromisoformat(row["trained_at"]) == datetime(2026, 2, 1, tzinfo=UTC)
-        assert row["artifact_path"] == "trained_models/new.joblib"
+        assert datetime.fromisoformat(row["trained_at"]) == datetime.fromisoformat(trained_at["new"])
+        assert row["artifact_path"] == f"{ticker}/h4/new.joblib"
         assert row["artifact_sha256"] == SHA
         assert (row["n_train"], row["n_test"]) == (400, 100)
         assert row["weights"] == {"rf": 0.5, "gb": 0.5}
@@ -602,7 +641,7 @@ def test_views_return_expected_rows(service_client: Any, authenticated_client: A
         history = (
             client.table("accuracy_history").select("*").eq("symbol", ticker).order("started_at").execute()
         )
-        assert [h["run_id"] for h in history.data] == [run_ids["old"], run_ids["new"]]
+        assert [h["run_id"] for h in history.data] == [run_ids["old"], run_ids["new"], run_ids["challenger"]]
         old = history.data[0]
         assert old["n_test"] == 100
         assert datetime.fromisoformat(old["started_at"]) == datetime(2026, 1, 1, tzinfo=UTC)
@@ -627,8 +666,14 @@ def test_views_handle_missing_metrics(service_client: Any) -> None:
         "metrics": {"rf": {}},
     }
     service_client.table("training_results").insert(result).execute()
+    version = {**sample_rows(ticker, run_id)["model_versions"], "metrics": {"rf": {}}}
+    service_client.table("model_versions").insert(version).execute()
     row = service_client.table("latest_models").select("*").eq("symbol", ticker).execute().data[0]
     assert row["ensemble_test_accuracy"] is None and row["persistence_test_accuracy"] is None
+    health = service_client.table("model_health").select("*").eq("symbol", ticker).execute().data[0]
+    # no score to compare, nothing below baselines; only the champion's age (trained 2026-01-05) can flag it
+    assert health["latest_score"] is None and health["runs_below_baselines"] == 0
+    assert health["flags"] == (["RETRAIN"] if health["champion_expired"] else [])
 
 
 # ---- leases ---------------------------------------------------------------------------------------------------------------

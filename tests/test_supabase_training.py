@@ -39,7 +39,7 @@ def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, caps
     # IXIC d1 as shipped (2,500 bars, past the 1,000-row cap), loaded through the CLI into Postgres via PostgREST
     src = sample_csv("IXIC", "d1")
     pg.execute("delete from ohlc_bars where symbol = 'IXIC' and timeframe = 'd1'")
-    pg.execute("delete from feature_cache where symbol = 'IXIC' and timeframe = 'd1'")
+    pg.execute("delete from feature_chunks where symbol = 'IXIC' and timeframe = 'd1'")
     assert load_bars.main([str(src), "--quiet"]) == 0
     assert (
         pg.execute("select count(*) from ohlc_bars where symbol='IXIC' and timeframe='d1'").fetchone()[0]
@@ -54,10 +54,10 @@ def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, caps
     assert r["status"] == "succeeded"
     assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * 5 + 5 == 2200
     # every feature row of the 2,200-bar window is in Postgres, computed once
-    n_cache = pg.execute(
-        "select count(*) from feature_cache where symbol='IXIC' and timeframe='d1'"
-    ).fetchone()[0]
-    assert n_cache == 2200
+    n_cache, n_chunks = pg.execute(
+        "select sum(n_rows), count(*) from feature_chunks where symbol='IXIC' and timeframe='d1'"
+    ).fetchone()
+    assert n_cache == 2200 and n_chunks < 12  # a year of bars per row, not one row per bar
 
     run = pg.execute(
         "select status, n_succeeded, config_hash, host from training_runs where run_id = %s", (out["run_id"],)
@@ -68,7 +68,7 @@ def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, caps
         "from training_results where run_id = %s",
         (out["run_id"],),
     ).fetchone()
-    assert res[0] == "succeeded" and res[1] == r["artifact_sha256"] == sha256_file(r["artifact_path"])
+    assert res[0] == "succeeded" and res[1] == r["artifact_sha256"] == sha256_file(r["artifact_file"])
     assert float(res[2]) == pytest.approx(r["metrics"]["ensemble"]["test_balanced_accuracy"])
     mv = pg.execute(
         "select artifact_sha256, artifact_path from model_versions where run_id = %s", (out["run_id"],)
@@ -87,7 +87,7 @@ def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, caps
     assert code == 0
     assert again["results"][0]["metrics"]["ensemble"] == r["metrics"]["ensemble"]
     assert (
-        pg.execute("select count(*) from feature_cache where symbol='IXIC' and timeframe='d1'").fetchone()[0]
+        pg.execute("select sum(n_rows) from feature_chunks where symbol='IXIC' and timeframe='d1'").fetchone()[0]
         == 2200
     )
 

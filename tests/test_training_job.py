@@ -77,7 +77,10 @@ def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest
         for key in ("test_accuracy", "test_balanced_accuracy", "valid_accuracy", "test_confusion"):
             assert key in m, (name, key)
     assert sum(r["metrics"]["class_counts"]["test"].values()) == r["n_test"]
-    assert Path(r["artifact_path"]).is_file() and sha256_file(r["artifact_path"]) == r["artifact_sha256"]
+    # the ledger's path is relative to ML_MODELS_DIR; artifact_file is where it is on this host
+    assert r["artifact_path"] == "AAPL/d1/" + Path(r["artifact_file"]).name
+    assert Path(r["artifact_file"]) == Path(embedded_store.path).parent / "models" / r["artifact_path"]
+    assert sha256_file(r["artifact_file"]) == r["artifact_sha256"]
 
     run = embedded_store.get_run(out["run_id"])
     assert run["status"] == "partial" and run["n_succeeded"] == 2 and run["n_failed"] == 2
@@ -132,7 +135,7 @@ def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore,
         trained_at=pd.Timestamp("2026-01-02", tz="UTC"),
         duration_s=0.0,
     )
-    model = load_ensemble(result.artifact_path, expected_sha256=result.artifact_sha256)
+    model = load_ensemble(result.artifact_file, expected_sha256=result.artifact_sha256)
     assert model.classes == ("BEARISH", "NEUTRAL", "BULLISH")
     # the lock the environment was installed from, beside the library versions
     assert model.metadata["lock_sha256"] == sha256_file(

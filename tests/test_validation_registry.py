@@ -155,8 +155,8 @@ def test_retention_keeps_champion_and_newest(embedded_store, monkeypatch, capsys
         results[2]["artifact_sha256"],
         results[3]["artifact_sha256"],
     }
-    assert Path(results[0]["artifact_path"]).is_file()
-    assert not Path(results[1]["artifact_path"]).exists()
+    assert Path(results[0]["artifact_file"]).is_file()
+    assert not Path(results[1]["artifact_file"]).exists()
 
 
 def test_load_champion_checks_age_and_features(embedded_store, monkeypatch, capsys) -> None:
@@ -174,7 +174,7 @@ def test_load_champion_checks_age_and_features(embedded_store, monkeypatch, caps
     monkeypatch.setattr(registry, "FEATURE_COLUMNS", ("only_one_feature",))
     with pytest.raises(ChampionError, match="different feature list"):
         load_champion("IBM", "w1", store=embedded_store)
-    assert Path(r["artifact_path"]).is_file()
+    assert Path(r["artifact_file"]).is_file()
 
 
 def _history(store: SqliteStore, capsys, symbol: str, tf: str, as_ofs: list[str]) -> list[dict]:

@@ -21,12 +21,15 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.data.identifiers import SYMBOL_RE, IdentifierError, normalise_symbol
 from ml.src.data.store import BAR_COLUMNS, StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
+from ml.src.log_setup import quiet_http_clients
 
 log = logging.getLogger("ml.load_bars")
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-^=]{0,19}$")
+__all__ = ["SYMBOL_RE", "BarFileError", "LoadedFile", "load_file", "main", "read_bar_file", "resolve_pair"]
+
 FILE_RE = re.compile(r"^(?P<symbol>[A-Za-z0-9.\-^=]+)_(?P<timeframe>m15|h1|h4|d1|w1)$")
 
 
@@ -53,10 +56,10 @@ def parse_file_name(path: Path) -> tuple[str, str]:
 
 
 def check_symbol(symbol: str) -> str:
-    symbol = symbol.strip().upper()
-    if not SYMBOL_RE.match(symbol):
-        raise BarFileError(f"invalid symbol {symbol!r}")
-    return symbol
+    try:
+        return normalise_symbol(symbol)
+    except IdentifierError as exc:
+        raise BarFileError(str(exc)) from None
 
 
 def read_bar_file(path: Path) -> pd.DataFrame:
@@ -83,7 +86,9 @@ def read_bar_file(path: Path) -> pd.DataFrame:
         i = int(np.flatnonzero(naive.to_numpy())[0])
         raise BarFileError(f"{path}: line {line(i)}: ts {raw['ts'].iloc[i]!r} has no UTC offset (write ...Z)")
 
-    frame = pd.DataFrame({"ts": ts})
+    # The stores keep timestamps to the microsecond: two rows that differ below it are the same bar there, so
+    # they are duplicates here too (and a sub-microsecond part is dropped, as the store would drop it).
+    frame = pd.DataFrame({"ts": ts.dt.floor("us")})
     for col in BAR_COLUMNS[1:]:
         values = pd.to_numeric(raw[col], errors="coerce").astype("float64")
         bad = ~np.isfinite(values.to_numpy())
@@ -98,7 +103,11 @@ def read_bar_file(path: Path) -> pd.DataFrame:
     dup = frame["ts"].duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise BarFileError(f"{path}: line {line(i)}: duplicate ts {raw['ts'].iloc[i]}")
+        first = int(np.flatnonzero((frame["ts"] == frame["ts"].iloc[i]).to_numpy())[0])
+        same = "" if raw["ts"].iloc[first] == raw["ts"].iloc[i] else " at microsecond precision, as stored"
+        raise BarFileError(
+            f"{path}: line {line(i)}: duplicate ts {raw['ts'].iloc[i]} (same as line {line(first)}{same})"
+        )
     unsorted = (frame["ts"].diff() <= pd.Timedelta(0)).to_numpy()
     if unsorted.any():
         i = int(np.flatnonzero(unsorted)[0])
@@ -161,10 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+    quiet_http_clients()
+    if args.symbol is not None:
+        try:
+            args.symbol = normalise_symbol(args.symbol)
+        except IdentifierError as exc:
+            print(f"load_bars: --symbol: {exc}", file=sys.stderr)
+            return 2
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -18,21 +18,32 @@ from typing import Any
 
 import pandas as pd
 
+from ml.src.data.feature_chunks import (
+    FeatureChunk,
+    chunks_to_frame,
+    feature_matrix,
+    merge_chunks,
+    split_into_chunks,
+    timestamps_to_us,
+)
 from ml.src.data.records import (
     ForecastOutcome,
     ForecastRecord,
     LeaseGrant,
     ModelVersionRecord,
+    MonitoringThresholds,
     ResultRecord,
     RunOutcome,
     RunRecord,
+    TrainedData,
 )
 from ml.src.data.store import (
     BAR_COLUMNS,
     StoreError,
     TrainingStore,
+    checked_pair,
+    checked_symbol,
     empty_bars,
-    feature_payload,
     normalise_bars,
 )
 
@@ -52,14 +63,27 @@ create table if not exists ohlc_bars (
     volume real not null check (volume >= 0),
     primary key (symbol, timeframe, ts)
 ) without rowid;
-create table if not exists feature_cache (
+create table if not exists bar_revisions (
+    symbol text not null,
+    timeframe text not null,
+    revision integer not null default 1,
+    changed_from text,
+    changed_at text not null,
+    primary key (symbol, timeframe)
+) without rowid;
+create table if not exists feature_chunks (
     symbol text not null,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     feature_version text not null,
-    ts text not null,
-    features text not null,
+    chunk_start text not null,
+    first_ts text not null,
+    last_ts text not null,
+    n_rows integer not null check (n_rows > 0),
+    columns text not null,
+    ts_data blob not null,
+    values_data blob not null,
     computed_at text not null,
-    primary key (symbol, timeframe, feature_version, ts)
+    primary key (symbol, timeframe, feature_version, chunk_start)
 ) without rowid;
 create table if not exists training_runs (
     run_id text primary key,
@@ -75,7 +99,8 @@ create table if not exists training_runs (
     n_succeeded integer not null default 0,
     n_failed integer not null default 0,
     n_skipped integer not null default 0,
-    error text
+    error text,
+    warnings text
 );
 create table if not exists training_results (
     id integer primary key autoincrement,
@@ -89,6 +114,8 @@ create table if not exists training_results (
     artifact_path text,
     artifact_sha256 text check (artifact_sha256 is null
         or (length(artifact_sha256) = 64 and artifact_sha256 not glob '*[^0-9a-f]*')),
+    artifact_signature text check (artifact_signature is null
+        or (length(artifact_signature) = 64 and artifact_signature not glob '*[^0-9a-f]*')),
     duration_s real,
     walk_forward text,
     promotion text,
@@ -104,6 +131,8 @@ create table if not exists model_versions (
     artifact_path text not null,
     artifact_sha256 text not null check (length(artifact_sha256) = 64 and artifact_sha256 not glob '*[^0-9a-f]*'),
     feature_version text not null,
+    artifact_signature text check (artifact_signature is null
+        or (length(artifact_signature) = 64 and artifact_signature not glob '*[^0-9a-f]*')),
     weights text, metrics text,
     trained_at text not null,
     is_champion integer not null default 0,
@@ -119,6 +148,54 @@ create table if not exists job_leases (
 );
 create unique index if not exists model_versions_one_champion on model_versions (symbol, timeframe)
     where is_champion = 1;
+create table if not exists monitoring_settings (
+    id integer primary key check (id = 1),
+    metric text not null,
+    retrain_drop real not null,
+    disable_runs integer not null,
+    history_runs integer not null,
+    max_model_age_days text not null,
+    updated_at text not null,
+    updated_by text
+);
+
+-- Features follow the bars, whoever writes them (the same rule as the Postgres triggers in
+-- supabase/migrations/20261202001000_bar_revisions_feature_chunks.sql): a bar inserted, changed or deleted bumps
+-- the pair's revision and drops every cached chunk holding a bar at or after it. Re-writing identical values is
+-- not a change. The revision is bumped first, then the chunks go.
+create trigger if not exists ohlc_bars_track_inserts after insert on ohlc_bars
+begin
+    insert into bar_revisions (symbol, timeframe, revision, changed_from, changed_at)
+    values (new.symbol, new.timeframe, 1, new.ts, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    on conflict (symbol, timeframe) do update set revision = revision + 1,
+        changed_from = excluded.changed_from, changed_at = excluded.changed_at;
+    delete from feature_chunks where symbol = new.symbol and timeframe = new.timeframe and last_ts >= new.ts;
+end;
+create trigger if not exists ohlc_bars_track_updates after update on ohlc_bars
+when old.symbol is not new.symbol or old.timeframe is not new.timeframe or old.ts is not new.ts
+    or old.open is not new.open or old.high is not new.high or old.low is not new.low
+    or old.close is not new.close or old.volume is not new.volume
+begin
+    insert into bar_revisions (symbol, timeframe, revision, changed_from, changed_at)
+    values (old.symbol, old.timeframe, 1, old.ts, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    on conflict (symbol, timeframe) do update set revision = revision + 1,
+        changed_from = excluded.changed_from, changed_at = excluded.changed_at;
+    insert into bar_revisions (symbol, timeframe, revision, changed_from, changed_at)
+    values (new.symbol, new.timeframe, 1, min(old.ts, new.ts), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    on conflict (symbol, timeframe) do update set revision = revision + 1,
+        changed_from = excluded.changed_from, changed_at = excluded.changed_at;
+    delete from feature_chunks where symbol = old.symbol and timeframe = old.timeframe and last_ts >= old.ts;
+    delete from feature_chunks where symbol = new.symbol and timeframe = new.timeframe
+        and last_ts >= min(old.ts, new.ts);
+end;
+create trigger if not exists ohlc_bars_track_deletes after delete on ohlc_bars
+begin
+    insert into bar_revisions (symbol, timeframe, revision, changed_from, changed_at)
+    values (old.symbol, old.timeframe, 1, old.ts, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    on conflict (symbol, timeframe) do update set revision = revision + 1,
+        changed_from = excluded.changed_from, changed_at = excluded.changed_at;
+    delete from feature_chunks where symbol = old.symbol and timeframe = old.timeframe and last_ts >= old.ts;
+end;
 """
 
 # The champions' forecasts (same columns as supabase/migrations/20261202003100_forecasts.sql). No foreign key to
@@ -161,8 +238,34 @@ _FORECAST_TS_COLUMNS = frozenset(
     {"bar_ts", "target_ts", "model_trained_at", "created_at", "realised_bar_ts", "realised_at"}
 )
 
+# Files created by earlier versions: what `create table if not exists` cannot add.
+SCHEMA_VERSION = 2
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("training_runs", "warnings", "text"),
+    ("training_results", "artifact_signature", "text"),
+    ("model_versions", "artifact_signature", "text"),
+)
+_DEFAULT_THRESHOLDS = MonitoringThresholds(
+    metric="test_balanced_accuracy",
+    retrain_drop=0.05,
+    disable_runs=3,
+    history_runs=5,
+    max_model_age_days={"m15": 3.0, "h1": 7.0, "h4": 10.0, "d1": 14.0, "w1": 45.0},
+)
+
 _JSON_COLUMNS = frozenset(
-    {"package_versions", "config", "scope", "split", "weights", "metrics", "walk_forward", "promotion"}
+    {
+        "package_versions",
+        "config",
+        "scope",
+        "split",
+        "weights",
+        "metrics",
+        "walk_forward",
+        "promotion",
+        "warnings",
+        "max_model_age_days",
+    }
 )
 _BOOL_COLUMNS = frozenset({"active", "is_champion"})
 
@@ -242,8 +345,40 @@ class SqliteStore(TrainingStore):
             self._conn.execute("pragma foreign_keys=on")
             self._conn.executescript(SCHEMA)
             self._conn.executescript(FORECAST_SCHEMA)
+            self._upgrade()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open embedded store {self.path}: {exc}") from exc
+
+    def _upgrade(self) -> None:
+        """Bring a file written by an earlier version up to SCHEMA_VERSION (idempotent, one transaction)."""
+        if self._conn.execute("pragma user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._conn:
+            for table, column, kind in _ADDED_COLUMNS:
+                have = {r[1] for r in self._conn.execute(f"pragma table_info({table})")}
+                if column not in have:
+                    self._conn.execute(f"alter table {table} add column {column} {kind}")
+            # the old one-JSON-row-per-bar cache (a cache: recomputed on demand)
+            self._conn.execute("drop table if exists feature_cache")
+            # pairs that already had bars start at revision 1
+            self._conn.execute(
+                "insert or ignore into bar_revisions (symbol, timeframe, revision, changed_from, changed_at)"
+                " select symbol, timeframe, 1, min(ts), ? from ohlc_bars group by symbol, timeframe",
+                (_now(),),
+            )
+            self._conn.execute(
+                "insert or ignore into monitoring_settings (id, metric, retrain_drop, disable_runs,"
+                " history_runs, max_model_age_days, updated_at) values (1, ?, ?, ?, ?, ?, ?)",
+                (
+                    _DEFAULT_THRESHOLDS.metric,
+                    _DEFAULT_THRESHOLDS.retrain_drop,
+                    _DEFAULT_THRESHOLDS.disable_runs,
+                    _DEFAULT_THRESHOLDS.history_runs,
+                    json.dumps(_DEFAULT_THRESHOLDS.max_model_age_days),
+                    _now(),
+                ),
+            )
+            self._conn.execute(f"pragma user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()
@@ -289,6 +424,7 @@ class SqliteStore(TrainingStore):
         return frame
 
     def upsert_bars(self, symbol, timeframe, bars) -> int:
+        symbol, timeframe = checked_pair(symbol, timeframe)
         frame = normalise_bars(bars)
         ts_text = frame["ts"].dt.strftime(TS_FORMAT)
         rows = [
@@ -319,44 +455,105 @@ class SqliteStore(TrainingStore):
 
     def upsert_symbols(self, tickers, active=True) -> None:
         now = _now()
+        rows = [(checked_symbol(t), int(active), now) for t in tickers]
         self._write(
             "insert into symbols (ticker, active, created_at) values (?,?,?)"
             " on conflict (ticker) do update set active = excluded.active",
-            [(t.upper(), int(active), now) for t in tickers],
+            rows,
         )
 
     def list_active_symbols(self) -> list[str]:
         return [r[0] for r in self._query("select ticker from symbols where active = 1 order by ticker")]
 
-    # --- feature cache ----------------------------------------------------------------------------
-    def read_feature_cache(self, symbol, timeframe, version, start, end) -> pd.DataFrame:
+    def bar_revision(self, symbol, timeframe) -> int | None:
         rows = self._query(
-            "select ts, features from feature_cache where symbol = ? and timeframe = ? and feature_version = ?"
-            " and ts >= ? and ts <= ? order by ts",
-            (symbol, timeframe, version, format_ts(start), format_ts(end)),
+            "select revision from bar_revisions where symbol = ? and timeframe = ?", (symbol, timeframe)
         )
-        if not rows:
-            return pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
-        frame = pd.DataFrame.from_records([json.loads(r[1]) for r in rows])
-        frame.insert(0, "ts", pd.to_datetime([r[0] for r in rows], format=TS_FORMAT, utc=True))
-        return frame
+        return int(rows[0][0]) if rows else None
 
-    def upsert_feature_cache(self, symbol, timeframe, version, features) -> int:
+    def pairs_with_bars(self, symbols, timeframes) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for symbol in dict.fromkeys(symbols):
+            for timeframe in dict.fromkeys(timeframes):
+                rows = self._query(
+                    "select 1 from ohlc_bars where symbol = ? and timeframe = ? limit 1", (symbol, timeframe)
+                )
+                if rows:
+                    out.add((symbol, timeframe))
+        return out
+
+    # --- feature cache ----------------------------------------------------------------------------
+    def _chunks(self, conn: sqlite3.Connection, sql: str, params: tuple) -> list[FeatureChunk]:
+        out = []
+        for r in conn.execute(sql, params).fetchall():
+            start_us = int(timestamps_to_us([pd.Timestamp(r["chunk_start"])])[0])
+            out.append(
+                FeatureChunk.from_bytes(start_us, json.loads(r["columns"]), r["ts_data"], r["values_data"])
+            )
+        return out
+
+    def read_feature_cache(self, symbol, timeframe, version, start, end) -> pd.DataFrame:
+        with self._lock:
+            try:
+                chunks = self._chunks(
+                    self._conn,
+                    "select chunk_start, columns, ts_data, values_data from feature_chunks"
+                    " where symbol = ? and timeframe = ? and feature_version = ? and chunk_start <= ?"
+                    " and last_ts >= ? order by chunk_start",
+                    (symbol, timeframe, version, format_ts(end), format_ts(start)),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"embedded store read failed: {exc}") from exc
+        bounds = timestamps_to_us([pd.Timestamp(start), pd.Timestamp(end)])
+        return chunks_to_frame(chunks, int(bounds[0]), int(bounds[1]))
+
+    def upsert_feature_cache(self, symbol, timeframe, version, features, revision=None) -> int:
+        symbol, timeframe = checked_pair(symbol, timeframe)
         if features.empty:
             return 0
-        ts, payload = feature_payload(symbol, timeframe, features)
+        ts, cols, values = feature_matrix(f"{symbol}/{timeframe}", features)
+        chunks = split_into_chunks(timeframe, ts, cols, values)
         now = _now()
-        rows = [
-            (symbol, timeframe, version, t, json.dumps(p), now)
-            for t, p in zip(ts.dt.strftime(TS_FORMAT), payload, strict=True)
-        ]
-        self._write(
-            "insert into feature_cache (symbol, timeframe, feature_version, ts, features, computed_at)"
-            " values (?,?,?,?,?,?) on conflict (symbol, timeframe, feature_version, ts)"
-            " do update set features = excluded.features, computed_at = excluded.computed_at",
-            rows,
-        )
-        return len(rows)
+        with self._immediate() as conn:
+            if revision is not None:
+                row = conn.execute(
+                    "select revision from bar_revisions where symbol = ? and timeframe = ?",
+                    (symbol, timeframe),
+                ).fetchone()
+                if row is None or int(row[0]) != int(revision):
+                    return 0  # the bars changed since these features were computed
+            starts = [format_ts(c.chunk_start) for c in chunks]
+            marks = ",".join("?" for _ in starts)
+            stored = {
+                c.chunk_start_us: c
+                for c in self._chunks(
+                    conn,
+                    "select chunk_start, columns, ts_data, values_data from feature_chunks where symbol = ?"
+                    f" and timeframe = ? and feature_version = ? and chunk_start in ({marks})",
+                    (symbol, timeframe, version, *starts),
+                )
+            }
+            for new in chunks:
+                merged = merge_chunks(stored.get(new.chunk_start_us), new)
+                conn.execute(
+                    "insert or replace into feature_chunks (symbol, timeframe, feature_version, chunk_start,"
+                    " first_ts, last_ts, n_rows, columns, ts_data, values_data, computed_at)"
+                    " values (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        symbol,
+                        timeframe,
+                        version,
+                        format_ts(merged.chunk_start),
+                        format_ts(merged.first_ts),
+                        format_ts(merged.last_ts),
+                        merged.n_rows,
+                        json.dumps(list(merged.columns)),
+                        merged.ts_bytes(),
+                        merged.values_bytes(),
+                        now,
+                    ),
+                )
+        return len(ts)
 
     # --- run ledger and registry ------------------------------------------------------------------
     def _insert(self, table: str, row: dict[str, Any], conn: sqlite3.Connection) -> None:
@@ -383,6 +580,10 @@ class SqliteStore(TrainingStore):
         )
 
     def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
+        if result.status == "succeeded" or model_version is not None:
+            checked_pair(result.symbol, result.timeframe)
+        if model_version is not None:
+            checked_pair(model_version.symbol, model_version.timeframe)
         with self._lock:
             try:
                 with self._conn:  # one transaction: both rows or neither
@@ -402,6 +603,13 @@ class SqliteStore(TrainingStore):
 
     def get_run(self, run_id) -> dict | None:
         rows = self._query("select * from training_runs where run_id = ?", (run_id,))
+        return _from_db(rows[0]) if rows else None
+
+    def find_result(self, run_id, symbol, timeframe) -> dict | None:
+        rows = self._query(
+            "select * from training_results where run_id = ? and symbol = ? and timeframe = ?",
+            (run_id, symbol, timeframe),
+        )
         return _from_db(rows[0]) if rows else None
 
     def list_results(self, run_id) -> list[dict]:
@@ -454,13 +662,20 @@ class SqliteStore(TrainingStore):
             params.append(timeframe)
         return [_from_db(r) for r in self._query(sql + " order by t.started_at, r.id", tuple(params))]
 
-    def last_trained_bar_ts(self, symbol, timeframe) -> datetime | None:
+    def last_training(self, symbol, timeframe) -> TrainedData | None:
         rows = self._query(
-            "select json_extract(split, '$.data_end') from training_results where symbol = ? and timeframe = ?"
-            " and status = 'succeeded' order by id desc limit 1",
+            "select json_extract(split, '$.data_end'), json_extract(split, '$.data_revision')"
+            " from training_results where symbol = ? and timeframe = ? and status = 'succeeded'"
+            " order by id desc limit 1",
             (symbol, timeframe),
         )
-        return pd.Timestamp(rows[0][0]).to_pydatetime() if rows and rows[0][0] else None
+        if not rows:
+            return None
+        end, revision = rows[0][0], rows[0][1]
+        return TrainedData(
+            data_end=pd.Timestamp(end).to_pydatetime() if end else None,
+            revision=int(revision) if revision is not None else None,
+        )
 
     def heartbeat(self, run_id: str) -> None:
         self._write("update training_runs set heartbeat_at = ? where run_id = ?", (_now(), run_id))
@@ -530,6 +745,47 @@ class SqliteStore(TrainingStore):
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot record forecast outcomes: {exc}") from exc
         return changed
+    def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
+        cutoff = format_ts(datetime.now(UTC) - timedelta(seconds=ttl_s))
+        where = "status = 'running' and coalesce(heartbeat_at, started_at) < ? and run_id is not ?"
+        with self._lock:
+            try:
+                with self._conn:
+                    ids = [
+                        r[0]
+                        for r in self._conn.execute(
+                            f"select run_id from training_runs where {where} order by run_id",
+                            (cutoff, exclude),
+                        )
+                    ]
+                    self._conn.execute(
+                        f"update training_runs set status = 'abandoned', error = ?, finished_at = ? where {where}",
+                        (reason, _now(), cutoff, exclude),
+                    )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot sweep stale runs: {exc}") from exc
+        return ids
+
+    # --- monitoring thresholds ---------------------------------------------------------------------------
+    def read_monitoring_thresholds(self) -> MonitoringThresholds | None:
+        rows = self._query("select * from monitoring_settings where id = 1")
+        return MonitoringThresholds.from_row(_from_db(rows[0])) if rows else None
+
+    def publish_monitoring_thresholds(self, thresholds: MonitoringThresholds, by: str | None = None) -> None:
+        t = thresholds
+        self._write(
+            "insert or replace into monitoring_settings (id, metric, retrain_drop, disable_runs, history_runs,"
+            " max_model_age_days, updated_at, updated_by) values (1, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                t.metric,
+                t.retrain_drop,
+                t.disable_runs,
+                t.history_runs,
+                json.dumps(t.max_model_age_days),
+                _now(),
+                by,
+            ),
+        )
 
     # --- leases: one writer at a time via BEGIN IMMEDIATE; times from this process's clock -----------
     @contextmanager

@@ -42,6 +42,8 @@ class RunOutcome:
     n_failed: int = 0
     n_skipped: int = 0
     error: str | None = None
+    # bookkeeping problems that did not stop the run (retention, heartbeat, sweeps, ...), one line each
+    warnings: list[str] | None = None
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +67,7 @@ class ResultRecord:
     metrics: dict[str, Any] | None = None
     artifact_path: str | None = None
     artifact_sha256: str | None = None
+    artifact_signature: str | None = None
     duration_s: float | None = None
     walk_forward: dict[str, Any] | None = None
     promotion: dict[str, Any] | None = None
@@ -84,6 +87,7 @@ class ModelVersionRecord:
     artifact_sha256: str
     feature_version: str
     trained_at: datetime
+    artifact_signature: str | None = None
     weights: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     is_champion: bool = False
@@ -153,3 +157,35 @@ class ForecastOutcome:
         out = asdict(self)
         out.pop("forecast_id")
         return out
+
+
+@dataclass(frozen=True)
+class TrainedData:
+    """What the pair's latest successful training was trained on: its last bar and the data revision."""
+
+    data_end: datetime | None
+    revision: int | None
+
+
+@dataclass(frozen=True)
+class MonitoringThresholds:
+    """The monitoring rule's thresholds: one row (`monitoring_settings`) read by the report and the view."""
+
+    metric: str
+    retrain_drop: float
+    disable_runs: int
+    history_runs: int
+    max_model_age_days: dict[str, float]
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> MonitoringThresholds:
+        return cls(
+            metric=str(row["metric"]),
+            retrain_drop=float(row["retrain_drop"]),
+            disable_runs=int(row["disable_runs"]),
+            history_runs=int(row["history_runs"]),
+            max_model_age_days={str(k): float(v) for k, v in dict(row["max_model_age_days"]).items()},
+        )

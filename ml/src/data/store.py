@@ -12,14 +12,17 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from ml.src.data.identifiers import IdentifierError, check_pair, check_symbol
 from ml.src.data.records import (
     ForecastOutcome,
     ForecastRecord,
     LeaseGrant,
     ModelVersionRecord,
+    MonitoringThresholds,
     ResultRecord,
     RunOutcome,
     RunRecord,
+    TrainedData,
 )
 
 BAR_COLUMNS: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
@@ -69,6 +72,15 @@ class TrainingStore(ABC):
     def count_bars(self, symbol: str, timeframe: str) -> int: ...
 
     @abstractmethod
+    def bar_revision(self, symbol: str, timeframe: str) -> int | None:
+        """The pair's data revision: bumped (by triggers, whoever writes) whenever one of its bars is inserted,
+        changed or deleted; None when the store does not track it (bars exposed through a view)."""
+
+    @abstractmethod
+    def pairs_with_bars(self, symbols: Sequence[str], timeframes: Sequence[str]) -> set[tuple[str, str]]:
+        """The (symbol, timeframe) pairs of symbols x timeframes that have at least one bar."""
+
+    @abstractmethod
     def upsert_symbols(self, tickers: Iterable[str], active: bool = True) -> None: ...
 
     @abstractmethod
@@ -82,8 +94,19 @@ class TrainingStore(ABC):
         """Cached rows with start <= ts <= end: a `ts` column plus one column per feature, ascending."""
 
     @abstractmethod
-    def upsert_feature_cache(self, symbol: str, timeframe: str, version: str, features: pd.DataFrame) -> int:
-        """Write rows (a `ts` column plus feature columns, all finite); returns rows written."""
+    def upsert_feature_cache(
+        self,
+        symbol: str,
+        timeframe: str,
+        version: str,
+        features: pd.DataFrame,
+        revision: int | None = None,
+    ) -> int:
+        """Write rows (a `ts` column plus feature columns, all finite); returns rows written.
+
+        With `revision` (the bar_revision read before the bars the features were computed from), nothing is
+        written if the pair's bars changed since: features of replaced bars never enter the cache.
+        """
 
     # --- run ledger and registry -------------------------------------------------------------------
     @abstractmethod
@@ -98,6 +121,10 @@ class TrainingStore(ABC):
 
     @abstractmethod
     def get_run(self, run_id: str) -> dict | None: ...
+
+    @abstractmethod
+    def find_result(self, run_id: str, symbol: str, timeframe: str) -> dict | None:
+        """The run's result row for a pair, or None: how a write whose reply was lost is reconciled."""
 
     @abstractmethod
     def list_results(self, run_id: str) -> list[dict]: ...
@@ -119,8 +146,9 @@ class TrainingStore(ABC):
         """Succeeded results (with their run's started_at), oldest first; optionally for one pair."""
 
     @abstractmethod
-    def last_trained_bar_ts(self, symbol: str, timeframe: str) -> datetime | None:
-        """The last bar (`split.data_end`) the pair's latest successful training used, or None."""
+    def last_training(self, symbol: str, timeframe: str) -> TrainedData | None:
+        """The last bar (`split.data_end`) and data revision (`split.data_revision`) of the pair's latest
+        successful training, or None when it was never trained."""
 
     @abstractmethod
     def heartbeat(self, run_id: str) -> None:
@@ -129,6 +157,20 @@ class TrainingStore(ABC):
     @abstractmethod
     def mark_runs_abandoned(self, run_ids: Sequence[str], reason: str) -> int:
         """Runs still `running` whose holder died: set status abandoned; returns how many changed."""
+
+    @abstractmethod
+    def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
+        """Mark `abandoned` every run still `running` whose heartbeat (else start) is older than ttl_s;
+        returns their ids."""
+
+    # --- monitoring thresholds: one row read by the report and the model_health view ---------------------
+    @abstractmethod
+    def read_monitoring_thresholds(self) -> MonitoringThresholds | None: ...
+
+    @abstractmethod
+    def publish_monitoring_thresholds(
+        self, thresholds: MonitoringThresholds, by: str | None = None
+    ) -> None: ...
 
     # --- leases: one run at a time per (symbol, timeframe) ------------------------------------------
     @abstractmethod
@@ -169,25 +211,39 @@ class TrainingStore(ABC):
         self.close()
 
 
+def checked_pair(symbol: str, timeframe: str) -> tuple[str, str]:
+    """The store's guard: only valid identifiers (ml.src.data.identifiers) are written."""
+    try:
+        return check_pair(symbol, timeframe)
+    except IdentifierError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def checked_symbol(symbol: str) -> str:
+    try:
+        return check_symbol(symbol)
+    except IdentifierError as exc:
+        raise StoreError(str(exc)) from None
+
+
 def normalise_bars(bars: pd.DataFrame) -> pd.DataFrame:
-    """Bars with BAR_COLUMNS, float prices, tz-aware UTC ts, ascending."""
+    """Bars with BAR_COLUMNS, float prices, tz-aware UTC ts at microsecond precision, ascending.
+
+    Both stores keep timestamps to the microsecond, so a sub-microsecond part is dropped here, and two bars that
+    then share a timestamp are refused (StoreError) rather than silently stored as one.
+    """
     frame = bars.loc[:, list(BAR_COLUMNS)].copy()
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.floor("us")
     for col in BAR_COLUMNS[1:]:
         frame[col] = frame[col].astype("float64")
-    return frame.sort_values("ts", kind="stable").reset_index(drop=True)
-
-
-def feature_payload(
-    symbol: str, timeframe: str, features: pd.DataFrame
-) -> tuple[pd.Series, list[dict[str, float]]]:
-    """(ts, one {feature: value} dict per row) for the cache; refuses NaN/inf, which JSON cannot carry."""
-    cols = [c for c in features.columns if c != "ts"]
-    values = features[cols].to_numpy(dtype="float64")
-    if not np.isfinite(values).all():
-        raise StoreError(f"{symbol}/{timeframe}: refusing to cache non-finite feature values")
-    ts = pd.to_datetime(features["ts"], utc=True)
-    return ts, [dict(zip(cols, row, strict=True)) for row in values.tolist()]
+    frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
+    dup = frame["ts"].duplicated().to_numpy()
+    if dup.any():
+        raise StoreError(
+            f"two bars share ts {frame['ts'].iloc[int(np.argmax(dup))].isoformat()} "
+            "(timestamps are stored to the microsecond)"
+        )
+    return frame
 
 
 def unique_upper(symbols: Sequence[str]) -> list[str]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import time
@@ -23,22 +24,33 @@ import pandas as pd
 from postgrest.exceptions import APIError
 from postgrest.types import CountMethod, ReturnMethod
 
+from ml.src.data.feature_chunks import (
+    FeatureChunk,
+    chunks_to_frame,
+    feature_matrix,
+    merge_chunks,
+    split_into_chunks,
+    timestamps_to_us,
+)
 from ml.src.data.records import (
     ForecastOutcome,
     ForecastRecord,
     LeaseGrant,
     ModelVersionRecord,
+    MonitoringThresholds,
     ResultRecord,
     RunOutcome,
     RunRecord,
+    TrainedData,
 )
 from ml.src.data.store import (
     BAR_COLUMNS,
     StoreError,
     StoreUnavailable,
     TrainingStore,
+    checked_pair,
+    checked_symbol,
     empty_bars,
-    feature_payload,
     normalise_bars,
 )
 
@@ -100,6 +112,7 @@ class SupabaseStore(TrainingStore):
         max_retries: int = 4,
         backoff_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        http_client: httpx.Client | None = None,
     ) -> None:
         from supabase import ClientOptions, create_client  # ~0.4 s import: only when Supabase is used
 
@@ -110,7 +123,8 @@ class SupabaseStore(TrainingStore):
         self._sleep = sleep
         # Our own httpx client: explicit timeout, closed on close(); the client's built-in GET retry is off
         # because this class owns the retry policy (bounded, and for writes too).
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s))
+        # (tests may pass a real client with a wrapping transport, e.g. one that loses replies)
+        self._http = http_client or httpx.Client(timeout=httpx.Timeout(timeout_s))
         try:
             self.client = create_client(
                 self.url, key, ClientOptions(httpx_client=self._http, postgrest_client_retry=False)
@@ -259,6 +273,7 @@ class SupabaseStore(TrainingStore):
         return frame
 
     def upsert_bars(self, symbol, timeframe, bars) -> int:
+        symbol, timeframe = checked_pair(symbol, timeframe)
         frame = normalise_bars(bars)
         ts = [iso(t) for t in frame["ts"]]
         values = frame[list(BAR_COLUMNS[1:])].to_numpy(dtype="float64")
@@ -293,7 +308,7 @@ class SupabaseStore(TrainingStore):
         return int(res.count or 0)
 
     def upsert_symbols(self, tickers: Iterable[str], active: bool = True) -> None:
-        rows = [{"ticker": t.upper(), "active": active} for t in tickers]
+        rows = [{"ticker": checked_symbol(t), "active": active} for t in tickers]
         self._write_batches("upsert symbols", "symbols", rows, "ticker")
 
     def list_active_symbols(self) -> list[str]:
@@ -308,50 +323,112 @@ class SupabaseStore(TrainingStore):
         )
         return [r["ticker"] for r in rows]
 
-    # --- feature cache ----------------------------------------------------------------------------
-    def read_feature_cache(self, symbol, timeframe, version, start, end) -> pd.DataFrame:
-        filters = [
-            ("eq", "symbol", symbol),
-            ("eq", "timeframe", timeframe),
-            ("eq", "feature_version", version),
-            ("gte", "ts", iso(start)),
-            ("lte", "ts", iso(end)),
-        ]
-        rows = self._select_keyset(
-            f"read feature cache {symbol}/{timeframe}",
-            "feature_cache",
-            "ts,features",
-            filters,
-            "ts",
-            descending=False,
-            limit=None,
+    def bar_revision(self, symbol, timeframe) -> int | None:
+        res = self._call(
+            f"read bar revision {symbol}/{timeframe}",
+            lambda: (
+                self._table("bar_revisions")
+                .select("revision")
+                .eq("symbol", symbol)
+                .eq("timeframe", timeframe)
+                .execute()
+            ),
         )
-        if not rows:
-            return pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
-        frame = pd.DataFrame.from_records([r["features"] for r in rows])
-        frame.insert(0, "ts", pd.to_datetime([r["ts"] for r in rows], utc=True, format="ISO8601"))
-        return frame
+        return int(res.data[0]["revision"]) if res.data else None
 
-    def upsert_feature_cache(self, symbol, timeframe, version, features) -> int:
+    def pairs_with_bars(self, symbols, timeframes) -> set[tuple[str, str]]:
+        params = {"p_symbols": list(dict.fromkeys(symbols)), "p_timeframes": list(dict.fromkeys(timeframes))}
+        data = self._rpc("list pairs with bars", "pairs_with_bars", params)
+        return {(str(s), str(tf)) for s, tf in (data or [])}
+
+    # --- feature cache ----------------------------------------------------------------------------
+    def _get_chunks(
+        self,
+        symbol: str,
+        timeframe: str,
+        version: str,
+        start: Any,
+        end: Any,
+        chunk_starts: list[str] | None = None,
+    ) -> list[FeatureChunk]:
+        params = {
+            "p_symbol": symbol,
+            "p_timeframe": timeframe,
+            "p_version": version,
+            "p_start": iso(start),
+            "p_end": iso(end),
+            "p_chunk_starts": chunk_starts,
+        }
+        data = self._rpc(f"read feature cache {symbol}/{timeframe}", "feature_chunks_get", params) or []
+        return [
+            FeatureChunk.from_bytes(
+                int(timestamps_to_us([pd.Timestamp(c["chunk_start"])])[0]),
+                c["columns"],
+                base64.b64decode(c["ts"]),
+                base64.b64decode(c["values"]),
+            )
+            for c in data
+        ]
+
+    def read_feature_cache(self, symbol, timeframe, version, start, end) -> pd.DataFrame:
+        chunks = self._get_chunks(symbol, timeframe, version, start, end)
+        bounds = timestamps_to_us([pd.Timestamp(start), pd.Timestamp(end)])
+        return chunks_to_frame(chunks, int(bounds[0]), int(bounds[1]))
+
+    @staticmethod
+    def _chunk_json(c: FeatureChunk) -> dict[str, Any]:
+        return {
+            "chunk_start": iso(c.chunk_start),
+            "first_ts": iso(c.first_ts),
+            "last_ts": iso(c.last_ts),
+            "n_rows": c.n_rows,
+            "columns": list(c.columns),
+            "ts": base64.b64encode(c.ts_bytes()).decode("ascii"),
+            "values": base64.b64encode(c.values_bytes()).decode("ascii"),
+        }
+
+    def upsert_feature_cache(self, symbol, timeframe, version, features, revision=None) -> int:
+        symbol, timeframe = checked_pair(symbol, timeframe)
         if features.empty:
             return 0
-        ts, payload = feature_payload(symbol, timeframe, features)
-        rows = [
-            {
-                "symbol": symbol,
-                "timeframe": timeframe,
-                "feature_version": version,
-                "ts": iso(t),
-                "features": p,
+        ts, cols, values = feature_matrix(f"{symbol}/{timeframe}", features)
+        chunks = split_into_chunks(timeframe, ts, cols, values)
+        what = f"write feature cache {symbol}/{timeframe}"
+
+        def put(batch: list[FeatureChunk], replace: bool) -> dict[str, Any]:
+            params = {
+                "p_symbol": symbol,
+                "p_timeframe": timeframe,
+                "p_version": version,
+                "p_revision": revision,
+                "p_chunks": [self._chunk_json(c) for c in batch],
+                "p_replace": replace,
             }
-            for t, p in zip(ts, payload, strict=True)
-        ]
-        return self._write_batches(
-            f"upsert feature cache {symbol}/{timeframe}",
-            "feature_cache",
-            rows,
-            "symbol,timeframe,feature_version,ts",
-        )
+            return dict(self._rpc(what, "feature_chunks_put", params) or {})
+
+        # Most writes append a night's rows to a chunk (done in SQL); only chunks whose stored rows overlap the new
+        # ones come back, to be merged here and replaced.
+        out = put(chunks, False)
+        if out.get("stale"):
+            return 0
+        overlaps = set(out.get("overlaps") or [])
+        if overlaps:
+            mine = [c for c in chunks if iso(c.chunk_start) in {iso(pd.Timestamp(o)) for o in overlaps}]
+            stored = {
+                c.chunk_start_us: c
+                for c in self._get_chunks(
+                    symbol,
+                    timeframe,
+                    version,
+                    mine[0].chunk_start,
+                    mine[-1].last_ts,
+                    [iso(c.chunk_start) for c in mine],
+                )
+            }
+            merged = [merge_chunks(stored.get(c.chunk_start_us), c) for c in mine]
+            if put(merged, True).get("stale"):
+                return 0
+        return len(ts)
 
     # --- run ledger and registry ------------------------------------------------------------------
     def start_run(self, run: RunRecord) -> None:
@@ -375,6 +452,10 @@ class SupabaseStore(TrainingStore):
         )
 
     def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
+        if result.status == "succeeded" or model_version is not None:
+            checked_pair(result.symbol, result.timeframe)
+        if model_version is not None:
+            checked_pair(model_version.symbol, model_version.timeframe)
         # One SQL function, one transaction: the result row and its model version land together or not at all.
         params = {
             "p_result": _jsonable(result.to_row()),
@@ -390,6 +471,20 @@ class SupabaseStore(TrainingStore):
         res = self._call(
             f"read run {run_id}",
             lambda: self._table("training_runs").select("*").eq("run_id", run_id).execute(),
+        )
+        return res.data[0] if res.data else None
+
+    def find_result(self, run_id, symbol, timeframe) -> dict | None:
+        res = self._call(
+            f"read back result {symbol}/{timeframe}",
+            lambda: (
+                self._table("training_results")
+                .select("*")
+                .eq("run_id", run_id)
+                .eq("symbol", symbol)
+                .eq("timeframe", timeframe)
+                .execute()
+            ),
         )
         return res.data[0] if res.data else None
 
@@ -453,12 +548,12 @@ class SupabaseStore(TrainingStore):
             r["started_at"] = (r.pop("training_runs") or {}).get("started_at")
         return sorted(rows, key=lambda r: (r["started_at"] or "", r["id"]))
 
-    def last_trained_bar_ts(self, symbol, timeframe) -> datetime | None:
+    def last_training(self, symbol, timeframe) -> TrainedData | None:
         res = self._call(
             f"read last training {symbol}/{timeframe}",
             lambda: (
                 self._table("training_results")
-                .select("data_end:split->>data_end")
+                .select("data_end:split->>data_end,data_revision:split->>data_revision")
                 .eq("symbol", symbol)
                 .eq("timeframe", timeframe)
                 .eq("status", "succeeded")
@@ -467,20 +562,17 @@ class SupabaseStore(TrainingStore):
                 .execute()
             ),
         )
-        value = res.data[0]["data_end"] if res.data else None
-        return pd.Timestamp(value).to_pydatetime() if value else None
+        if not res.data:
+            return None
+        end, revision = res.data[0]["data_end"], res.data[0]["data_revision"]
+        return TrainedData(
+            data_end=pd.Timestamp(end).to_pydatetime() if end else None,
+            revision=int(revision) if revision is not None else None,
+        )
 
     def heartbeat(self, run_id: str) -> None:
-        now = iso(pd.Timestamp.now(tz="UTC"))
-        self._call(
-            f"heartbeat {run_id}",
-            lambda: (
-                self._table("training_runs")
-                .update({"heartbeat_at": now}, returning=ReturnMethod.minimal)
-                .eq("run_id", run_id)
-                .execute()
-            ),
-        )
+        # the database clock, like the sweep that reads it (abandon_stale_runs)
+        self._rpc(f"heartbeat {run_id}", "run_heartbeat", {"p_run_id": run_id})
 
     def mark_runs_abandoned(self, run_ids: Sequence[str], reason: str) -> int:
         if not run_ids:
@@ -549,6 +641,27 @@ class SupabaseStore(TrainingStore):
             res = self._call(f"record forecast outcome {o.forecast_id}", update)
             changed += len(res.data or [])
         return changed
+
+    def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
+        params = {"p_ttl_seconds": int(ttl_s), "p_reason": reason, "p_exclude": exclude}
+        return [str(r) for r in (self._rpc("sweep stale runs", "abandon_stale_runs", params) or [])]
+
+    # --- monitoring thresholds ---------------------------------------------------------------------------
+    def read_monitoring_thresholds(self) -> MonitoringThresholds | None:
+        res = self._call(
+            "read monitoring settings",
+            lambda: self._table("monitoring_settings").select("*").eq("id", 1).execute(),
+        )
+        return MonitoringThresholds.from_row(res.data[0]) if res.data else None
+
+    def publish_monitoring_thresholds(self, thresholds: MonitoringThresholds, by: str | None = None) -> None:
+        row = {
+            **thresholds.to_row(),
+            "id": 1,
+            "updated_by": by,
+            "updated_at": iso(pd.Timestamp.now(tz="UTC")),
+        }
+        self._write_batches("publish monitoring settings", "monitoring_settings", [row], "id")
 
     # --- leases: SQL functions, the database clock decides expiry -------------------------------------
     def acquire_leases(self, names, holder, ttl_s, run_id=None) -> LeaseGrant:

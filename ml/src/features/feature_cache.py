@@ -3,6 +3,11 @@
 Features are computed on the fetched bars (warm-up history included) only when some rows of the training
 window are missing from the cache; only the missing rows are written back. The returned frame is the same
 set of columns, in the same order, whether the rows came from the cache or were computed now.
+
+Missing rows are computed over the whole fetched history, never over a shorter one, so a window whose cache
+was invalidated from a corrected bar on gets exactly the features a fresh store would compute. The write
+carries the bar revision read before the bars: if another writer changed the pair's bars meanwhile (and the
+store's triggers invalidated the cache), the features of the replaced bars are not written.
 """
 
 from __future__ import annotations
@@ -41,7 +46,12 @@ def _finite_rows(frame: pd.DataFrame) -> np.ndarray:
 
 
 def features_for_window(
-    store: TrainingStore, symbol: str, timeframe: str, bars: pd.DataFrame, warmup_bars: int = WARMUP_BARS
+    store: TrainingStore,
+    symbol: str,
+    timeframe: str,
+    bars: pd.DataFrame,
+    warmup_bars: int = WARMUP_BARS,
+    revision: int | None = None,
 ) -> FeatureFrame:
     """Features for bars[warmup_bars:], from the cache where present and computed (and cached) otherwise.
 
@@ -73,12 +83,13 @@ def features_for_window(
             raise FeatureError(
                 f"{symbol}/{timeframe}: non-finite features at {first.isoformat()} after warm-up"
             )
-        store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed)
+        store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed, revision=revision)
         parts.append(computed)
     # The window is non-empty, so at least one part has rows.
     merged = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     merged["ts"] = pd.to_datetime(merged["ts"], utc=True)
     merged = merged.sort_values("ts", kind="stable").reset_index(drop=True)
+    merged["ts"] = window["ts"].to_numpy()  # the same rows; the bars' own dtype whichever part they came from
     merged[list(FEATURE_COLUMNS)] = merged[list(FEATURE_COLUMNS)].astype("float64")
     merged.insert(1, "close", window["close"].to_numpy())
     return FeatureFrame(frame=merged, n_cached=len(window) - n_computed, n_computed=n_computed)
@@ -94,6 +105,7 @@ def fetch_or_build_features(
     """Features for the latest `limits[tf]` bars of each timeframe (as of `as_of`), via the cache."""
     out: dict[str, FeatureFrame] = {}
     for tf in timeframes:
+        revision = store.bar_revision(symbol, tf)  # before the bars: a later change makes the write a no-op
         bars = store.read_bars(symbol, tf, end=as_of, limit=limits[tf] + WARMUP_BARS)
-        out[tf] = features_for_window(store, symbol, tf, bars)
+        out[tf] = features_for_window(store, symbol, tf, bars, revision=revision)
     return out

@@ -2,11 +2,16 @@
 
     python -m ml.src.monitoring.report [--symbol S] [--timeframe TF] [--json] [--fail-on-flag] [--html DIR]
 
-RETRAIN: the latest test metric fell by more than `monitor_retrain_drop` below the mean of the previous runs,
-         or the champion is missing or older than the timeframe's `max_model_age_days`.
-DISABLE: the champion has not beaten its baselines in each of the last `monitor_disable_runs` runs.
+RETRAIN: the latest test metric fell by more than `retrain_drop` below the mean of the previous
+         `history_runs` runs, or the champion is missing or older than the timeframe's `max_model_age_days`.
+DISABLE: the champion has not beaten its baselines in each of the last `disable_runs` runs.
 LIVE:    with at least `monitor_live_min_forecasts` realised forecasts, the live balanced accuracy is not above
          the best live baseline on the same rows (chance = the majority class's, or persistence).
+
+The RETRAIN / DISABLE thresholds are read from the store's `monitoring_settings` row, which every training run
+publishes from its settings and which the `model_health` view reads too: the report and the view apply one rule
+with one set of thresholds (supabase/migrations/20261202001200_champion_views_and_health_flags.sql is the SQL
+twin of assess_pair; tests check they agree). LIVE comes from the forecasts (`forecast_performance` in SQL).
 
 --html DIR also writes the static report with pictures (ml/src/monitoring/html_report.py).
 """
@@ -27,13 +32,15 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.data.identifiers import IdentifierError, normalise_symbol
+from ml.src.data.records import MonitoringThresholds
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.inference.live_record import LiveRecord, summarise
+from ml.src.log_setup import quiet_http_clients
+from ml.src.monitoring.thresholds import thresholds_from_settings
 
 log = logging.getLogger("ml.monitoring")
-
-HISTORY_RUNS = 5  # previous runs the latest is compared with
 
 
 @dataclass
@@ -57,7 +64,12 @@ class PairHealth:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
+    """A JSON number as float; anything else (string, bool, null, missing) is None (SQL: ml_json_number)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _rules(rules: MonitoringThresholds | Settings) -> MonitoringThresholds:
+    return rules if isinstance(rules, MonitoringThresholds) else thresholds_from_settings(rules)
 
 
 def champion_vs_baselines(result: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
@@ -67,7 +79,9 @@ def champion_vs_baselines(result: dict[str, Any], metric: str) -> tuple[float | 
     if promo.get("decision") == "challenger" and promo.get("champion") is not None:
         champion = _num(promo.get("champion"))
     else:  # this run's model became (or is the first) champion: its own test score
-        champion = _num(promo.get("challenger")) or _num(metrics.get("ensemble", {}).get(metric))
+        champion = _num(promo.get("challenger"))
+        if champion is None:
+            champion = _num(metrics.get("ensemble", {}).get(metric))
     baselines = [_num(v) for v in (promo.get("baselines") or {}).values()]
     if not any(b is not None for b in baselines):
         baselines = [_num(metrics.get(k, {}).get(metric)) for k in ("baseline", "persistence")]
@@ -97,17 +111,20 @@ def assess_live(health: PairHealth, live: LiveRecord, settings: Settings) -> Non
 def assess_pair(
     history: list[dict[str, Any]],
     champion: dict[str, Any] | None,
-    settings: Settings,
+    rules: MonitoringThresholds | Settings,
     now: datetime,
     forecasts: list[dict[str, Any]] | None = None,
+    settings: Settings | None = None,
 ) -> PairHealth:
-    """history: the pair's succeeded results, oldest first; forecasts: the pair's forecast rows."""
-    metric = settings.promotion_metric
+    """history: the pair's succeeded results, oldest first; rules: the thresholds (or settings to take them
+    from); forecasts: the pair's forecast rows (LIVE, with `settings`' monitor_live_min_forecasts)."""
+    t = _rules(rules)
+    metric = t.metric
     last = history[-1]
     symbol, tf = last["symbol"], last["timeframe"]
     scores = [_num((r.get("metrics") or {}).get("ensemble", {}).get(metric)) for r in history]
     latest = scores[-1]
-    previous = [s for s in scores[-1 - HISTORY_RUNS : -1] if s is not None]
+    previous = [s for s in scores[-1 - t.history_runs : -1] if s is not None]
     mean_prev = sum(previous) / len(previous) if previous else None
     health = PairHealth(
         symbol=symbol,
@@ -121,12 +138,12 @@ def assess_pair(
         champion_expired=False,
         runs_below_baselines=0,
     )
-    if latest is not None and mean_prev is not None and latest < mean_prev - settings.monitor_retrain_drop:
+    if latest is not None and mean_prev is not None and latest < mean_prev - t.retrain_drop:
         health.flags.append("RETRAIN")
         health.reasons.append(
             f"{metric} fell to {latest:.3f} from a mean of {mean_prev:.3f} over the previous {len(previous)} run(s)"
         )
-    max_age = timedelta(days=settings.timeframes[tf].max_model_age_days)
+    max_age = timedelta(days=t.max_model_age_days[tf])
     if champion is None:
         health.champion_expired = True
         health.reasons.append("no champion")
@@ -139,7 +156,7 @@ def assess_pair(
     if health.champion_expired and "RETRAIN" not in health.flags:
         health.flags.append("RETRAIN")
 
-    n = settings.monitor_disable_runs
+    n = t.disable_runs
     below = 0
     for r in history[-n:]:
         champ, best = champion_vs_baselines(r, metric)
@@ -150,8 +167,14 @@ def assess_pair(
         health.flags.append("DISABLE")
         health.reasons.append(f"champion did not beat its baselines in any of the last {n} runs")
     if forecasts:
-        assess_live(health, summarise(forecasts), settings)
+        live_settings = settings or (rules if isinstance(rules, Settings) else Settings())
+        assess_live(health, summarise(forecasts), live_settings)
     return health
+
+
+def thresholds_in_force(store: TrainingStore, settings: Settings) -> MonitoringThresholds:
+    """The store's published thresholds (what the model_health view uses); the settings' if none yet."""
+    return store.read_monitoring_thresholds() or thresholds_from_settings(settings)
 
 
 def build_report(
@@ -162,6 +185,7 @@ def build_report(
     now: datetime | None = None,
 ) -> list[PairHealth]:
     now = now or datetime.now(UTC)
+    rules = thresholds_in_force(store, settings)
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in store.results_history(symbol, timeframe):
         by_pair[(row["symbol"], row["timeframe"])].append(row)
@@ -169,7 +193,7 @@ def build_report(
     for row in store.list_forecasts(symbol, timeframe):
         forecasts[(row["symbol"], row["timeframe"])].append(row)
     return [
-        assess_pair(rows, store.get_champion(sym, tf), settings, now, forecasts.get((sym, tf)))
+        assess_pair(rows, store.get_champion(sym, tf), rules, now, forecasts.get((sym, tf)), settings)
         for (sym, tf), rows in sorted(by_pair.items(), key=lambda kv: (kv[0][0], TIMEFRAMES.index(kv[0][1])))
     ]
 
@@ -217,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    quiet_http_clients()
+    symbol = None
+    if args.symbol is not None:
+        try:
+            symbol = normalise_symbol(args.symbol)
+        except IdentifierError as exc:
+            print(f"error: --symbol: {exc}", file=sys.stderr)
+            return 2
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -1,12 +1,25 @@
-"""Model bundles on disk: written atomically, verified by sha256 before anything is unpickled."""
+"""Model bundles on disk: written atomically inside ML_MODELS_DIR, verified before anything is unpickled.
+
+- Paths: built from validated identifiers, resolved, and refused outside the models directory. The ledger
+  records them relative to ML_MODELS_DIR (`AAPL/d1/AAPL_d1_<time>_<run>.joblib`); readers resolve them against
+  their own setting.
+- Loading reads the file once, checks its sha256 against the expected one (required) and, when an artifact key
+  is configured (ML_ARTIFACT_KEY), its HMAC-SHA256 signature against the recorded one (required), and only then
+  unpickles those same bytes. Any file that cannot be unpickled raises ArtifactError, whatever the cause.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import io
 import logging
 import os
+import re
 import tempfile
+import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -14,6 +27,7 @@ from typing import Any
 
 import joblib
 
+from ml.src.data.identifiers import IdentifierError, check_pair
 from ml.src.training.ensemble import EnsembleModel
 
 BUNDLE_FORMAT = 1
@@ -22,10 +36,37 @@ BUNDLE_FORMAT = 1
 CHECKED_LIBRARIES = ("scikit-learn", "lightgbm")
 
 log = logging.getLogger("ml.artifacts")
+TEMP_GLOB = ".*.joblib.*.tmp"  # save_bundle's temp files: `.<name>.joblib.<random>.tmp`
+_RUN_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z\-]{7,63}$")
 
 
 class ArtifactError(RuntimeError):
-    """An artifact that must not be used (missing, altered, or of an unknown format)."""
+    """An artifact that must not be used (missing, altered, unsigned, corrupt, outside the models directory)."""
+
+
+class _FromSettings:
+    def __repr__(self) -> str:
+        return "ML_ARTIFACT_KEY"
+
+
+FROM_SETTINGS = _FromSettings()
+Key = str | bytes | None
+
+
+def _key_bytes(key: Key | _FromSettings) -> bytes | None:
+    if isinstance(key, _FromSettings):
+        from pydantic import ValidationError
+
+        from config.settings import Settings, settings_error_line
+
+        try:
+            secret = Settings().artifact_key
+        except ValidationError as exc:
+            raise ArtifactError(settings_error_line(exc)) from None
+        key = secret.get_secret_value() if secret is not None else None
+    if key is None or key == "" or key == b"":
+        return None
+    return key.encode() if isinstance(key, str) else bytes(key)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -36,15 +77,122 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def sign_bytes(data: bytes, key: Key | _FromSettings) -> str | None:
+    """HMAC-SHA256 of the bytes under the key (hex), or None without a key."""
+    raw = _key_bytes(key)
+    return hmac.new(raw, data, hashlib.sha256).hexdigest() if raw is not None else None
+
+
+def sign_file(path: str | Path, key: Key | _FromSettings) -> str | None:
+    raw = _key_bytes(key)
+    if raw is None:
+        return None
+    mac = hmac.new(raw, digestmod=hashlib.sha256)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            mac.update(chunk)
+    return mac.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ paths
+def models_root(models_dir: str | Path) -> Path:
+    return Path(models_dir).expanduser().resolve()
+
+
+def inside_models_dir(models_dir: str | Path, path: str | Path) -> Path:
+    """`path` (relative paths are taken relative to the models directory) resolved, or ArtifactError if it
+    is not inside the models directory."""
+    root = models_root(models_dir)
+    candidate = Path(path).expanduser()
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise ArtifactError(f"artifact path {str(path)!r} is outside ML_MODELS_DIR ({root}): refused")
+    return resolved
+
+
+def resolve_artifact(models_dir: str | Path, stored: str | Path) -> Path:
+    """The file a ledger row's artifact_path names: relative to ML_MODELS_DIR, never outside it."""
+    if not str(stored).strip():
+        raise ArtifactError("empty artifact path")
+    return inside_models_dir(models_dir, stored)
+
+
+def relative_artifact_path(models_dir: str | Path, path: str | Path) -> str:
+    """The ledger's form of an artifact path: relative to ML_MODELS_DIR, with forward slashes."""
+    return inside_models_dir(models_dir, path).relative_to(models_root(models_dir)).as_posix()
+
+
 def artifact_path(models_dir: Path, symbol: str, timeframe: str, run_id: str, trained_at: datetime) -> Path:
+    """`<models_dir>/SYMBOL/TF/SYMBOL_TF_<UTC time>_<run id prefix>.joblib`, absolute and inside models_dir."""
+    try:
+        symbol, timeframe = check_pair(symbol, timeframe)
+    except IdentifierError as exc:
+        raise ArtifactError(f"refusing to build an artifact path: {exc}") from None
+    if not _RUN_ID_RE.fullmatch(run_id):
+        raise ArtifactError(f"refusing to build an artifact path: invalid run id {run_id!r}")
     stamp = trained_at.strftime("%Y%m%dT%H%M%SZ")
-    return Path(models_dir) / symbol / timeframe / f"{symbol}_{timeframe}_{stamp}_{run_id[:8]}.joblib"
+    name = f"{symbol}_{timeframe}_{stamp}_{run_id[:8]}.joblib"
+    return inside_models_dir(models_dir, Path(symbol) / timeframe / name)
+
+
+def ensure_models_dir(models_dir: str | Path) -> Path:
+    """Prove the models directory can take files (a probe file, created and removed) before any compute.
+
+    A directory that does not exist yet is not created here (the first save does that): its deepest existing
+    ancestor must be a writable directory. Returns the resolved path; ArtifactError with one line otherwise.
+    """
+    root = Path(models_dir).expanduser()
+    probe_dir = root
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(probe_dir))
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = "" if probe_dir == root else f" ({probe_dir})"
+        raise ArtifactError(f"ML_MODELS_DIR {root} is not a writable directory{where}: {reason}") from None
+    return root.resolve()
+
+
+def sweep_temp_files(models_dir: str | Path, older_than_s: float) -> tuple[list[Path], list[str]]:
+    """Delete save_bundle temp files older than `older_than_s` (left by a killed process); (removed, errors).
+
+    Younger ones may belong to a run saving right now and are left alone.
+    """
+    root = Path(models_dir)
+    removed: list[Path] = []
+    errors: list[str] = []
+    if not root.is_dir():
+        return removed, errors
+    cutoff = time.time() - older_than_s
+    for path in root.rglob(TEMP_GLOB):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError as exc:
+            errors.append(f"cannot remove temp file {path}: {exc.strerror or type(exc).__name__}")
+    return removed, errors
+
+
+# ------------------------------------------------------------------------------------------- save / load
+@dataclass(frozen=True)
+class SavedArtifact:
+    path: Path  # absolute
+    relative: str  # as recorded in the ledger: relative to ML_MODELS_DIR
+    sha256: str
+    signature: str | None  # HMAC-SHA256 under ML_ARTIFACT_KEY, or None without a key
 
 
 def save_bundle(bundle: dict[str, Any], path: Path) -> str:
     """Write the bundle to `path` via a temp file in the same folder + rename; returns its sha256.
 
-    A crash mid-write leaves only a temp file that no reader ever opens, never a truncated bundle.
+    A crash mid-write leaves only a temp file that no reader ever opens (swept by a later run), never a
+    truncated bundle.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -59,6 +207,20 @@ def save_bundle(bundle: dict[str, Any], path: Path) -> str:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return digest
+
+
+def save_artifact(
+    bundle: dict[str, Any], models_dir: Path, path: Path, key: Key | _FromSettings = None
+) -> SavedArtifact:
+    """save_bundle inside the models directory, plus its ledger path and (with a key) its signature."""
+    path = inside_models_dir(models_dir, path)
+    sha = save_bundle(bundle, path)
+    try:
+        signature = sign_file(path, key)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return SavedArtifact(path, relative_artifact_path(models_dir, path), sha, signature)
 
 
 class LibraryVersionWarning(UserWarning):
@@ -96,18 +258,60 @@ def check_library_versions(path: str | Path, recorded: dict[str, Any] | None) ->
             warnings.warn(message, LibraryVersionWarning, stacklevel=3)
 
 
-def load_bundle(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
-    """The raw bundle dict; refuses a file whose sha256 differs from the expected one before unpickling it."""
+def _read_verified(
+    path: Path, expected_sha256: str | None, signature: str | None, key: Key | _FromSettings
+) -> bytes:
+    if not expected_sha256:
+        raise ArtifactError(
+            f"refusing to unpickle {path} without an expected sha256 (pass the ledger's artifact_sha256)"
+        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact not found: {path}") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {path}: {exc.strerror or type(exc).__name__}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if not hmac.compare_digest(actual, str(expected_sha256).lower()):
+        raise ArtifactError(
+            f"artifact {path} has sha256 {actual}, expected {expected_sha256}: refusing to load"
+        )
+    raw_key = _key_bytes(key)
+    if raw_key is not None:
+        if not signature:
+            raise ArtifactError(
+                f"artifact {path} has no recorded signature and ML_ARTIFACT_KEY is set: refusing to load"
+            )
+        expected = hmac.new(raw_key, data, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, str(signature).lower()):
+            raise ArtifactError(f"artifact {path} has an invalid signature: refusing to load")
+    return data
+
+
+def load_bundle(
+    path: str | Path,
+    expected_sha256: str | None = None,
+    *,
+    signature: str | None = None,
+    key: Key | _FromSettings = FROM_SETTINGS,
+) -> dict[str, Any]:
+    """The raw bundle dict, from bytes verified before they are unpickled.
+
+    Refuses (ArtifactError) without an expected sha256 or when it differs; when a key is given (default:
+    ML_ARTIFACT_KEY from the settings), without a valid HMAC-SHA256 `signature`. A verified file that still
+    cannot be unpickled (truncated, flipped byte, zlib or pickle error, wrong format) is an ArtifactError too.
+    """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
-    if expected_sha256 is not None:
-        actual = sha256_file(path)
-        if actual != expected_sha256.lower():
-            raise ArtifactError(
-                f"artifact {path} has sha256 {actual}, expected {expected_sha256}: refusing to load"
-            )
-    bundle = joblib.load(path)
+    data = _read_verified(path, expected_sha256, signature, key)
+    try:
+        bundle = joblib.load(io.BytesIO(data))
+    except Exception as exc:  # zlib.error, UnpicklingError, EOFError, ValueError, ...: all mean "corrupt"
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ArtifactError(
+            f"artifact {path} is corrupt: {type(exc).__name__}{': ' + first if first else ''}"
+        ) from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise ArtifactError(f"artifact {path} is not a bundle of format {BUNDLE_FORMAT}")
     check_library_versions(path, bundle.get("library_versions"))
@@ -115,16 +319,29 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> dict[st
 
 
 def ensemble_from_bundle(bundle: dict[str, Any]) -> EnsembleModel:
-    meta = {k: v for k, v in bundle.items() if k not in ("models", "weights", "feature_names", "classes")}
-    return EnsembleModel(
-        models=bundle["models"],
-        weights=bundle["weights"],
-        feature_names=tuple(bundle["feature_names"]),
-        classes=tuple(bundle["classes"]),
-        metadata=meta,
-    )
+    try:
+        meta = {k: v for k, v in bundle.items() if k not in ("models", "weights", "feature_names", "classes")}
+        return EnsembleModel(
+            models=bundle["models"],
+            weights=bundle["weights"],
+            feature_names=tuple(bundle["feature_names"]),
+            classes=tuple(bundle["classes"]),
+            metadata=meta,
+        )
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"bundle is missing or has a bad {exc}") from None
 
 
-def load_ensemble(path: str | Path, expected_sha256: str | None = None) -> EnsembleModel:
-    """Load a verified ensemble: `.classes`, `.feature_names`, `.predict_proba(features)`."""
-    return ensemble_from_bundle(load_bundle(path, expected_sha256))
+def load_ensemble(
+    path: str | Path,
+    expected_sha256: str | None = None,
+    *,
+    signature: str | None = None,
+    key: Key | _FromSettings = FROM_SETTINGS,
+) -> EnsembleModel:
+    """Load a verified ensemble: `.classes`, `.feature_names`, `.predict_proba(features)`.
+
+    `expected_sha256` is required (the ledger's artifact_sha256); with ML_ARTIFACT_KEY set, so is `signature`
+    (the ledger's artifact_signature).
+    """
+    return ensemble_from_bundle(load_bundle(path, expected_sha256, signature=signature, key=key))

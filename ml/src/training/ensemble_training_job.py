@@ -12,7 +12,8 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from config.settings import TIMEFRAMES, Settings, get_settings
+from config.settings import Settings
+from ml.src.data.identifiers import check_timeframe, normalise_symbol
 from ml.src.data.store import TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.training.job_cli import main
@@ -30,10 +31,14 @@ def train_ensemble_for_symbol_timeframe(
     as_of: datetime | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Train one pair as its own run; the seed's return shape (models/weights/models_path) plus the result."""
-    settings = settings or get_settings()
-    if timeframe not in TIMEFRAMES:
-        raise ValueError(f"unknown timeframe {timeframe!r}; expected one of {TIMEFRAMES}")
+    """Train one pair as its own run; the seed's return shape (models/weights/models_path) plus the result.
+
+    Raises IdentifierError (a ValueError) for an invalid symbol or timeframe, before anything is opened or
+    written; ArtifactError when ML_MODELS_DIR is not writable.
+    """
+    symbol = normalise_symbol(symbol)
+    timeframe = check_timeframe(timeframe)
+    settings = settings or Settings()  # the environment as it is now (not a cached copy)
     from ml.src.training.run_loop import run_job
 
     store = db or open_store(settings)
@@ -41,7 +46,7 @@ def train_ensemble_for_symbol_timeframe(
         report = run_job(
             store,
             settings,
-            [symbol.upper()],
+            [symbol],
             [timeframe],
             force=True,  # an explicit API call means "train now"
             as_of=as_of,
@@ -62,7 +67,7 @@ def train_ensemble_for_symbol_timeframe(
             name: {k: v for k, v in result.metrics[name].items() if not isinstance(v, list)}
             for name in ("rf", "gb")
         }
-        out["models_path"] = result.artifact_path
+        out["models_path"] = result.artifact_file  # absolute; the ledger's artifact_path is relative
         out["validation_accuracy"] = result.metrics["ensemble"]["valid_accuracy"]
         out["baseline_accuracy"] = result.metrics["baseline"]["test_accuracy"]
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +18,13 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
-from ml.src.data.load_bars import SYMBOL_RE
-from ml.src.data.store import StoreError, TrainingStore, unique_upper
+from ml.src.data.identifiers import IdentifierError, normalise_symbol, parse_pair
+from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
-from ml.src.training.exit_codes import EXIT_FAILED, EXIT_USAGE
+from ml.src.log_setup import setup_logging
+from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from ml.src.training.stop import install_stop_handlers
+from ml.src.training.universe import PairOptions, PlannedPair, cross, named_pairs, universe_pairs
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -63,13 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--symbol", help="train one symbol")
     who.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="train these symbols")
     who.add_argument(
-        "--all", action="store_true", help="train every active symbol in the store's symbols table"
+        "--all",
+        action="store_true",
+        help="train the pairs that exist: every active symbol of the store's symbols table x --timeframes, "
+        "where the store has bars (the others are recorded as skipped)",
+    )
+    who.add_argument(
+        "--pairs",
+        nargs="+",
+        metavar="SYMBOL:TF",
+        help="train exactly these pairs, e.g. --pairs AAPL:d1 SPY:h1 (not with --timeframes)",
     )
     p.add_argument(
         "--timeframes",
         nargs="+",
         choices=TIMEFRAMES,
-        default=list(TIMEFRAMES),
+        default=None,
         metavar="TF",
         help=f"timeframes to train (default: all of {' '.join(TIMEFRAMES)})",
     )
@@ -130,43 +142,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_scope(args: argparse.Namespace, settings: Settings, store: TrainingStore | None) -> list[str]:
-    if args.all:
-        assert store is not None
-        symbols = store.list_active_symbols()
-        if not symbols:
-            raise UsageError(
-                "--all: the store has no active symbols (load bars first: python -m ml.src.data.load_bars)"
-            )
-    elif args.symbol:
-        symbols = [args.symbol]
-    elif args.symbols:
-        symbols = list(args.symbols)
-    else:
-        symbols = list(settings.default_symbols)
-    symbols = unique_upper(symbols)
-    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
-    if bad:
-        raise UsageError(f"invalid symbol(s): {', '.join(bad)}")
-    return symbols
+def resolve_pairs(
+    args: argparse.Namespace, settings: Settings, store: TrainingStore | None
+) -> tuple[list[PlannedPair], dict[str, Any]]:
+    """The run's pairs and how they were selected (recorded in the run's scope). UsageError on bad input."""
+    options = PairOptions(
+        as_of=parse_as_of(args.as_of) if args.as_of else None,
+        lookback_days=args.lookback,
+        target_bars=args.target_bars,
+        force=args.force,
+    )
+    timeframes = list(args.timeframes or TIMEFRAMES)
+    try:
+        if args.pairs is not None:
+            return named_pairs([parse_pair(p) for p in args.pairs], options), {"selection": "pairs"}
+        if args.all:
+            assert store is not None
+            symbols = store.list_active_symbols()
+            if not symbols:
+                raise UsageError(
+                    "--all: the store has no active symbols (load bars first: python -m ml.src.data.load_bars)"
+                )
+            return universe_pairs(store, symbols, timeframes, options), {"selection": "all"}
+        if args.symbol is not None:
+            names = [args.symbol]
+        elif args.symbols is not None:
+            names = list(args.symbols)
+        else:
+            names = list(settings.default_symbols)
+        symbols = list(dict.fromkeys(normalise_symbol(n) for n in names))
+    except IdentifierError as exc:
+        raise UsageError(str(exc)) from None
+    return named_pairs(cross(symbols, timeframes), options), {"selection": "named"}
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.lookback is not None and args.lookback <= 0:
-        raise UsageError("--lookback must be a positive number of days")
+    if args.lookback is not None and not (math.isfinite(args.lookback) and args.lookback > 0):
+        raise UsageError("--lookback must be a positive, finite number of days")
     if args.target_bars is not None and args.target_bars < 1:
         raise UsageError("--target-bars must be >= 1")
     if args.workers is not None and args.workers < 0:
         raise UsageError("--workers must be >= 0")
     if args.walk_forward is not None and not 0 <= args.walk_forward <= 20:
         raise UsageError("--walk-forward must be between 0 and 20 folds")
-
-
-def setup_logging(quiet: bool, verbose: bool) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
+    if args.pairs is not None and args.timeframes is not None:
+        raise UsageError("--pairs names each pair's timeframe: do not combine it with --timeframes")
+    if args.as_of is not None:
+        parse_as_of(args.as_of)
 
 
 def _progress_line(done: int, total: int, r: PairResult) -> None:
@@ -184,6 +206,8 @@ def _progress_line(done: int, total: int, r: PairResult) -> None:
             m["baseline"]["test_accuracy"],
             m["persistence"]["test_accuracy"],
         )
+    elif r.status == "skipped":  # expected: no new bars, nothing to train yet
+        log.info("[%d/%d] %s/%s skipped: %s", done, total, r.symbol, r.timeframe, r.error)
     else:
         log.warning("[%d/%d] %s/%s %s: %s", done, total, r.symbol, r.timeframe, r.status, r.error)
 
@@ -213,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet, args.verbose)
     try:
         _check_args(args)
-        as_of = parse_as_of(args.as_of) if args.as_of else None
         settings = Settings()
         if args.walk_forward is not None:
             settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
+        if not args.all:
+            resolve_pairs(args, settings, None)  # named pairs are checked before anything is opened
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -224,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         print(settings_error_line(exc), file=sys.stderr)
         return EXIT_USAGE
 
+    from ml.src.training.artifacts import ArtifactError, ensure_models_dir
+
+    try:  # before any store or compute: a run that cannot save its models must not start
+        ensure_models_dir(settings.models_dir)
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         store = open_store(settings)
     except StoreError as exc:
@@ -231,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     with store:
         try:
-            symbols = resolve_scope(args, settings, store)
+            pairs, scope = resolve_pairs(args, settings, store)
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -245,19 +277,25 @@ def main(argv: list[str] | None = None) -> int:
             report = run_job(
                 store,
                 settings,
-                symbols,
-                args.timeframes,
-                as_of=as_of,
+                pairs=pairs,
+                as_of=parse_as_of(args.as_of) if args.as_of else None,
                 lookback_days=args.lookback,
                 target_bars=args.target_bars,
                 workers=args.workers,
                 force=args.force,
                 trigger=args.trigger,
                 progress=_progress_line,
+                scope_extra=scope,
             )
         except StoreError as exc:
             print(f"error: cannot record the run: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        except ArtifactError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("error: aborted by a second interrupt; the run is recorded as interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         finally:
             restore_signals()
         report_code = 0
@@ -266,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if report.locked_by:
         print(f"error: {report.error}; this run ({report.run_id}) is recorded as skipped", file=sys.stderr)
+    elif report.status == "failed" and report.error:
+        print(f"error: {report.error}", file=sys.stderr)
     from ml.src.training.run_report import summary_table
 
     table = summary_table(report)

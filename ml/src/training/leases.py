@@ -33,9 +33,11 @@ class LeaseRenewer:
         ttl_s: int,
         on_lost: Callable[[str], None],
         run_id: str | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.store, self.names, self.holder, self.ttl_s = store, list(names), holder, ttl_s
         self.on_lost, self.run_id = on_lost, run_id
+        self.on_error = on_error
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease-renewer", daemon=True)
 
@@ -46,7 +48,10 @@ class LeaseRenewer:
                 if self.run_id:
                     self.store.heartbeat(self.run_id)
             except StoreError as exc:  # keep trying: the lease is still ours until someone takes it over
-                log.warning("lease renewal failed: %s", exc)
+                if self.on_error is not None:
+                    self.on_error(f"lease renewal or heartbeat failed: {exc}")
+                else:
+                    log.warning("lease renewal failed: %s", exc)
                 continue
             if renewed < len(set(self.names)):
                 self.on_lost(f"lost {len(set(self.names)) - renewed} lease(s) to another run")
@@ -54,7 +59,12 @@ class LeaseRenewer:
 
     def __enter__(self) -> LeaseRenewer:
         if self.run_id:
-            self.store.heartbeat(self.run_id)
+            try:
+                self.store.heartbeat(self.run_id)
+            except StoreError as exc:
+                if self.on_error is None:
+                    raise
+                self.on_error(f"heartbeat failed: {exc}")
         self._thread.start()
         return self
 

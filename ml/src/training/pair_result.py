@@ -21,6 +21,9 @@ class PairRequest:
     lookback_days: float | None = None
     target_bars: int | None = None
     force: bool = False
+    # False for a pair of the universe (--all, the scheduler): no bars or too little history is then a skip,
+    # not a failure; a pair the user named (--symbol/--symbols/--pairs) fails.
+    explicit: bool = True
 
 
 @dataclass
@@ -38,8 +41,10 @@ class PairResult:
     split: dict[str, Any] | None = None
     weights: dict[str, float] | None = None
     metrics: dict[str, Any] | None = None
-    artifact_path: str | None = None
+    artifact_path: str | None = None  # relative to ML_MODELS_DIR, as in the ledger
     artifact_sha256: str | None = None
+    artifact_signature: str | None = None
+    artifact_file: str | None = None  # the absolute path on this host (not in the ledger)
     duration_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     walk_forward: dict[str, Any] | None = None

@@ -7,7 +7,9 @@ prepare_pair (store reads, features, labels, split) -> fit_pair (pure compute, r
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
@@ -48,9 +50,16 @@ from ml.src.training.trading_metrics import information_coefficient, trading_met
 from ml.src.training.walk_forward import walk_forward
 from ml.src.training.weights import blend, direction_score, equal_weights
 
+log = logging.getLogger("ml.training")
+
 
 class PairFailure(RuntimeError):
     """A pair that cannot be trained; str() is the one-line reason recorded with the result."""
+
+
+class NotEnoughHistory(PairFailure):
+    """No bars, or too few for the warm-up and three slices: a failure for a pair the user named, a skip for a
+    pair of the universe (--all / the scheduler)."""
 
 
 @dataclass
@@ -131,23 +140,25 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
+    # the revision BEFORE the bars: a change after this read makes the next run retrain, never the reverse
+    revision = store.bar_revision(req.symbol, req.timeframe)
     bars = _read_window(store, req, target, warmup)
     timings["load"] = time.perf_counter() - t0
     if bars.empty:
         where = f" up to {req.as_of.isoformat()}" if req.as_of else ""
-        raise PairFailure(f"{label}: no bars in the {store.name} store{where}")
+        raise NotEnoughHistory(f"{label}: no bars in the {store.name} store{where}")
     check_bars(bars, label, spec)
     # warm-up + at least min_rows per split + two purges + the h unlabelled rows at the end
     need = warmup + 3 * min_rows + 3 * h
     if len(bars) < need:
-        raise PairFailure(
+        raise NotEnoughHistory(
             f"{label}: only {len(bars)} bars; need at least {need} "
             f"({warmup} warm-up + 3 x {min_rows} rows per split + 3 x {h} horizon/purge)"
         )
 
     t0 = time.perf_counter()
     try:
-        feats = features_for_window(store, req.symbol, req.timeframe, bars, warmup)
+        feats = features_for_window(store, req.symbol, req.timeframe, bars, warmup, revision=revision)
     except FeatureError as exc:
         raise PairFailure(str(exc)) from exc
     timings["features"] = time.perf_counter() - t0
@@ -178,7 +189,11 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         returns=returns,
         thresholds=thresholds,
         split=split,
-        split_info={**split.boundaries(ts), "data_end": bars["ts"].iloc[-1].isoformat()},
+        split_info={
+            **split.boundaries(ts),
+            "data_end": bars["ts"].iloc[-1].isoformat(),
+            "data_revision": revision,
+        },
         n_bars=len(bars),
         n_cached=feats.n_cached,
         n_computed=feats.n_computed,
@@ -355,11 +370,15 @@ def persist_pair(
     trained_at: datetime,
     duration_s: float,
     promotion: PromotionDecision | None = None,
+    artifact_key: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> PairResult:
     """Write the artifact, then the result row and model version together; no row without its artifact.
 
     The champion pointer moves (if `promotion` says so) in the same store transaction, after the artifact is
-    on disk.
+    on disk. The ledger gets the path relative to `models_dir` (and, with a key, the artifact's signature).
+    If recording fails, the store is read back before anything is deleted: a write whose reply was lost after
+    it committed is a success, and an artifact is only deleted when its row is known to be absent.
     """
     req = prep.request
     t0 = time.perf_counter()
@@ -381,7 +400,7 @@ def persist_pair(
         "library_versions": library_versions(),
         "lock_sha256": lock_sha256(),
     }
-    sha = artifacts.save_bundle(bundle, path)
+    saved = artifacts.save_artifact(bundle, models_dir, path, artifact_key)
     timings = {**prep.timings, **fitted.timings, "save": time.perf_counter() - t0}
     result = PairResult(
         symbol=req.symbol,
@@ -394,8 +413,10 @@ def persist_pair(
         split=prep.split_info,
         weights=fitted.weights,
         metrics=fitted.metrics,
-        artifact_path=str(path),
-        artifact_sha256=sha,
+        artifact_path=saved.relative,
+        artifact_sha256=saved.sha256,
+        artifact_signature=saved.signature,
+        artifact_file=str(saved.path),
         duration_s=duration_s + timings["save"],
         timings=timings,
         walk_forward=fitted.walk_forward,
@@ -405,8 +426,9 @@ def persist_pair(
         symbol=req.symbol,
         timeframe=req.timeframe,
         run_id=run_id,
-        artifact_path=str(path),
-        artifact_sha256=sha,
+        artifact_path=saved.relative,
+        artifact_sha256=saved.sha256,
+        artifact_signature=saved.signature,
         feature_version=FEATURE_SET_VERSION,
         trained_at=trained_at,
         weights=fitted.weights,
@@ -415,20 +437,43 @@ def persist_pair(
     )
     try:
         store.record_result(result.to_record(run_id), version)
-    except StoreError:
-        path.unlink(missing_ok=True)  # an artifact nobody can find is worse than none
+    except StoreError as exc:
+        label = f"{req.symbol}/{req.timeframe}"
+        try:
+            row = store.find_result(run_id, req.symbol, req.timeframe)
+        except StoreError as again:
+            # Unknown outcome: the row may exist and point at the file, so the file stays (an orphan file is
+            # harmless, a champion pointing at nothing is not).
+            raise StoreError(
+                f"{exc}; outcome unknown (read-back failed: {again}); artifact kept at {saved.relative}"
+            ) from None
+        if row is not None and row.get("artifact_sha256") == saved.sha256:
+            note = f"{label}: recording the result failed ({exc}) but it had been committed (read back)"
+            log.warning("%s", note)
+            if warn is not None:
+                warn(note)
+            return result
+        saved.path.unlink(missing_ok=True)  # the row is known to be absent: an artifact nobody can find
         raise
     return result
 
 
 def no_new_bars_reason(store: TrainingStore, req: PairRequest) -> str | None:
-    """Why this pair needs no training now (its latest bar was already trained on), or None."""
+    """Why this pair needs no training now, or None.
+
+    Skipped when the pair's latest successful training used the same data revision (no bar inserted, changed
+    or deleted since; whoever wrote them) and its latest bar (up to --as-of) is no newer than the bar that
+    training ended on. Without revisions (bars exposed through a view), only the latest timestamp is compared.
+    """
     if req.force:
         return None
-    last_trained = store.last_trained_bar_ts(req.symbol, req.timeframe)
-    if last_trained is None:
+    last = store.last_training(req.symbol, req.timeframe)
+    if last is None or last.data_end is None:
         return None
+    revision = store.bar_revision(req.symbol, req.timeframe)
+    if revision is not None and revision != last.revision:
+        return None  # bars were inserted, corrected or deleted since that training
     latest = store.read_bars(req.symbol, req.timeframe, end=req.as_of, limit=1)
-    if latest.empty or latest["ts"].iloc[-1] > pd.Timestamp(last_trained):
+    if latest.empty or latest["ts"].iloc[-1] > pd.Timestamp(last.data_end):
         return None
     return f"no new bars (latest {latest['ts'].iloc[-1].isoformat()} already trained on; --force to retrain)"

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from config.settings import get_settings
+from config.settings import Settings
+from ml.src.data.identifiers import IdentifierError, check_pair
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.features.technical_indicators import FEATURE_COLUMNS
-from ml.src.training.artifacts import ArtifactError, load_ensemble
+from ml.src.training.artifacts import ArtifactError, load_ensemble, resolve_artifact
 from ml.src.training.ensemble import EnsembleModel
 from ml.src.training.metrics import label_metrics, majority_class, persistence_predictions
 
 if TYPE_CHECKING:
-    from config.settings import Settings
     from ml.src.training.pipeline import FittedPair, PreparedPair
 
 log = logging.getLogger("ml.registry")
@@ -55,6 +55,22 @@ class PromotionDecision:
         return out
 
 
+def _secret(settings: Settings) -> str | None:
+    return settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
+
+
+def load_recorded(row: dict[str, Any], settings: Settings) -> EnsembleModel:
+    """The model a model_versions row names: its path resolved inside ML_MODELS_DIR, its sha256 (and, with
+    ML_ARTIFACT_KEY, its signature) checked before anything is unpickled."""
+    path = resolve_artifact(settings.models_dir, row["artifact_path"])
+    return load_ensemble(
+        path,
+        expected_sha256=row["artifact_sha256"],
+        signature=row.get("artifact_signature"),
+        key=_secret(settings),
+    )
+
+
 def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
     return float(label_metrics(y, pred)[METRIC_KEYS[metric]])
 
@@ -69,7 +85,7 @@ def decide_promotion(
         return PromotionDecision(True, "first version of the pair", metric)
     cid = current.get("id")
     try:
-        champion = load_ensemble(current["artifact_path"], expected_sha256=current["artifact_sha256"])
+        champion = load_recorded(current, settings)
     except (ArtifactError, OSError) as exc:
         return PromotionDecision(
             True, f"current champion is unusable ({exc})", metric, champion_version_id=cid
@@ -144,16 +160,34 @@ def decide_promotion(
     return decision(True, f"{metric} {chal:.4f} beats champion {champ:.4f} and baselines")
 
 
-def prune_versions(store: TrainingStore, symbol: str, timeframe: str, keep: int) -> int:
-    """Retention: rows first (never the champion), then their files; returns how many versions went."""
+@dataclass(frozen=True)
+class Retention:
+    """What retention did for a pair: versions whose rows went, and the problems it met (never raised)."""
+
+    pruned: int
+    errors: tuple[str, ...] = ()
+
+
+def prune_versions(
+    store: TrainingStore, symbol: str, timeframe: str, keep: int, models_dir: Path | None = None
+) -> Retention:
+    """Retention: rows first (never the champion), then their files. Errors are returned, never raised: a
+    file that cannot be deleted is an orphan, not a reason to stop the run. Files are only ever deleted inside
+    `models_dir` (default: the settings' ML_MODELS_DIR), whatever a row says."""
+    label = f"{symbol}/{timeframe}"
     try:
         deleted = store.prune_model_versions(symbol, timeframe, keep)
     except StoreError as exc:
-        log.warning("%s/%s: retention skipped: %s", symbol, timeframe, exc)
-        return 0
+        return Retention(0, (f"{label}: retention skipped: {exc}",))
+    root = models_dir if models_dir is not None else Settings().models_dir
+    errors: list[str] = []
     for row in deleted:
-        Path(row["artifact_path"]).unlink(missing_ok=True)
-    return len(deleted)
+        try:
+            resolve_artifact(root, row["artifact_path"]).unlink(missing_ok=True)
+        except (ArtifactError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            errors.append(f"{label}: retention could not delete {row.get('artifact_path')}: {reason}")
+    return Retention(len(deleted), tuple(errors))
 
 
 class ChampionError(ArtifactError):
@@ -168,8 +202,15 @@ def load_champion(
     store: TrainingStore | None = None,
     now: datetime | None = None,
 ) -> EnsembleModel:
-    """The pair's verified champion (store from settings unless given); refuses an expired or stale one."""
-    settings = settings or get_settings()
+    """The pair's verified champion (store from settings unless given); refuses an expired or stale one.
+
+    The recorded path is resolved against the settings' ML_MODELS_DIR (not the working directory).
+    """
+    settings = settings or Settings()  # the environment as it is now (not a cached copy)
+    try:
+        symbol, timeframe = check_pair(symbol, timeframe)
+    except IdentifierError as exc:
+        raise ChampionError(str(exc)) from None
     own = store is None
     store = store or open_store(settings)
     try:
@@ -187,7 +228,7 @@ def load_champion(
             f"{symbol}/{timeframe}: champion trained {trained.isoformat()} is older than "
             f"{max_age.days} days (max_model_age_days); retrain it"
         )
-    model = load_ensemble(row["artifact_path"], expected_sha256=row["artifact_sha256"])
+    model = load_recorded(row, settings)
     if tuple(model.feature_names) != tuple(FEATURE_COLUMNS):
         raise ChampionError(
             f"{symbol}/{timeframe}: champion was trained on a different feature list than the current feature set"

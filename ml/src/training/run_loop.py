@@ -1,7 +1,9 @@
 """The run loop: record a run, take its leases, train its pairs, record the outcome.
 
 prepare (store I/O, in this process) -> fit (in a worker process when there are several) -> persist (here).
-A pair that fails is recorded with a one-line reason and the others go on.
+A pair that fails is recorded with a one-line reason and the others go on. Bookkeeping problems (retention,
+heartbeats, sweeps, a lost reply reconciled) are recorded as the run's warnings and never stop it, and every
+way out of a run (done, interrupted, a second Ctrl-C, an unexpected exception) writes its final status.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from config.settings import Settings
 from ml.src.data.records import RunOutcome, RunRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.inference.outcomes import fill_outcomes_quietly
+from ml.src.monitoring.thresholds import thresholds_from_settings
+from ml.src.training.artifacts import ArtifactError, ensure_models_dir, sweep_temp_files
 from ml.src.training.leases import LeaseRenewer, holder_name, lease_name
 from ml.src.training.pair_result import PairRequest, PairResult, failed_result, skipped_result
 from ml.src.training.pipeline import (
     FittedPair,
+    NotEnoughHistory,
     PairFailure,
     PreparedPair,
     fit_pair,
@@ -42,6 +47,7 @@ from ml.src.training.pipeline import (
 from ml.src.training.registry import decide_promotion, prune_versions
 from ml.src.training.run_report import RunReport
 from ml.src.training.stop import request_stop, stop_requested
+from ml.src.training.universe import PairOptions, PlannedPair, cross, named_pairs
 
 log = logging.getLogger("ml.training")
 
@@ -103,14 +109,22 @@ def train_pairs(
     run_id: str,
     workers: int = 1,
     progress: Callable[[int, int, PairResult], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[PairResult]:
     """Prepare each pair (store I/O, here), fit it (in a worker process when workers > 1), persist it (here).
 
-    A pair that fails is recorded as failed and the others go on.
+    A pair that fails is recorded as failed and the others go on. A pair of the universe (not explicit) with no
+    bars or too little history is recorded as skipped. Bookkeeping problems go to `warn` (default: the log).
     """
     total = len(requests)
     results: dict[int, PairResult] = {}
     done = 0
+
+    def note(message: str) -> None:
+        if warn is not None:
+            warn(message)
+        else:
+            log.warning("%s", message)
 
     def finish(i: int, result: PairResult) -> None:
         nonlocal done
@@ -119,7 +133,7 @@ def train_pairs(
             try:
                 store.record_result(result.to_record(run_id))
             except StoreError as exc:
-                log.error("%s/%s: could not record the failure: %s", result.symbol, result.timeframe, exc)
+                note(f"{result.symbol}/{result.timeframe}: could not record the {result.status} pair: {exc}")
         done += 1
         if progress:
             progress(done, total, result)
@@ -137,18 +151,26 @@ def train_pairs(
                 trained_at=utcnow(),
                 duration_s=time.perf_counter() - t0,
                 promotion=decision,
+                artifact_key=(
+                    settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
+                ),
+                warn=note,
             )
-        except (StoreError, OSError) as exc:
+        except (StoreError, OSError, ArtifactError) as exc:
             result = failed_result(req, f"{req.symbol}/{req.timeframe}: {exc}", time.perf_counter() - t0)
         else:
-            pruned = prune_versions(store, req.symbol, req.timeframe, settings.keep_versions)
+            retention = prune_versions(
+                store, req.symbol, req.timeframe, settings.keep_versions, settings.models_dir
+            )
+            for problem in retention.errors:
+                note(problem)
             log.debug(
                 "%s/%s: %s (%s); %d old version(s) pruned",
                 req.symbol,
                 req.timeframe,
                 "champion" if decision.promote else "challenger",
                 decision.reason,
-                pruned,
+                retention.pruned,
             )
         finish(i, result)
 
@@ -166,6 +188,12 @@ def train_pairs(
                 return None, t0
             fill_outcomes_quietly(store, req.symbol, req.timeframe)  # new bars may realise earlier forecasts
             return prepare_pair(store, req, settings), t0
+        except NotEnoughHistory as exc:
+            if req.explicit:  # a pair the user named: they should hear it has nothing to train on
+                horizon = settings.timeframes[req.timeframe].horizon_bars
+                finish(i, failed_result(req, str(exc), time.perf_counter() - t0, horizon))
+            else:  # a pair of the universe (--all, the scheduler): nothing to train yet
+                finish(i, skipped_result(req, str(exc), time.perf_counter() - t0))
         except (PairFailure, StoreError) as exc:
             horizon = settings.timeframes[req.timeframe].horizon_bars
             finish(i, failed_result(req, str(exc), time.perf_counter() - t0, horizon))
@@ -262,6 +290,7 @@ def finish_run(store: TrainingStore, report: RunReport, status: str | None = Non
         n_failed=c["failed"],
         n_skipped=c["skipped"],
         error=report.error,
+        warnings=list(report.warnings) or None,
     )
     try:
         store.finish_run(report.run_id, outcome)
@@ -270,12 +299,41 @@ def finish_run(store: TrainingStore, report: RunReport, status: str | None = Non
         report.error = report.error or f"could not record the run's end: {exc}"
 
 
+def start_sweeps(store: TrainingStore, settings: Settings, run_id: str, warn: Callable[[str], None]) -> None:
+    """Bookkeeping at the start of a run; a failure is a warning, never a reason not to train.
+
+    - Runs still `running` whose heartbeat is older than the lease TTL died without recording their end
+      (kill -9, power loss, a crash after their leases were released): mark them `abandoned`.
+    - Temp files older than the lease TTL were left by a process killed while saving: delete them.
+    - Publish the monitoring thresholds this job runs with (the model_health view and the report read them).
+    """
+    ttl = settings.lease_ttl_s
+    try:
+        dead = store.abandon_stale_runs(
+            ttl, f"abandoned: no heartbeat for {ttl} s (lease TTL); swept by run {run_id}", exclude=run_id
+        )
+        if dead:
+            log.warning("marked %d run(s) without a heartbeat abandoned: %s", len(dead), ", ".join(dead))
+    except StoreError as exc:
+        warn(f"could not sweep stale runs: {exc}")
+    removed, errors = sweep_temp_files(settings.models_dir, ttl)
+    if removed:
+        log.info("removed %d orphan temp file(s) under %s", len(removed), settings.models_dir)
+    for problem in errors:
+        warn(problem)
+    try:
+        store.publish_monitoring_thresholds(thresholds_from_settings(settings), by=run_id)
+    except StoreError as exc:
+        warn(f"could not publish the monitoring thresholds: {exc}")
+
+
 def run_job(
     store: TrainingStore,
     settings: Settings,
-    symbols: Sequence[str],
-    timeframes: Sequence[str],
+    symbols: Sequence[str] = (),
+    timeframes: Sequence[str] = (),
     *,
+    pairs: Sequence[PlannedPair] | None = None,
     as_of: datetime | None = None,
     lookback_days: float | None = None,
     target_bars: int | None = None,
@@ -283,68 +341,134 @@ def run_job(
     force: bool = False,
     trigger: str = "manual",
     progress: Callable[[int, int, PairResult], None] | None = None,
+    scope_extra: dict[str, Any] | None = None,
 ) -> RunReport:
-    """Record a run, take the leases of its pairs, train them, release the leases, record the outcome."""
-    requests = [
-        PairRequest(
-            symbol=s,
-            timeframe=tf,
-            as_of=as_of,
-            lookback_days=lookback_days,
-            target_bars=target_bars,
-            force=force,
-        )
-        for s in symbols
-        for tf in timeframes
-    ]
+    """Record a run, take the leases of its pairs, train them, release the leases, record the outcome.
+
+    The pairs are `pairs` (see universe.py) or else every symbol x timeframe, as named pairs. The models
+    directory is checked (writable) before anything is recorded or computed: ArtifactError.
+    """
+    options = PairOptions(as_of=as_of, lookback_days=lookback_days, target_bars=target_bars, force=force)
+    planned = list(pairs) if pairs is not None else named_pairs(cross(symbols, timeframes), options)
     scope = {
-        "symbols": list(symbols),
-        "timeframes": list(timeframes),
+        "symbols": list(dict.fromkeys(p.request.symbol for p in planned)),
+        "timeframes": list(dict.fromkeys(p.request.timeframe for p in planned)),
         "as_of": as_of.isoformat() if as_of else None,
         "lookback_days": lookback_days,
         "target_bars": target_bars,
         "force": force,
+        **(scope_extra or {}),
     }
+    ensure_models_dir(settings.models_dir)
     io_start = store.io_seconds
     report = start_run(store, settings, scope, trigger)
-    names = [lease_name(r.symbol, r.timeframe) for r in requests]
-    holder = holder_name(report.run_id)
-    grant = store.acquire_leases(names, holder, settings.lease_ttl_s, report.run_id)
-    if not grant.acquired:
-        until = grant.expires_at.isoformat() if grant.expires_at else "?"
-        report.locked_by = f"lease {grant.name} is held by {grant.holder} until {until}"
-        report.error = f"another run is active: {report.locked_by}"
-        finish_run(store, report, status="skipped")
-        return report
-    if grant.taken_over:
-        dead = [t["run_id"] for t in grant.taken_over if t.get("run_id")]
-        n = store.mark_runs_abandoned(dead, f"abandoned: its lease expired and run {report.run_id} took over")
-        log.warning("took over %d expired lease(s); %d run(s) marked abandoned", len(grant.taken_over), n)
+    done: dict[int, PairResult] = {}  # planned index -> result, as they finish (kept if the run is cut short)
+    total = len(planned)
 
-    def lost(reason: str) -> None:
-        log.error("run %s: %s; stopping after the pair in progress", report.run_id, reason)
-        report.error = reason
-        request_stop()
+    def warn(message: str) -> None:
+        log.warning("%s", message)
+        report.warnings.append(message)
 
-    n_workers = worker_count(settings, workers, len(requests))
-    log.info(
-        "run %s: %d pair(s), %d worker(s), %s store", report.run_id, len(requests), n_workers, store.name
-    )
+    def tell(i: int, result: PairResult) -> None:
+        done[i] = result
+        if progress:
+            progress(len(done), total, result)
+
     try:
-        with LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost, report.run_id):
-            report.results = train_pairs(
-                store, settings, requests, run_id=report.run_id, workers=n_workers, progress=progress
+        start_sweeps(store, settings, report.run_id, warn)
+        to_train = [i for i, p in enumerate(planned) if p.status is None]
+        requests = [planned[i].request for i in to_train]
+        names = [lease_name(r.symbol, r.timeframe) for r in requests]
+        holder = holder_name(report.run_id)
+        if names:
+            grant = store.acquire_leases(names, holder, settings.lease_ttl_s, report.run_id)
+            if not grant.acquired:
+                until = grant.expires_at.isoformat() if grant.expires_at else "?"
+                report.locked_by = f"lease {grant.name} is held by {grant.holder} until {until}"
+                report.error = f"another run is active: {report.locked_by}"
+                finish_run(store, report, status="skipped")
+                return report
+            if grant.taken_over:
+                dead = [t["run_id"] for t in grant.taken_over if t.get("run_id")]
+                try:
+                    n = store.mark_runs_abandoned(
+                        dead, f"abandoned: its lease expired and run {report.run_id} took over"
+                    )
+                    log.warning(
+                        "took over %d expired lease(s); %d run(s) marked abandoned", len(grant.taken_over), n
+                    )
+                except StoreError as exc:
+                    warn(f"could not mark the runs of taken-over leases abandoned: {exc}")
+
+        # Pairs decided before training (universe pairs without bars, invalid symbols): recorded as they are.
+        for i, p in enumerate(planned):
+            if p.status is None:
+                continue
+            req = p.request
+            result = (
+                skipped_result(req, p.reason or "skipped", 0.0)
+                if p.status == "skipped"
+                else failed_result(req, p.reason or "failed", 0.0)
             )
+            try:
+                store.record_result(result.to_record(report.run_id))
+            except StoreError as exc:
+                warn(f"{req.symbol}/{req.timeframe}: could not record the {result.status} pair: {exc}")
+            tell(i, result)
+
+        def lost(reason: str) -> None:
+            log.error("run %s: %s; stopping after the pair in progress", report.run_id, reason)
+            report.error = reason
+            request_stop()
+
+        if requests:
+            n_workers = worker_count(settings, workers, len(requests))
+            log.info(
+                "run %s: %d pair(s) to train (%d recorded without training), %d worker(s), %s store",
+                report.run_id,
+                len(requests),
+                total - len(requests),
+                n_workers,
+                store.name,
+            )
+            by_pair = {(r.symbol, r.timeframe): i for i, r in zip(to_train, requests, strict=True)}
+
+            def on_result(n: int, of: int, result: PairResult) -> None:
+                tell(by_pair[(result.symbol, result.timeframe)], result)
+
+            try:
+                with LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost, report.run_id, warn):
+                    train_pairs(
+                        store,
+                        settings,
+                        requests,
+                        run_id=report.run_id,
+                        workers=n_workers,
+                        progress=on_result,
+                        warn=warn,
+                    )
+            finally:
+                try:
+                    store.release_leases(names, holder)
+                except StoreError as exc:  # they expire on their own after lease_ttl_s
+                    warn(f"could not release the run's leases: {exc}")
+        report.results = [done[i] for i in sorted(done)]
         if stop_requested():
             report.interrupted = True
-            report.error = (
-                report.error or f"interrupted after {len(report.results)} of {len(requests)} pair(s)"
-            )
+            report.error = report.error or f"interrupted after {len(done)} of {total} pair(s)"
         report.store_io_s = store.io_seconds - io_start
         finish_run(store, report, status="interrupted" if report.interrupted else None)
-    finally:
-        try:
-            store.release_leases(names, holder)
-        except StoreError as exc:  # they expire on their own after lease_ttl_s
-            log.error("run %s: could not release leases: %s", report.run_id, exc)
+    except KeyboardInterrupt:
+        # A second Ctrl-C: stop at once, but the run row still says how it ended.
+        report.results = [done[i] for i in sorted(done)]
+        report.interrupted = True
+        report.error = f"aborted by a second interrupt after {len(done)} of {total} pair(s)"
+        finish_run(store, report, status="interrupted")
+        raise
+    except Exception as exc:  # a bug or a store failure outside any pair: recorded, never left `running`
+        log.exception("run %s failed", report.run_id)
+        report.results = [done[i] for i in sorted(done)]
+        report.error = f"run failed: {type(exc).__name__}: {one_line(exc)}"
+        report.store_io_s = store.io_seconds - io_start
+        finish_run(store, report, status="failed")
     return report

@@ -22,6 +22,7 @@ class RunReport:
     locked_by: str | None = None  # another run's lease stopped this one before it trained anything
     interrupted: bool = False
     store_io_s: float = 0.0  # time inside store calls (this process), for the I/O share of the run
+    warnings: list[str] = field(default_factory=list)  # bookkeeping problems that did not stop the run
 
     @property
     def counts(self) -> dict[str, int]:
@@ -56,6 +57,7 @@ class RunReport:
             "counts": self.counts,
             "store_io_s": round(self.store_io_s, 3),
             "locked_by": self.locked_by,
+            "warnings": list(self.warnings),
             "results": [r.to_json() for r in self.results],
         }
 
@@ -100,4 +102,6 @@ def summary_table(report: RunReport) -> str:
         f"{c['skipped']} skipped (test-slice percentages; majority = training majority class, "
         f"persist = last known label)"
     )
+    for warning in report.warnings:
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)

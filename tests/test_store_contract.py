@@ -3,26 +3,31 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ml.src.data.local_db import SqliteStore
+from ml.src.data import feature_chunks
+from ml.src.data.local_db import SqliteStore, format_ts
 from ml.src.data.records import (
     ForecastOutcome,
     ForecastRecord,
     ModelVersionRecord,
+    MonitoringThresholds,
     ResultRecord,
     RunOutcome,
     RunRecord,
 )
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.supabase_db import SupabaseStore
+from ml.src.features.technical_indicators import FEATURE_COLUMNS, WARMUP_BARS, add_technical_features
 from tests.factories import sample_bars
 
 SHA = "ab" * 32
@@ -341,3 +346,291 @@ def test_bad_forecasts_are_rejected(store: TrainingStore, symbol: str, override:
     with pytest.raises(StoreError):
         store.insert_forecast(forecast(symbol, datetime(2024, 1, 2, 14, 30, tzinfo=UTC), **override))
     assert store.list_forecasts(symbol) == []
+
+
+# ---- issue 8: the universe, revisions, the feature cache, identifiers, the ledger -----------------------------------
+
+
+def other_writer(store: TrainingStore, request: pytest.FixtureRequest, sql: str, *params: Any) -> None:
+    """Plain SQL from another connection, as any other writer of the database would run it ("?" placeholders)."""
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            with conn:
+                conn.execute(sql, tuple(format_ts(p) if isinstance(p, datetime) else p for p in params))
+        finally:
+            conn.close()
+    else:
+        request.getfixturevalue("pg").execute(sql.replace("?", "%s"), params)
+
+
+def real_features(symbol: str, timeframe: str, n: int) -> pd.DataFrame:
+    bars = sample_bars(symbol, timeframe, last=n + WARMUP_BARS)
+    feats = add_technical_features(bars).iloc[WARMUP_BARS:].reset_index(drop=True)
+    return feats[["ts", *FEATURE_COLUMNS]]
+
+
+def test_pairs_with_bars_is_the_universe(store: TrainingStore, symbol: str) -> None:
+    other = symbol + "B"
+    store.upsert_bars(symbol, "d1", sample_bars("IBM", "d1", last=5))
+    store.upsert_bars(other, "w1", sample_bars("IBM", "w1", last=5))
+    got = store.pairs_with_bars([symbol, other, "NOPE" + symbol], ["d1", "w1", "h1"])
+    assert got == {(symbol, "d1"), (other, "w1")}
+    assert store.pairs_with_bars([], ["d1"]) == set()
+
+
+def test_revision_moves_only_when_bars_change(
+    store: TrainingStore, symbol: str, request: pytest.FixtureRequest
+) -> None:
+    bars = sample_bars("GSPC", "d1", last=60)
+    assert store.bar_revision(symbol, "d1") is None
+    store.upsert_bars(symbol, "d1", bars.iloc[:50])
+    r1 = store.bar_revision(symbol, "d1")
+    assert r1 is not None
+    store.upsert_bars(symbol, "d1", bars.iloc[:50])  # the same bars again: not a change
+    assert store.bar_revision(symbol, "d1") == r1
+    fixed = bars.iloc[[10]].copy()
+    fixed["close"] = fixed["high"]
+    store.upsert_bars(symbol, "d1", fixed)
+    r2 = store.bar_revision(symbol, "d1")
+    assert r2 is not None and r2 > r1
+    other_writer(
+        store,
+        request,
+        "delete from ohlc_bars where symbol = ? and timeframe = ? and ts = ?",
+        symbol,
+        "d1",
+        bars["ts"].iloc[20].to_pydatetime(),
+    )
+    r3 = store.bar_revision(symbol, "d1")
+    assert r3 is not None and r3 > r2
+    store.upsert_bars(symbol, "d1", bars.iloc[50:])  # newer bars: a change too
+    r4 = store.bar_revision(symbol, "d1")
+    assert r4 is not None and r4 > r3
+    assert store.bar_revision(symbol, "w1") is None
+
+
+@pytest.mark.parametrize("change", ["update", "insert", "delete"])
+def test_a_bar_changed_by_any_writer_invalidates_the_cache_from_that_bar_on(
+    store: TrainingStore, symbol: str, request: pytest.FixtureRequest, change: str
+) -> None:
+    feats = real_features("IBM", "d1", 600)  # about 2.4 years: several yearly chunks
+    bars = sample_bars("IBM", "d1", last=600)
+    store.upsert_bars(symbol, "d1", bars)
+    assert store.upsert_feature_cache(
+        symbol, "d1", "v-test", feats, revision=store.bar_revision(symbol, "d1")
+    )
+    first, last = feats["ts"].iloc[0], feats["ts"].iloc[-1]
+    assert len(store.read_feature_cache(symbol, "d1", "v-test", first, last)) == 600
+
+    at = bars["ts"].iloc[400].to_pydatetime()
+    if change == "update":
+        other_writer(
+            store,
+            request,
+            "update ohlc_bars set close = high where symbol = ? and timeframe = ? and ts = ?",
+            symbol,
+            "d1",
+            at,
+        )
+    elif change == "insert":  # a bar that was missing, between two cached ones
+        at = (bars["ts"].iloc[399] + (bars["ts"].iloc[400] - bars["ts"].iloc[399]) / 2).to_pydatetime()
+        other_writer(
+            store,
+            request,
+            "insert into ohlc_bars (symbol, timeframe, ts, open, high, low, close, volume)"
+            " values (?, ?, ?, 10, 11, 9, 10.5, 100)",
+            symbol,
+            "d1",
+            at,
+        )
+    else:
+        other_writer(
+            store,
+            request,
+            "delete from ohlc_bars where symbol = ? and timeframe = ? and ts = ?",
+            symbol,
+            "d1",
+            at,
+        )
+
+    left = store.read_feature_cache(symbol, "d1", "v-test", first, last)
+    assert not (left["ts"] >= pd.Timestamp(at)).any(), "features at or after the changed bar must go"
+    # rows before the chunk holding the change stay (the chunk itself may go whole: recomputed next time)
+    chunk_start = feature_chunks.chunk_start_us(feature_chunks.timestamps_to_us([pd.Timestamp(at)]), "d1")[0]
+    before = feats[feature_chunks.timestamps_to_us(feats["ts"]) < chunk_start]
+    assert len(before) > 100 and set(before["ts"]) <= set(left["ts"])
+    kept = left.set_index("ts").loc[before["ts"]]
+    np.testing.assert_array_equal(kept.to_numpy(), before.set_index("ts").to_numpy())
+
+
+def test_newer_bars_keep_the_cache(store: TrainingStore, symbol: str) -> None:
+    bars = sample_bars("GOOG", "d1", last=WARMUP_BARS + 310)
+    known = bars.iloc[: WARMUP_BARS + 300]
+    feats = add_technical_features(known).iloc[WARMUP_BARS:][["ts", *FEATURE_COLUMNS]]
+    store.upsert_bars(symbol, "d1", known)
+    store.upsert_feature_cache(symbol, "d1", "v-test", feats)
+    store.upsert_bars(symbol, "d1", bars.iloc[WARMUP_BARS + 300 :])  # the nights' new bars, after the cache
+    got = store.read_feature_cache(symbol, "d1", "v-test", feats["ts"].iloc[0], feats["ts"].iloc[-1])
+    assert len(got) == 300
+
+
+def test_a_stale_cache_write_is_dropped(store: TrainingStore, symbol: str) -> None:
+    bars = sample_bars("IXIC", "d1", last=250)
+    feats = real_features("IXIC", "d1", 50)
+    store.upsert_bars(symbol, "d1", bars)
+    read_at = store.bar_revision(symbol, "d1")  # the job reads the revision, then the bars ...
+    fixed = bars.iloc[[-10]].copy()
+    fixed["close"] = fixed["low"]
+    store.upsert_bars(symbol, "d1", fixed)  # ... another writer corrects a bar meanwhile ...
+    assert store.upsert_feature_cache(symbol, "d1", "v-test", feats, revision=read_at) == 0  # ... dropped
+    assert store.read_feature_cache(symbol, "d1", "v-test", feats["ts"].iloc[0], feats["ts"].iloc[-1]).empty
+    now = store.bar_revision(symbol, "d1")
+    assert store.upsert_feature_cache(symbol, "d1", "v-test", feats, revision=now) == 50
+
+
+def cache_storage(store: TrainingStore, request: pytest.FixtureRequest, symbol: str) -> tuple[int, int, int]:
+    """(rows, cached bars, bytes of feature values) of a symbol in the store's cache table."""
+    sql = (
+        "select count(*), coalesce(sum(n_rows), 0), coalesce(sum(length(values_data)), 0)"
+        " from feature_chunks where symbol = ?"
+    )
+    if isinstance(store, SqliteStore):
+        row = store._query(sql, (symbol,))[0]
+    else:
+        row = (
+            request.getfixturevalue("pg")
+            .execute(sql.replace("?", "%s").replace("length(", "octet_length("), (symbol,))
+            .fetchone()
+        )
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def test_feature_cache_is_compact(store: TrainingStore, symbol: str, request: pytest.FixtureRequest) -> None:
+    feats = real_features("IBM", "d1", 1200)  # 1,200 bars x 63 features
+    assert store.upsert_feature_cache(symbol, "d1", "v-test", feats) == 1200
+    rows, cached, value_bytes = cache_storage(store, request, symbol)
+    assert cached == 1200
+    assert rows <= 6, "one row per chunk of bars (a year of d1), not one per bar"
+    assert value_bytes == 8 * 1200 * len(FEATURE_COLUMNS), "8 bytes a value"
+    got = store.read_feature_cache(symbol, "d1", "v-test", feats["ts"].iloc[0], feats["ts"].iloc[-1])
+    np.testing.assert_array_equal(
+        got[list(FEATURE_COLUMNS)].to_numpy(), feats[list(FEATURE_COLUMNS)].to_numpy()
+    )
+
+
+def test_feature_cache_appends_and_merges(
+    store: TrainingStore, symbol: str, request: pytest.FixtureRequest
+) -> None:
+    feats = real_features("GSPC", "d1", 400)
+    store.upsert_feature_cache(symbol, "d1", "v-test", feats.iloc[:399])
+    rows_before = cache_storage(store, request, symbol)[0]
+    store.upsert_feature_cache(symbol, "d1", "v-test", feats.iloc[399:])  # a night's one new row
+    rows, cached, _ = cache_storage(store, request, symbol)
+    assert cached == 400 and rows in (rows_before, rows_before + 1)  # appended to its chunk (or a new one)
+    # overlapping rows: the new values win, the others stay
+    changed = feats.iloc[100:300].copy()
+    changed["ret_1"] = changed["ret_1"] + 1.0
+    store.upsert_feature_cache(symbol, "d1", "v-test", changed)
+    got = store.read_feature_cache(symbol, "d1", "v-test", feats["ts"].iloc[0], feats["ts"].iloc[-1])
+    assert got["ts"].tolist() == feats["ts"].tolist()
+    expected = feats["ret_1"].to_numpy().copy()
+    expected[100:300] += 1.0
+    np.testing.assert_array_equal(got["ret_1"].to_numpy(), expected)
+
+
+def test_sub_microsecond_duplicates_are_refused(store: TrainingStore, symbol: str) -> None:
+    bars = sample_bars("IBM", "d1", last=3)
+    bars["ts"] = bars["ts"].astype("datetime64[ns, UTC]")
+    bars.loc[1, "ts"] = bars.loc[0, "ts"] + pd.Timedelta(nanoseconds=500)  # the same microsecond
+    with pytest.raises(StoreError, match="share ts"):
+        store.upsert_bars(symbol, "d1", bars)
+    assert store.count_bars(symbol, "d1") == 0
+    one = sample_bars("IBM", "d1", last=1)
+    one["ts"] = one["ts"].astype("datetime64[ns, UTC]")
+    one.loc[0, "ts"] = one.loc[0, "ts"] + pd.Timedelta(nanoseconds=999)
+    store.upsert_bars(symbol, "d1", one)  # a single bar: stored at its microsecond, as both stores keep it
+    assert store.read_bars(symbol, "d1")["ts"].iloc[0] == sample_bars("IBM", "d1", last=1)["ts"].iloc[0]
+
+
+@pytest.mark.parametrize("bad", ["../../X", "BRK/B", "a b", "", ".HIDDEN", "X" * 21, "aapl"])
+def test_stores_refuse_invalid_identifiers(store: TrainingStore, bad: str) -> None:
+    bars = sample_bars("IBM", "d1", last=3)
+    with pytest.raises(StoreError, match="invalid symbol"):
+        store.upsert_bars(bad, "d1", bars)
+    with pytest.raises(StoreError, match="invalid timeframe"):
+        store.upsert_bars("IBM", "d2", bars)
+    with pytest.raises(StoreError, match="invalid symbol"):
+        store.upsert_symbols([bad])
+    with pytest.raises(StoreError, match="invalid symbol"):
+        store.upsert_feature_cache(bad, "d1", "v", real_features("IBM", "d1", 2))
+    run_id = new_run(store)
+    ok = ResultRecord(run_id=run_id, symbol=bad, timeframe="d1", status="succeeded", artifact_sha256=SHA)
+    with pytest.raises(StoreError, match="invalid symbol"):
+        store.record_result(ok)
+    assert store.list_results(run_id) == []
+    assert bad not in store.list_active_symbols()
+
+
+def test_find_result_reads_back(store: TrainingStore, symbol: str) -> None:
+    run_id = new_run(store)
+    assert store.find_result(run_id, symbol, "d1") is None
+    store.record_result(
+        ResultRecord(run_id=run_id, symbol=symbol, timeframe="d1", status="skipped", error="x")
+    )
+    row = store.find_result(run_id, symbol, "d1")
+    assert row is not None and row["status"] == "skipped" and row["error"] == "x"
+    assert store.find_result(run_id, symbol, "w1") is None
+
+
+def test_last_training_reports_data_end_and_revision(store: TrainingStore, symbol: str) -> None:
+    assert store.last_training(symbol, "d1") is None
+    run_id = new_run(store)
+    split = {"data_end": "2024-05-06T13:30:00+00:00", "data_revision": 7}
+    store.record_result(
+        ResultRecord(run_id=run_id, symbol=symbol, timeframe="d1", status="succeeded", split=split)
+    )
+    last = store.last_training(symbol, "d1")
+    assert last is not None and last.revision == 7
+    assert pd.Timestamp(last.data_end) == pd.Timestamp("2024-05-06T13:30:00Z")
+
+
+def test_start_sweep_abandons_runs_without_a_heartbeat(
+    store: TrainingStore, request: pytest.FixtureRequest
+) -> None:
+    dead, quiet_but_alive, mine = new_run(store), new_run(store), new_run(store)
+    store.heartbeat(dead)
+    store.heartbeat(quiet_but_alive)
+    old = datetime.now(UTC) - timedelta(hours=2)
+    other_writer(
+        store,
+        request,
+        "update training_runs set heartbeat_at = ?, started_at = ? where run_id = ?",
+        old,
+        old,
+        dead,
+    )
+    other_writer(store, request, "update training_runs set started_at = ? where run_id = ?", old, mine)
+    swept = store.abandon_stale_runs(900, "abandoned: no heartbeat", exclude=mine)
+    assert dead in swept and quiet_but_alive not in swept and mine not in swept
+    assert store.get_run(dead)["status"] == "abandoned" and store.get_run(dead)["finished_at"]
+    assert store.get_run(quiet_but_alive)["status"] == "running"
+    assert store.get_run(mine)["status"] == "running"
+    assert dead not in store.abandon_stale_runs(900, "again")  # only runs still running
+
+
+def test_monitoring_thresholds_round_trip(store: TrainingStore) -> None:
+    current = store.read_monitoring_thresholds()
+    assert current is not None  # the defaults, before any run published its own
+    mine = MonitoringThresholds(
+        metric="test_accuracy",
+        retrain_drop=0.07,
+        disable_runs=4,
+        history_runs=6,
+        max_model_age_days={"m15": 2.0, "h1": 7.0, "h4": 10.0, "d1": 14.5, "w1": 45.0},
+    )
+    try:
+        store.publish_monitoring_thresholds(mine, by="test")
+        assert store.read_monitoring_thresholds() == mine
+    finally:
+        store.publish_monitoring_thresholds(current)  # the Supabase stack is shared by the session

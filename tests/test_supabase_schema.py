@@ -619,7 +619,9 @@ def test_views_return_expected_rows(service_client: Any, authenticated_client: A
                 }
             ).execute()
     # "new" beat "old" and is the champion; the later "challenger" did not replace it
-    service_client.table("model_versions").update({"is_champion": True}).eq("run_id", run_ids["new"]).execute()
+    service_client.table("model_versions").update({"is_champion": True}).eq(
+        "run_id", run_ids["new"]
+    ).execute()
 
     for client in (service_client, authenticated_client):
         latest = client.table("latest_models").select("*").eq("symbol", ticker).execute().data

@@ -21,6 +21,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.cli_parser import OneLineParser
 from ml.src.data.identifiers import SYMBOL_RE, IdentifierError, normalise_symbol
 from ml.src.data.store import BAR_COLUMNS, StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
@@ -149,7 +150,7 @@ def load_file(store: TrainingStore, path: Path, symbol: str | None, timeframe: s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m ml.src.data.load_bars",
         description="Validate and upsert OHLCV CSV files (ts,open,high,low,close,volume; ts in UTC with Z) "
         "into the configured store (Supabase when SUPABASE_URL is set, else the embedded store ML_LOCAL_DB). "

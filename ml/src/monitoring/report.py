@@ -18,7 +18,6 @@ twin of assess_pair; tests check they agree). LIVE comes from the forecasts (`fo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -32,6 +31,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.cli_parser import OneLineParser
 from ml.src.data.identifiers import IdentifierError, normalise_symbol
 from ml.src.data.records import MonitoringThresholds
 from ml.src.data.store import StoreError, TrainingStore
@@ -221,7 +221,7 @@ def table(rows: list[PairHealth]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m ml.src.monitoring.report",
         description="Flag pairs to RETRAIN (accuracy fell, or the champion expired) or DISABLE (the champion "
         "no longer beats its baselines). Exit 0; with --fail-on-flag, 3 when any pair is flagged.",

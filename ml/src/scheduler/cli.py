@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from config.settings import Settings, settings_error_line
+from ml.src.cli_parser import OneLineParser
 from ml.src.scheduler.jobs import ScheduleError, format_schedule, job_specs
 from ml.src.training.exit_codes import EXIT_OK, EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m ml.src.scheduler",
         description=(
             "Run the nightly training on a schedule (APScheduler, UTC cron from ML_SCHEDULE_* settings): "

@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.cli_parser import OneLineParser
 from ml.src.data.identifiers import IdentifierError, normalise_symbol, parse_pair
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
@@ -50,7 +51,7 @@ def parse_as_of(text: str) -> datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m ml.src.training.ensemble_training_job",
         description=(
             "Train a RandomForest + gradient-boosting ensemble per (symbol, timeframe) on the store's bars, "

@@ -28,7 +28,7 @@ from ml.src.training.artifacts import (
 )
 from ml.src.training.ensemble_training_job import main, train_ensemble_for_symbol_timeframe
 from ml.src.training.registry import load_champion, prune_versions
-from tests.sample_bars import sample_bars
+from tests.factories import sample_bars
 
 KEY = "0123456789abcdef-test-key-0123456789"
 RUN = "3f2b9c1e-1111-4222-8333-444455556666"

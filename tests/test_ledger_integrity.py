@@ -19,7 +19,7 @@ from ml.src.training import job_cli, run_loop, stop
 from ml.src.training.ensemble_training_job import main
 from ml.src.training.registry import load_champion
 from ml.src.training.run_loop import run_job
-from tests.sample_bars import sample_bars
+from tests.factories import sample_bars
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from ml.src.scheduler import cli as scheduler_cli
 from ml.src.training import run_loop
 from ml.src.training.ensemble_training_job import main
 from ml.src.training.registry import load_champion
-from tests.sample_bars import SAMPLE_DATA, sample_bars, sample_csv, write_csv
+from tests.factories import SAMPLE_DATA, sample_bars, sample_csv
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,11 @@ def scheduled_runs(db: Path) -> list[tuple[str, int, int, int]]:
             "select status, n_succeeded, n_failed, n_skipped from training_runs where trigger = 'scheduled'"
             " order by started_at"
         ).fetchall()
+
+
+def write_csv(frame, path: Path) -> Path:
+    frame.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+    return path
 
 
 def canonical(value: object) -> str:

@@ -87,7 +87,9 @@ def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, caps
     assert code == 0
     assert again["results"][0]["metrics"]["ensemble"] == r["metrics"]["ensemble"]
     assert (
-        pg.execute("select sum(n_rows) from feature_chunks where symbol='IXIC' and timeframe='d1'").fetchone()[0]
+        pg.execute(
+            "select sum(n_rows) from feature_chunks where symbol='IXIC' and timeframe='d1'"
+        ).fetchone()[0]
         == 2200
     )
 

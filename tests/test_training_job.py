@@ -78,7 +78,7 @@ def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest
             assert key in m, (name, key)
     assert sum(r["metrics"]["class_counts"]["test"].values()) == r["n_test"]
     # the ledger's path is relative to ML_MODELS_DIR; artifact_file is where it is on this host
-    assert r["artifact_path"] == "AAPL/d1/" + Path(r["artifact_file"]).name
+    assert r["artifact_path"] == "GOOG/d1/" + Path(r["artifact_file"]).name
     assert Path(r["artifact_file"]) == Path(embedded_store.path).parent / "models" / r["artifact_path"]
     assert sha256_file(r["artifact_file"]) == r["artifact_sha256"]
 
@@ -117,7 +117,7 @@ def test_intraday_pairs_train_end_to_end(
         assert r["n_train"] + r["n_valid"] + r["n_test"] + 2 * h == 400 - h
         trading = r["metrics"]["trading"]
         assert trading["horizon"] == h and trading["bars_per_year"] == specs[tf].bars_per_year
-        assert sha256_file(r["artifact_path"]) == r["artifact_sha256"]
+        assert sha256_file(r["artifact_file"]) == r["artifact_sha256"]
 
 
 def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore, ml_env: Path) -> None:

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     default_symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["SPY", "QQQ", "AAPL"])
     timeframes: dict[str, TimeframeSpec] = Field(default_factory=lambda: dict(DEFAULT_TIMEFRAMES))
     threshold_mode: ThresholdMode = "fixed"
+    # The feature cache: `auto` uses it where it costs less than computing (the embedded store), `on`/`off` force
+    # it. Measured in docs/benchmarks.md (scripts/bench_cache.py).
+    feature_cache: Literal["auto", "on", "off"] = "auto"
 
     # --- split ------------------------------------------------------------------------------------------
     train_fraction: float = Field(default=0.6, gt=0, lt=1)

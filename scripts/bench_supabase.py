@@ -34,7 +34,7 @@ from bench_models import (  # noqa: E402  (needs the sys.path lines above)
     median,
 )
 
-ML_TABLES = "feature_cache, training_results, model_versions, training_runs, job_leases"
+ML_TABLES = "feature_chunks, training_results, model_versions, training_runs, job_leases"
 
 
 def parse_exports(text: str) -> dict[str, str]:

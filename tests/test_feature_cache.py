@@ -48,3 +48,21 @@ def test_only_missing_rows_are_computed_and_values_match_a_fresh_computation(emb
         "GSPC", "d1", FEATURE_SET_VERSION, bars["ts"].iloc[0], bars["ts"].iloc[-1]
     )
     assert len(cached) == 650 and cached["ts"].iloc[0] == old["ts"].iloc[WARMUP_BARS]
+
+
+def test_the_cache_is_used_where_it_pays(embedded_store: SqliteStore) -> None:
+    from ml.src.data.supabase_db import SupabaseStore
+    from ml.src.features.feature_cache import cache_in_use
+
+    assert cache_in_use("auto", embedded_store) is True  # measured: cheaper than computing (benchmarks.md)
+    assert SupabaseStore.feature_cache_pays is False  # measured: one PostgREST round trip costs more
+    assert cache_in_use("off", embedded_store) is False
+    assert cache_in_use("on", embedded_store) is True
+
+
+def test_without_the_cache_nothing_is_read_or_written(embedded_store: SqliteStore) -> None:
+    bars = sample_bars("IBM", "d1", last=500 + WARMUP_BARS)
+    got = features_for_window(embedded_store, "IBM", "d1", bars, use_cache=False)
+    assert (got.n_cached, got.n_computed) == (0, 500)
+    rows = embedded_store._query("select count(*) from feature_chunks")[0][0]
+    assert rows == 0

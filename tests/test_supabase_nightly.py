@@ -80,12 +80,17 @@ def test_the_universe_trains_what_exists_and_a_bad_row_fails_alone(store: Supaba
     assert pg.execute("select status from training_runs where run_id = %s", (report.run_id,)).fetchone() == (
         "partial",
     )
+    # ML_FEATURE_CACHE=auto: through PostgREST the features are computed, not cached (cheaper, measured)
+    assert pg.execute("select count(*) from feature_chunks where symbol = %s", (has_bars,)).fetchone() == (0,)
 
 
 # ---- 2. a bar corrected by plain SQL ---------------------------------------------------------------------------------------
 
 
-def test_a_bar_corrected_by_sql_retrains_to_the_result_of_a_fresh_load(store: SupabaseStore, pg) -> None:
+def test_a_bar_corrected_by_sql_retrains_to_the_result_of_a_fresh_load(
+    store: SupabaseStore, pg, monkeypatch
+) -> None:
+    monkeypatch.setenv("ML_FEATURE_CACHE", "on")  # with the cache, so the triggers must keep it honest
     corrected_symbol, fresh_symbol = ticker(), ticker()
     bars = sample_bars("IXIC", "d1", last=800)
     store.upsert_bars(corrected_symbol, "d1", bars)

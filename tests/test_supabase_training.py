@@ -35,7 +35,12 @@ def supabase_env(
     return supabase_stack
 
 
-def test_big_pair_trains_end_to_end_and_every_row_arrives(supabase_env, pg, capsys, tmp_path) -> None:
+def test_big_pair_trains_end_to_end_and_every_row_arrives(
+    supabase_env, pg, capsys, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv(
+        "ML_FEATURE_CACHE", "on"
+    )  # the cache through PostgREST (off by default there: measured)
     # IXIC d1 as shipped (2,500 bars, past the 1,000-row cap), loaded through the CLI into Postgres via PostgREST
     src = sample_csv("IXIC", "d1")
     pg.execute("delete from ohlc_bars where symbol = 'IXIC' and timeframe = 'd1'")

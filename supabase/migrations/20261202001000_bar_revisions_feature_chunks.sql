@@ -226,7 +226,9 @@ end;
 $$;
 
 -- Chunks holding any row with p_start <= ts <= p_end (or exactly the chunks starting at p_chunk_starts), ordered by
--- chunk_start, as one JSON array (a scalar result: PostgREST's row cap does not apply).
+-- chunk_start, as one JSON array (a scalar result: PostgREST's row cap does not apply). json, not jsonb, and base64
+-- as encode() writes it (with its line breaks, which decoders skip): measured 2x faster to build than jsonb with the
+-- line breaks stripped.
 create function public.feature_chunks_get(
   p_symbol       text,
   p_timeframe    text,
@@ -234,19 +236,19 @@ create function public.feature_chunks_get(
   p_start        timestamptz,
   p_end          timestamptz,
   p_chunk_starts timestamptz[] default null
-) returns jsonb
+) returns json
 language sql
 stable
 security invoker
 set search_path = public, pg_temp
 as $$
-  select coalesce(jsonb_agg(jsonb_build_object(
+  select coalesce(json_agg(json_build_object(
            'chunk_start', c.chunk_start,
            'n_rows', c.n_rows,
-           'columns', to_jsonb(c.columns),
-           'ts', translate(encode(c.ts_data, 'base64'), E'\n', ''),
-           'values', translate(encode(c.values_data, 'base64'), E'\n', ''))
-         order by c.chunk_start), '[]'::jsonb)
+           'columns', c.columns,
+           'ts', encode(c.ts_data, 'base64'),
+           'values', encode(c.values_data, 'base64'))
+         order by c.chunk_start), '[]'::json)
     from public.feature_chunks c
    where c.symbol = p_symbol and c.timeframe = p_timeframe and c.feature_version = p_version
      and (case when p_chunk_starts is null

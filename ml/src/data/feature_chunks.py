@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -95,8 +95,9 @@ def feature_matrix(label: str, features: pd.DataFrame) -> tuple[np.ndarray, tupl
 
     Refuses non-finite values (a cache must never serve a NaN as a feature) and duplicate timestamps.
     """
-    cols = tuple(str(c) for c in features.columns if c != "ts")
-    values = features.loc[:, list(cols)].to_numpy(dtype="float64")
+    rest = features.drop(columns="ts")
+    cols = tuple(str(c) for c in rest.columns)
+    values = rest.to_numpy(dtype="float64")
     if not np.isfinite(values).all():
         raise StoreError(f"{label}: refusing to cache non-finite feature values")
     ts = timestamps_to_us(features["ts"])
@@ -133,16 +134,30 @@ def merge_chunks(old: FeatureChunk | None, new: FeatureChunk) -> FeatureChunk:
 
 
 def chunks_to_frame(chunks: Sequence[FeatureChunk], start_us: int, end_us: int) -> pd.DataFrame:
-    """The rows with start <= ts <= end: a `ts` column plus one column per feature, ascending."""
-    parts = []
-    for c in chunks:
-        rows = (c.ts_us >= start_us) & (c.ts_us <= end_us)
-        if rows.any():
-            part = pd.DataFrame(c.values[rows], columns=list(c.columns))
-            part.insert(0, "ts", pd.to_datetime(c.ts_us[rows], unit="us", utc=True))
-            parts.append(part)
-    if not parts:
+    """The rows with start <= ts <= end: a `ts` column plus one column per feature, ascending.
+
+    `chunks` come ordered by chunk_start (as the stores return them), so their rows are already in time order.
+    """
+    if not chunks:
         return pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
-    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    frame["ts"] = frame["ts"].astype("datetime64[ns, UTC]")
+    columns = chunks[0].columns
+    if any(c.columns != columns for c in chunks):  # a feature set changed within a version: keep the newest's
+        columns = chunks[-1].columns
+        chunks = [c for c in chunks if c.columns == columns]
+    ts = np.concatenate([c.ts_us for c in chunks])
+    values = np.concatenate([c.values for c in chunks]) if len(chunks) > 1 else chunks[0].values
+    rows = (ts >= start_us) & (ts <= end_us)
+    frame = pd.DataFrame(values[rows], columns=list(columns))
+    frame.insert(0, "ts", pd.to_datetime(ts[rows], unit="us", utc=True).as_unit("ns"))
+    if frame["ts"].is_monotonic_increasing:
+        return frame
     return frame.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def text_to_us(text: str) -> int:
+    """`2024-01-02T14:30:00.000000Z` (the embedded store's timestamp text) as microseconds since the epoch."""
+    moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

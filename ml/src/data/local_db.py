@@ -24,6 +24,7 @@ from ml.src.data.feature_chunks import (
     feature_matrix,
     merge_chunks,
     split_into_chunks,
+    text_to_us,
     timestamps_to_us,
 )
 from ml.src.data.records import (
@@ -486,7 +487,7 @@ class SqliteStore(TrainingStore):
     def _chunks(self, conn: sqlite3.Connection, sql: str, params: tuple) -> list[FeatureChunk]:
         out = []
         for r in conn.execute(sql, params).fetchall():
-            start_us = int(timestamps_to_us([pd.Timestamp(r["chunk_start"])])[0])
+            start_us = text_to_us(r["chunk_start"])
             out.append(
                 FeatureChunk.from_bytes(start_us, json.loads(r["columns"]), r["ts_data"], r["values_data"])
             )
@@ -514,7 +515,7 @@ class SqliteStore(TrainingStore):
         ts, cols, values = feature_matrix(f"{symbol}/{timeframe}", features)
         chunks = split_into_chunks(timeframe, ts, cols, values)
         now = _now()
-        with self._immediate() as conn:
+        with self._immediate(durable=False) as conn:
             if revision is not None:
                 row = conn.execute(
                     "select revision from bar_revisions where symbol = ? and timeframe = ?",
@@ -789,9 +790,19 @@ class SqliteStore(TrainingStore):
 
     # --- leases: one writer at a time via BEGIN IMMEDIATE; times from this process's clock -----------
     @contextmanager
-    def _immediate(self) -> Iterator[sqlite3.Connection]:
+    def _immediate(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: one writer at a time), under the store's lock.
+
+        durable=False commits without waiting for the disk (synchronous=NORMAL for this transaction only; the
+        connection's own setting is restored): for the feature cache, which a crash may lose but never corrupt
+        (WAL), and which is recomputed on demand.
+        """
         with self._lock:
+            previous = None
             try:
+                if not durable:
+                    previous = self._conn.execute("pragma synchronous").fetchone()[0]
+                    self._conn.execute("pragma synchronous = normal")
                 self._conn.execute("begin immediate")
                 try:
                     yield self._conn
@@ -800,7 +811,10 @@ class SqliteStore(TrainingStore):
                     raise
                 self._conn.execute("commit")
             except sqlite3.Error as exc:
-                raise StoreError(f"embedded store lease operation failed: {exc}") from exc
+                raise StoreError(f"embedded store write failed: {exc}") from exc
+            finally:
+                if previous is not None:
+                    self._conn.execute(f"pragma synchronous = {int(previous)}")
 
     def acquire_leases(self, names, holder, ttl_s, run_id=None) -> LeaseGrant:
         wanted = sorted(set(names))

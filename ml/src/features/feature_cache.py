@@ -52,10 +52,12 @@ def features_for_window(
     bars: pd.DataFrame,
     warmup_bars: int = WARMUP_BARS,
     revision: int | None = None,
+    use_cache: bool = True,
 ) -> FeatureFrame:
     """Features for bars[warmup_bars:], from the cache where present and computed (and cached) otherwise.
 
-    `bars` must carry at least `warmup_bars` rows of history before the window.
+    `bars` must carry at least `warmup_bars` rows of history before the window. With use_cache=False the store
+    is not touched: every row is computed (see `cache_in_use` for when that is the cheaper way).
     """
     warmup_bars = max(warmup_bars, WARMUP_BARS)
     if len(bars) <= warmup_bars:
@@ -64,7 +66,11 @@ def features_for_window(
         )
     window = bars.iloc[warmup_bars:].reset_index(drop=True)
     start, end = window["ts"].iloc[0], window["ts"].iloc[-1]
-    cached = store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
+    cached = (
+        store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
+        if use_cache
+        else pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
+    )
     if not cached.empty and set(FEATURE_COLUMNS).issubset(cached.columns):
         cached = cached.loc[_finite_rows(cached), ["ts", *FEATURE_COLUMNS]]
         cached = cached[cached["ts"].isin(window["ts"])]
@@ -83,7 +89,8 @@ def features_for_window(
             raise FeatureError(
                 f"{symbol}/{timeframe}: non-finite features at {first.isoformat()} after warm-up"
             )
-        store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed, revision=revision)
+        if use_cache:
+            store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed, revision=revision)
         parts.append(computed)
     # The window is non-empty, so at least one part has rows.
     merged = pd.concat([p for p in parts if not p.empty], ignore_index=True)
@@ -93,6 +100,18 @@ def features_for_window(
     merged[list(FEATURE_COLUMNS)] = merged[list(FEATURE_COLUMNS)].astype("float64")
     merged.insert(1, "close", window["close"].to_numpy())
     return FeatureFrame(frame=merged, n_cached=len(window) - n_computed, n_computed=n_computed)
+
+
+def cache_in_use(setting: str, store: TrainingStore) -> bool:
+    """ML_FEATURE_CACHE: `on`, `off`, or `auto` = the store's own default (`TrainingStore.feature_cache_pays`).
+
+    The default is by measurement (docs/benchmarks.md, scripts/bench_cache.py): for the embedded store reading
+    and writing the cache costs less than computing the features; through PostgREST one round trip already
+    costs more than computing them, so a Supabase deployment computes them unless told otherwise.
+    """
+    if setting == "auto":
+        return bool(store.feature_cache_pays)
+    return setting == "on"
 
 
 def fetch_or_build_features(

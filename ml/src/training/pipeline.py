@@ -22,7 +22,7 @@ import pandas as pd
 from config.settings import Settings, TimeframeSpec
 from ml.src.data.records import ModelVersionRecord
 from ml.src.data.store import StoreError, TrainingStore
-from ml.src.features.feature_cache import FeatureError, features_for_window
+from ml.src.features.feature_cache import FeatureError, cache_in_use, features_for_window
 from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VERSION, WARMUP_BARS
 from ml.src.training import artifacts, report_data
 from ml.src.training.labels import (
@@ -158,7 +158,15 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
 
     t0 = time.perf_counter()
     try:
-        feats = features_for_window(store, req.symbol, req.timeframe, bars, warmup, revision=revision)
+        feats = features_for_window(
+            store,
+            req.symbol,
+            req.timeframe,
+            bars,
+            warmup,
+            revision=revision,
+            use_cache=cache_in_use(settings.feature_cache, store),
+        )
     except FeatureError as exc:
         raise PairFailure(str(exc)) from exc
     timings["features"] = time.perf_counter() - t0

@@ -1,0 +1,219 @@
+"""Does the feature cache pay for itself? Time to compute features vs. to write and read them, and the space.
+
+    .venv/bin/python scripts/bench_cache.py                          # this checkout, both stores
+    .venv/bin/python scripts/bench_cache.py --repo /tmp/before       # another checkout's code (e.g. the old cache)
+
+For N pairs (real daily bars: ML_TEST_DATA's d1 files when present, else the shipped ml/sample_data) of
+`--bars` bars each (plus the 200-bar warm-up), per store (a fresh embedded SQLite file; a fresh local Supabase
+stack started from the checkout's own scripts/local_supabase.sh and migrations), median over `--repeats`:
+
+- compute: add_technical_features over each pair's bars (what the cache saves),
+- write:   upsert_feature_cache of every pair's rows into an empty cache (a first night),
+- read:    read_feature_cache of every pair's window (a fully cached night),
+- append:  upsert_feature_cache of one more row per pair (a night's new bar),
+- size:    bytes the cache takes per cached bar (SQLite: file growth after a checkpoint; Postgres:
+           pg_total_relation_size of the cache table, TOAST and indexes included).
+
+Only the public store API is used (read_feature_cache / upsert_feature_cache with the signature both versions
+share), so the same script measures the code before and after a change. Results go to --out as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", type=Path, default=HERE, help="checkout whose code and migrations to measure")
+    p.add_argument("--pairs", type=int, default=10)
+    p.add_argument("--bars", type=int, default=500, help="cached bars per pair (the training window)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--stores", nargs="+", default=["embedded", "supabase"], choices=["embedded", "supabase"])
+    p.add_argument("--out", type=Path, default=HERE / "bench_results" / "cache.json")
+    return p.parse_args(argv)
+
+
+def data_files(n: int) -> list[Path]:
+    shared = Path(os.environ.get("ML_TEST_DATA") or HERE.parent / "shared" / "data")
+    files = sorted(shared.glob("*_d1.csv")) if shared.is_dir() else []
+    if len(files) < n:
+        files = sorted((HERE / "ml" / "sample_data").glob("*_d1.csv"))
+    if not files:
+        raise SystemExit("no daily bars found (ML_TEST_DATA or ml/sample_data)")
+    return [files[i % len(files)] for i in range(n)]
+
+
+def median_time(fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
+    samples = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def start_stack(repo: Path) -> dict[str, str]:
+    out = subprocess.run(
+        [str(repo / "scripts" / "local_supabase.sh"), "start"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            key, value = line[len("export ") :].split("=", 1)
+            env[key] = value.strip("'")
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    repo = args.repo.resolve()
+    sys.path.insert(0, str(repo))  # that checkout's code, not this one's
+    import pandas as pd
+
+    from ml.src.data.local_db import SqliteStore
+    from ml.src.features.technical_indicators import FEATURE_SET_VERSION, WARMUP_BARS, add_technical_features
+
+    files = data_files(args.pairs)
+    pairs = []
+    for i, path in enumerate(files):
+        raw = pd.read_csv(path)
+        raw["ts"] = pd.to_datetime(raw["ts"], utc=True, format="ISO8601")
+        bars = raw.iloc[-(args.bars + WARMUP_BARS + 1) :].reset_index(drop=True)
+        symbol = f"B{i:02d}{path.stem.split('_')[0][:6]}"
+        feats = add_technical_features(bars).iloc[WARMUP_BARS:].reset_index(drop=True)
+        cols = [c for c in feats.columns if c not in ("ts", "open", "high", "low", "close", "volume")]
+        feats = feats[["ts", *cols]]
+        pairs.append((symbol, bars, feats.iloc[:-1], feats.iloc[-1:]))
+    version = f"{FEATURE_SET_VERSION}-bench"
+    n_rows = args.bars * len(pairs)
+
+    def compute() -> None:
+        for _, bars, _, _ in pairs:
+            add_technical_features(bars.iloc[:-1])
+
+    result: dict[str, Any] = {
+        "repo": str(repo),
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip(),
+        "pairs": len(pairs),
+        "bars_per_pair": args.bars,
+        "features": pairs[0][2].shape[1] - 1,
+        "repeats": args.repeats,
+        "data": [str(p) for p in files],
+        "compute_s": median_time(compute, args.repeats),
+        "stores": {},
+    }
+
+    def measure(store: Any, clear: Callable[[], None], size: Callable[[], int]) -> dict[str, Any]:
+        for symbol, bars, _, _ in pairs:
+            store.upsert_bars(symbol, "d1", bars)
+        clear()
+        base = size()
+
+        def write() -> None:
+            for symbol, _, feats, _ in pairs:
+                store.upsert_feature_cache(symbol, "d1", version, feats)
+
+        def read() -> None:
+            for symbol, _, feats, _ in pairs:
+                got = store.read_feature_cache(
+                    symbol, "d1", version, feats["ts"].iloc[0], feats["ts"].iloc[-1]
+                )
+                assert len(got) == len(feats), (symbol, len(got))
+
+        def append() -> None:
+            for symbol, _, _, last in pairs:
+                store.upsert_feature_cache(symbol, "d1", version, last)
+
+        out = {
+            "write_s": median_time(write, args.repeats, setup=clear),
+            "read_s": median_time(read, args.repeats),
+        }
+        out["append_s"] = median_time(append, args.repeats, setup=lambda: (clear(), write()))
+        clear()
+        write()
+        out["size_bytes"] = size() - base
+        out["bytes_per_cached_bar"] = round(out["size_bytes"] / n_rows, 1)
+        return out
+
+    if "embedded" in args.stores:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "bench.sqlite3"
+            store = SqliteStore(db)
+            table = (
+                "feature_chunks"
+                if store._query("select 1 from sqlite_master where name = 'feature_chunks'")
+                else "feature_cache"
+            )
+
+            def clear_sqlite() -> None:
+                store._write(f"delete from {table}")
+                store._conn.execute("vacuum")
+
+            def size_sqlite() -> int:
+                store._conn.execute("pragma wal_checkpoint(TRUNCATE)")
+                return db.stat().st_size
+
+            result["stores"]["embedded"] = {"table": table, **measure(store, clear_sqlite, size_sqlite)}
+            store.close()
+
+    if "supabase" in args.stores:
+        import psycopg
+
+        from ml.src.data.supabase_db import SupabaseStore
+
+        env = start_stack(repo)
+        try:
+            with psycopg.connect(env["DATABASE_URL"], autocommit=True) as pg:
+                table = pg.execute(
+                    "select case when to_regclass('public.feature_chunks') is null then 'feature_cache'"
+                    " else 'feature_chunks' end"
+                ).fetchone()[0]
+
+                def clear_pg() -> None:
+                    pg.execute(f"truncate public.{table}")
+
+                def size_pg() -> int:
+                    pg.execute(f"vacuum public.{table}")
+                    return int(pg.execute(f"select pg_total_relation_size('public.{table}')").fetchone()[0])
+
+                with SupabaseStore(env["SUPABASE_URL"], env["SUPABASE_SERVICE_ROLE_KEY"]) as store:
+                    result["stores"]["supabase"] = {"table": table, **measure(store, clear_pg, size_pg)}
+        finally:
+            subprocess.run(
+                [str(repo / "scripts" / "local_supabase.sh"), "stop", env["STACK_DIR"]],
+                cwd=repo,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

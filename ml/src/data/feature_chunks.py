@@ -80,6 +80,12 @@ def us_to_timestamp(us: int) -> pd.Timestamp:
 
 def timestamps_to_us(ts: pd.Series | pd.DatetimeIndex | Sequence[pd.Timestamp]) -> np.ndarray:
     """UTC timestamps as int64 microseconds since the epoch (sub-microsecond parts are floored, as stored)."""
+    if isinstance(ts, pd.Series) and isinstance(ts.dtype, pd.DatetimeTZDtype):  # the common case, without copies
+        raw = np.asarray(ts.array.asi8, dtype=np.int64)
+        unit = ts.dtype.unit
+        if unit in ("s", "ms"):
+            return raw * (1_000_000 if unit == "s" else 1_000)
+        return np.floor_divide(raw, 1_000 if unit == "ns" else 1)
     index = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).floor("us")
     return np.asarray(index.as_unit("us").asi8, dtype=np.int64)
 

@@ -80,7 +80,9 @@ def us_to_timestamp(us: int) -> pd.Timestamp:
 
 def timestamps_to_us(ts: pd.Series | pd.DatetimeIndex | Sequence[pd.Timestamp]) -> np.ndarray:
     """UTC timestamps as int64 microseconds since the epoch (sub-microsecond parts are floored, as stored)."""
-    if isinstance(ts, pd.Series) and isinstance(ts.dtype, pd.DatetimeTZDtype):  # the common case, without copies
+    if isinstance(ts, pd.Series) and isinstance(
+        ts.dtype, pd.DatetimeTZDtype
+    ):  # the common case, without copies
         raw = np.asarray(ts.array.asi8, dtype=np.int64)
         unit = ts.dtype.unit
         if unit in ("s", "ms"):

@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open_store(settings) as store:
             rows = build_report(store, settings, symbol, args.timeframe)
+            rules = thresholds_in_force(store, settings)
             if args.html:
                 from ml.src.monitoring.html_report import write_html_report
 
@@ -269,7 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot write the report: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps([r.to_dict() for r in rows]) if args.json else table(rows))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows]))
+    else:
+        print(
+            f"thresholds (monitoring_settings): {rules.metric}, retrain_drop {rules.retrain_drop:g}, "
+            f"history_runs {rules.history_runs}, disable_runs {rules.disable_runs}"
+        )
+        print(table(rows))
     return 3 if args.fail_on_flag and any(r.flags for r in rows) else 0
 
 

@@ -28,6 +28,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from config.settings import Settings
+from ml.src.log_setup import quiet_http_clients
 from ml.src.scheduler.jobs import JobSpec, both_zones, job_defaults, job_specs, next_fire_times
 from ml.src.scheduler.ledger import RunLedgerListener, StoreFactory
 from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE
@@ -359,6 +360,7 @@ def configure_logging(verbose: bool = False) -> Callable[[], None]:
     job re-configures the root logger on every run. Levels: the scheduler INFO (DEBUG with verbose),
     APScheduler INFO, training whatever the training job sets (warnings with --quiet).
     """
+    quiet_http_clients()  # the ledger's store calls: no line per HTTP request
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(job_id)s]: %(message)s"))
     handler.addFilter(JobIdFilter())

@@ -37,10 +37,10 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--pairs", "GOOG:d2"], "--pairs 'GOOG:d2': expected SYMBOL:TF"),
+        (["--pairs", "GOOG:d2"], "--pairs 'GOOG:d2': invalid timeframe 'd2'"),
         (["--pairs", "GOOG"], "expected SYMBOL:TF"),
         (["--as-of", "yesterday-ish"], "--as-of 'yesterday-ish' is not an ISO-8601 timestamp"),
-        (["--symbols", "BRK/B"], "invalid symbol(s): BRK/B"),
+        (["--symbols", "BRK/B"], "invalid symbol 'BRK/B'"),
     ],
 )
 def test_bad_usage_is_exit_2_with_one_line(
@@ -78,7 +78,7 @@ def test_a_champion_whose_file_is_gone_fails_only_its_pair(
     with conn:
         conn.execute(
             "update model_versions set artifact_path = ? where symbol = 'IBM'",
-            (str(tmp_path / "gone.joblib"),),
+            ("IBM/w1/gone.joblib",),  # inside ML_MODELS_DIR (relative to it, as the ledger records paths)
         )
     conn.close()
     assert forecast_job.main(["--pairs", "IBM:w1", "GOOG:d1"]) == 1

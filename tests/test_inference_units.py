@@ -143,8 +143,8 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
         store.upsert_bars("GOOG", "d1", sample_bars("GOOG", "d1", first=900))
         report = run_job(store, settings, ["GOOG"], ["d1"], workers=1)
     [result] = report.results
-    assert result.artifact_path and result.artifact_sha256
-    return Path(result.artifact_path), result.artifact_sha256
+    assert result.artifact_file and result.artifact_sha256  # artifact_path is relative to ML_MODELS_DIR
+    return Path(result.artifact_file), result.artifact_sha256
 
 
 @pytest.mark.slow

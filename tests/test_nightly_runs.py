@@ -101,6 +101,24 @@ def test_a_bad_symbols_row_fails_only_its_own_pairs(embedded_store: SqliteStore,
     assert recorded == {"IBM": "succeeded", "BRK/B": "failed"}
 
 
+def test_the_nightly_schedule_with_a_bad_symbols_row_fails_only_its_pairs(
+    embedded_store: SqliteStore, ml_env: Path, capsys
+) -> None:
+    embedded_store.upsert_bars("IBM", "w1", sample_bars("IBM", "w1", last=500))
+    embedded_store.upsert_symbols(["IBM"])
+    with sqlite3.connect(embedded_store.path) as conn:
+        conn.execute("insert into symbols (ticker, active, created_at) values ('BRK/B', 1, '2026-01-01')")
+    # exit 1 (the bad row's pairs failed, someone must fix it), not 2: the schedule itself is fine
+    assert scheduler_cli.main(["--once"]) == 1
+    capsys.readouterr()
+    weekly = embedded_store._query(
+        "select r.symbol, r.status from training_results r join training_runs t using (run_id)"
+        " where t.trigger = 'scheduled' and r.timeframe = 'w1' order by r.symbol"
+    )
+    assert [tuple(r) for r in weekly] == [("BRK/B", "failed"), ("IBM", "succeeded")]
+    assert embedded_store.list_forecasts("IBM", "w1")  # the forecast step after training went on too
+
+
 def test_pairs_trains_exactly_the_named_pairs(embedded_store: SqliteStore, capsys) -> None:
     embedded_store.upsert_bars("GOOG", "w1", sample_bars("GOOG", "w1"))
     embedded_store.upsert_bars("IXIC", "d1", sample_bars("IXIC", "d1", last=700))

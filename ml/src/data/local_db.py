@@ -746,6 +746,7 @@ class SqliteStore(TrainingStore):
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot record forecast outcomes: {exc}") from exc
         return changed
+
     def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
         cutoff = format_ts(datetime.now(UTC) - timedelta(seconds=ttl_s))
         where = "status = 'running' and coalesce(heartbeat_at, started_at) < ? and run_id is not ?"

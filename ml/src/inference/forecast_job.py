@@ -21,8 +21,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
-from ml.src.data.load_bars import SYMBOL_RE
-from ml.src.data.store import StoreError, TrainingStore, unique_upper
+from ml.src.data.identifiers import IdentifierError, check_symbol, normalise_symbol
+from ml.src.data.identifiers import parse_pair as parse_symbol_pair
+from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ml.src.training.job_cli import UsageError, parse_as_of, setup_logging
@@ -69,11 +70,10 @@ class ForecastRun:
 
 
 def parse_pair(text: str) -> tuple[str, str]:
-    symbol, sep, tf = text.partition(":")
-    symbol = symbol.strip().upper()
-    if not sep or tf not in TIMEFRAMES or not SYMBOL_RE.match(symbol):
-        raise UsageError(f"--pairs {text!r}: expected SYMBOL:TF with TF one of {' '.join(TIMEFRAMES)}")
-    return symbol, tf
+    try:
+        return parse_symbol_pair(text)
+    except IdentifierError as exc:
+        raise UsageError(f"--pairs {text!r}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,12 +136,19 @@ def resolve_pairs(
         if not symbols:  # nothing trained yet, so nothing to forecast: not an error for the scheduled step
             log.warning("--all: the store has no active symbols: nothing to forecast")
             return []
+        valid = []
+        for symbol in symbols:  # a bad row of the table never trained, so it has nothing to forecast
+            try:
+                valid.append(check_symbol(symbol))
+            except IdentifierError as exc:
+                log.warning("skipped a row of the symbols table: %s", exc)
+        symbols = valid
     else:
-        symbols = list(args.symbols or settings.default_symbols)
-    symbols = unique_upper(symbols)
-    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
-    if bad:
-        raise UsageError(f"invalid symbol(s): {', '.join(bad)}")
+        try:
+            symbols = [normalise_symbol(s) for s in (args.symbols or settings.default_symbols)]
+        except IdentifierError as exc:
+            raise UsageError(str(exc)) from None
+    symbols = list(dict.fromkeys(symbols))
     return [(s, tf) for s in symbols for tf in args.timeframes]
 
 

@@ -78,10 +78,11 @@ def test_returns_new_frame_with_same_rows_index_and_appended_features() -> None:
     assert list(out.columns) == [*df.columns, *FEATURE_COLUMNS]
     pd.testing.assert_frame_equal(out.loc[:, list(df.columns)], original)
     assert (out.loc[:, list(FEATURE_COLUMNS)].dtypes == np.float64).all()
-    # Every feature is defined from WARMUP_BARS on, and the longest ones really need the warm-up.
+    # Every feature is defined from WARMUP_BARS on, and the longest ones really need the whole warm-up: it is
+    # the features' own memory, not a guess (the job fetches exactly this much history).
     feats = out.loc[:, list(FEATURE_COLUMNS)]
     assert feats.iloc[WARMUP_BARS:].notna().all().all()
-    assert feats.iloc[: WARMUP_BARS // 2].isna().any(axis=1).all()
+    assert feats.iloc[:WARMUP_BARS].isna().any(axis=1).all()
 
 
 def test_recomputing_on_an_output_frame_replaces_the_features() -> None:
@@ -300,20 +301,21 @@ def test_finite_memory_smoothers_equal_talib_on_the_trailing_window() -> None:
 
 
 def test_close_to_full_history_talib() -> None:
-    """Truncating the recursions' memory changes the indicators only negligibly."""
+    """Truncating the recursions' memory to fit WARMUP_BARS changes the indicators only negligibly (about 1e-3
+    on 0..1 oscillators, against their natural spread of ~0.1)."""
     df = bars("sample/GSPC_d1")
     out = add_technical_features(df).iloc[WARMUP_BARS + 100 :]
     h, lo, c, v = (df[col].to_numpy(dtype=np.float64) for col in ("high", "low", "close", "volume"))
     tail = slice(WARMUP_BARS + 100, None)
     macd, signal, _ = talib.MACD(c, 12, 26, 9)
     stoch_k, stoch_d = talib.STOCH(h, lo, c, 14, 3, 0, 3, 0)
-    np.testing.assert_allclose(out["rsi_14"], talib.RSI(c, 14)[tail] / 100.0, atol=1e-4)
-    np.testing.assert_allclose(out["natr_14"], talib.NATR(h, lo, c, 14)[tail] / 100.0, rtol=1e-4)
-    np.testing.assert_allclose(out["macd"], macd[tail] / c[tail], atol=1e-4)
-    np.testing.assert_allclose(out["macd_signal"], signal[tail] / c[tail], atol=1e-4)
+    np.testing.assert_allclose(out["rsi_14"], talib.RSI(c, 14)[tail] / 100.0, atol=1e-3)
+    np.testing.assert_allclose(out["natr_14"], talib.NATR(h, lo, c, 14)[tail] / 100.0, rtol=2e-3)
+    np.testing.assert_allclose(out["macd"], macd[tail] / c[tail], atol=1e-3)
+    np.testing.assert_allclose(out["macd_signal"], signal[tail] / c[tail], atol=1e-3)
     np.testing.assert_allclose(out["mfi_14"], talib.MFI(h, lo, c, v, 14)[tail] / 100.0, atol=1e-9)
     np.testing.assert_allclose(out["stoch_k"], stoch_k[tail] / 100.0, atol=1e-9)
     np.testing.assert_allclose(out["stoch_d"], stoch_d[tail] / 100.0, atol=1e-9)
     # ADX also differs where TA-Lib lets float noise break +DM/-DM ties; typically it is very close.
     adx_diff = np.abs(out["adx_14"].to_numpy() - talib.ADX(h, lo, c, 14)[tail] / 100.0)
-    assert np.median(adx_diff) < 1e-3 and adx_diff.max() < 0.05
+    assert np.median(adx_diff) < 3e-3 and adx_diff.max() < 0.05

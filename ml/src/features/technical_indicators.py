@@ -25,19 +25,22 @@ import talib
 __all__ = ["FEATURE_COLUMNS", "FEATURE_SET_VERSION", "WARMUP_BARS", "add_technical_features"]
 
 # Bump on ANY change to a feature's definition, window, order or the tap counts below: it keys the cache.
-FEATURE_SET_VERSION = "ta-v1"
+FEATURE_SET_VERSION = "ta-v2"
 
-# Longest look-back of any feature (rows i - WARMUP_BARS .. i); see the tap budget below.
-WARMUP_BARS = 200
+# Longest look-back of any feature (rows i - WARMUP_BARS .. i). It is set by the longest plain window,
+# rv_rank_100 (a 100-bar rank of a 20-bar volatility of 1-bar returns: 100 + 20 rows back); the recursive
+# smoothers below are truncated to fit inside it (ta-v1 gave them 200 bars, which short histories paid for).
+WARMUP_BARS = 120
 
 # Tap budget: feature memory = taps (+1 for bar-to-bar differences) + any later shift or second smoothing,
-# and every feature must fit in WARMUP_BARS. The seed's weight in the result is (1 - alpha)**(taps - seed):
-# ~5e-6 for RSI/ATR(14) at 180 taps, so these are TA-Lib's values to within that, but exactly finite-memory.
-_SMOOTH_TAPS = 180  # RSI(14), ATR(14), EMA(20); their 5-bar changes reach back 185 rows
-_MACD_TAPS = 150  # EMA(12) and EMA(26) of the MACD line
-_MACD_SIGNAL_TAPS = 40  # EMA(9) of the MACD line -> signal reaches back 188 rows, +3 for its change
-_ADX_DM_TAPS = 100  # Wilder smoothing of +DM, -DM and TR
-_ADX_TAPS = 100  # Wilder smoothing of DX -> ADX reaches back 199 rows
+# and every feature must fit in WARMUP_BARS (test_features checks the first fully defined row). The seed's
+# weight in the result is (1 - alpha)**(taps - seed): ~6e-4 for RSI/ATR(14) at 115 taps, ~5e-3 for EMA(26) at
+# 85, so these stay within ~1e-3 of TA-Lib's unbounded recursions on real bars, and are exactly finite-memory.
+_SMOOTH_TAPS = 115  # RSI(14), ATR(14), EMA(20); their 5-bar changes reach back 120 rows
+_MACD_TAPS = 85  # EMA(12) and EMA(26) of the MACD line
+_MACD_SIGNAL_TAPS = 30  # EMA(9) of the MACD line -> signal reaches back 113 rows, +3 for its change
+_ADX_DM_TAPS = 60  # Wilder smoothing of +DM, -DM and TR
+_ADX_TAPS = 60  # Wilder smoothing of DX -> ADX reaches back 120 rows
 _RANK_WINDOW = 100
 # Relative size below which two price moves count as equal (real ticks are >= ~1e-9 of the price; float
 # noise is ~1e-16 of it).

@@ -11,8 +11,11 @@ from ml.src.training.labels import (
     label_codes,
     label_names,
     quantile_thresholds,
+    thresholds_for,
+    vol_thresholds,
 )
-from ml.src.training.splits import SplitError, purged_split
+from ml.src.training.splits import SplitError, min_usable_rows, purged_split
+from tests.factories import real_bars
 
 
 def test_forward_returns_pin_values_and_unknown_tail():
@@ -68,3 +71,59 @@ def test_split_boundaries_are_timestamps():
 def test_split_with_too_few_rows_is_a_clear_error():
     with pytest.raises(SplitError, match="need at least 30 rows per split"):
         purged_split(60, purge=5, min_rows=30)
+
+
+def test_vol_thresholds_are_k_standard_deviations_of_the_training_returns():
+    train = np.array([-0.02, -0.01, 0.0, 0.01, 0.02, np.nan])
+    thr = vol_thresholds(train, k=0.5)
+    sd = np.std([-0.02, -0.01, 0.0, 0.01, 0.02], ddof=1)  # 0.0158...
+    assert (thr.lower, thr.upper, thr.mode) == (pytest.approx(-0.5 * sd), pytest.approx(0.5 * sd), "vol")
+    assert thr.to_dict() == {"lower": -0.5 * sd, "upper": 0.5 * sd, "mode": "vol", "k": 0.5, "scale": sd}
+    assert label_names(label_codes(np.array([-0.01, -0.005, 0.0079, 0.0080]), thr)) == [
+        "BEARISH",
+        "NEUTRAL",
+        "NEUTRAL",
+        "BULLISH",
+    ]
+    with pytest.raises(ValueError, match="no spread"):
+        vol_thresholds(np.zeros(10), k=0.5)
+
+
+def test_threshold_modes_dispatch_and_look_only_at_the_training_returns():
+    train = np.array([-0.03, -0.01, 0.0, 0.005, 0.02, 0.04])
+    assert thresholds_for("fixed", train, 0.009).to_dict() == {
+        "lower": -0.009,
+        "upper": 0.009,
+        "mode": "fixed",
+    }
+    assert thresholds_for("quantile", train, 0.009) == quantile_thresholds(train)
+    assert thresholds_for("vol", train, 0.009, k=0.7) == vol_thresholds(train, 0.7)
+    with pytest.raises(ValueError, match="unknown threshold mode"):
+        thresholds_for("median", train, 0.009)
+
+
+def test_vol_labels_make_class_shares_comparable_across_symbols_and_timeframes():
+    """Fixed thresholds give a quiet index and a volatile stock, m15 and w1, very different NEUTRAL shares;
+    k x sigma gives them similar ones (real bars)."""
+    from config.settings import DEFAULT_TIMEFRAMES
+
+    fixed_shares, vol_shares = [], []
+    for symbol, tf in (("SPY", "m15"), ("TSLA", "h1"), ("GSPC", "d1"), ("NVDA", "w1")):
+        h = DEFAULT_TIMEFRAMES[tf].horizon_bars
+        r = forward_returns(real_bars(symbol, tf, last=800)["close"], h)[:-h]
+        train = r[:480]
+        for thr, out in (
+            (fixed_thresholds(DEFAULT_TIMEFRAMES[tf].threshold), fixed_shares),
+            (vol_thresholds(train, 0.5), vol_shares),
+        ):
+            out.append(float((label_codes(train, thr) == CLASS_CODES["NEUTRAL"]).mean()))
+    assert max(fixed_shares) - min(fixed_shares) > 0.3
+    assert max(vol_shares) - min(vol_shares) < 0.15
+
+
+def test_min_usable_rows_is_the_smallest_split_with_min_rows_everywhere():
+    assert min_usable_rows(0.6, 0.2, 30) == 150
+    u = min_usable_rows(0.7, 0.15, 30)
+    assert purged_split(u, purge=0, train_fraction=0.7, valid_fraction=0.15, min_rows=30)
+    with pytest.raises(SplitError):
+        purged_split(u - 1, purge=0, train_fraction=0.7, valid_fraction=0.15, min_rows=30)

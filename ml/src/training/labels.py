@@ -19,9 +19,14 @@ class Thresholds:
     lower: float
     upper: float
     mode: str
+    k: float | None = None  # vol mode: the multiple of `scale`
+    scale: float | None = None  # vol mode: std of the training slice's horizon returns
 
     def to_dict(self) -> dict[str, float | str]:
-        return {"lower": self.lower, "upper": self.upper, "mode": self.mode}
+        out: dict[str, float | str] = {"lower": self.lower, "upper": self.upper, "mode": self.mode}
+        if self.k is not None and self.scale is not None:
+            out.update(k=self.k, scale=self.scale)
+        return out
 
 
 def forward_returns(close: pd.Series | np.ndarray, horizon: int) -> np.ndarray:
@@ -49,9 +54,32 @@ def quantile_thresholds(train_returns: np.ndarray) -> Thresholds:
     return Thresholds(lower=float(lower), upper=float(upper), mode="quantile")
 
 
-def thresholds_for(mode: str, train_returns: np.ndarray, threshold: float) -> Thresholds:
-    """The labelling thresholds for a training slice: fixed, or terciles of that slice's returns only."""
-    return quantile_thresholds(train_returns) if mode == "quantile" else fixed_thresholds(threshold)
+def vol_thresholds(train_returns: np.ndarray, k: float) -> Thresholds:
+    """+/- k x the standard deviation of the training slice's horizon returns.
+
+    A "move" then means the same thing on a quiet index and a volatile stock, on m15 and on w1, so class
+    shares are comparable across symbols and timeframes; symmetric around 0, so drift shows as more BULLISH.
+    """
+    r = np.asarray(train_returns, dtype="float64")
+    r = r[np.isfinite(r)]
+    if r.size < 3:
+        raise ValueError("need at least 3 training returns to fit volatility-scaled thresholds")
+    scale = float(np.std(r, ddof=1))
+    if not scale > 0:
+        raise ValueError("training returns have no spread: cannot scale thresholds by volatility")
+    return Thresholds(lower=-k * scale, upper=k * scale, mode="vol", k=float(k), scale=scale)
+
+
+def thresholds_for(mode: str, train_returns: np.ndarray, threshold: float, k: float = 0.5) -> Thresholds:
+    """The labelling thresholds for a training slice: fixed, terciles of that slice's returns, or k x their
+    standard deviation. Nothing outside the training slice is looked at."""
+    if mode == "quantile":
+        return quantile_thresholds(train_returns)
+    if mode == "vol":
+        return vol_thresholds(train_returns, k)
+    if mode == "fixed":
+        return fixed_thresholds(threshold)
+    raise ValueError(f"unknown threshold mode {mode!r}")
 
 
 def label_codes(returns: np.ndarray, thresholds: Thresholds) -> np.ndarray:

@@ -78,3 +78,13 @@ def purged_split(
     return PurgedSplit(
         train=slice(0, n_train), valid=slice(v0, v0 + n_valid), test=slice(t0, n_rows), purge_bars=purge
     )
+
+
+def min_usable_rows(train_fraction: float, valid_fraction: float, min_rows: int) -> int:
+    """The fewest rows (after both purges) that purged_split turns into >= min_rows per slice."""
+    u = 3 * min_rows
+    while True:
+        n_train, n_valid = int(u * train_fraction), int(u * valid_fraction)
+        if min(n_train, n_valid, u - n_train - n_valid) >= min_rows:
+            return u
+        u += 1

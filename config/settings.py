@@ -25,7 +25,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 TIMEFRAMES: tuple[str, ...] = ("m15", "h1", "h4", "d1", "w1")
 
 GbBackend = Literal["lightgbm", "hist_gb", "sklearn_gb"]
-ThresholdMode = Literal["fixed", "quantile"]
+ThresholdMode = Literal["fixed", "quantile", "vol"]
+ClassWeight = Literal["none", "balanced"]
+PromotionMetric = Literal["test_balanced_accuracy", "test_accuracy", "test_log_loss"]
 
 
 class TimeframeSpec(BaseModel):
@@ -34,7 +36,11 @@ class TimeframeSpec(BaseModel):
     horizon_bars: int = Field(gt=0, le=100)
     threshold: float = Field(gt=0, lt=0.5, description="fixed mode: |horizon return| above this is a move")
     target_bars: int = Field(gt=0, description="bars in the training window, before warm-up history")
-    warmup_bars: int = Field(ge=0, description="extra history fetched so every feature is defined")
+    warmup_bars: int | None = Field(
+        default=None,
+        ge=0,
+        description="history fetched before the window; None (or less) = the feature set's own WARMUP_BARS",
+    )
     bars_per_year: float = Field(gt=0, description="for annualising trading metrics")
     max_model_age_days: float = Field(gt=0, description="a champion older than this is expired")
     # Longer than any market closure (Sept 2001: 7.0 days open to open), shorter than a data outage.
@@ -45,13 +51,13 @@ class TimeframeSpec(BaseModel):
 
 # Horizons and thresholds are the seed's for m15..d1. w1: a 4-week horizon, with the d1 threshold scaled by
 # sqrt(20/5) = 2 (returns grow with the square root of time), so a "move" is about as rare as on d1.
-# warmup_bars must cover the feature set's own WARMUP_BARS (checked at start-up by the pipeline).
+# warmup_bars defaults to the feature set's own look-back (technical_indicators.WARMUP_BARS); the pipeline never
+# fetches less than that, so an override can only add history.
 DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
     "m15": TimeframeSpec(
         horizon_bars=5,
         threshold=0.002,
         target_bars=500,
-        warmup_bars=200,
         bars_per_year=252 * 26,
         max_model_age_days=3,
     ),
@@ -59,7 +65,6 @@ DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
         horizon_bars=5,
         threshold=0.003,
         target_bars=500,
-        warmup_bars=200,
         bars_per_year=252 * 7,
         max_model_age_days=7,
     ),
@@ -67,7 +72,6 @@ DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
         horizon_bars=3,
         threshold=0.005,
         target_bars=500,
-        warmup_bars=200,
         bars_per_year=252 * 2,
         max_model_age_days=10,
     ),
@@ -75,7 +79,6 @@ DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
         horizon_bars=5,
         threshold=0.009,
         target_bars=500,
-        warmup_bars=200,
         bars_per_year=252,
         max_model_age_days=14,
     ),
@@ -83,7 +86,6 @@ DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
         horizon_bars=4,
         threshold=0.018,
         target_bars=400,
-        warmup_bars=200,
         bars_per_year=52,
         max_model_age_days=45,
         max_gap_days=21,
@@ -144,7 +146,10 @@ class Settings(BaseSettings):
     # --- what to train -----------------------------------------------------------------------------------
     default_symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["SPY", "QQQ", "AAPL"])
     timeframes: dict[str, TimeframeSpec] = Field(default_factory=lambda: dict(DEFAULT_TIMEFRAMES))
-    threshold_mode: ThresholdMode = "fixed"
+    threshold_mode: ThresholdMode = "vol"
+    threshold_k: float = Field(
+        default=0.5, gt=0, le=3, description="vol mode: a move is |return| > k x std of train horizon returns"
+    )
     # The feature cache: `auto` uses it where it costs less than computing (the embedded store), `on`/`off` force
     # it. Measured in docs/benchmarks.md (scripts/bench_cache.py).
     feature_cache: Literal["auto", "on", "off"] = "auto"
@@ -155,21 +160,32 @@ class Settings(BaseSettings):
     min_rows_per_split: int = Field(default=30, ge=5)
 
     # --- models -------------------------------------------------------------------------------------------
-    # RandomForest: the seed's parameters but 100 trees instead of 200, and LightGBM instead of sklearn's
-    # GradientBoostingClassifier, both chosen by measurement (docs/benchmarks.md): 2x and 5-16x faster fits
-    # for no measurable loss of test balanced accuracy. ML_RF_N_ESTIMATORS=200 ML_GB_BACKEND=sklearn_gb
-    # restores the seed's models exactly.
+    # Regularised members (shallow trees, many rows per leaf) with the same class weighting, each calibrated on
+    # valid, blended by Ridge weights shrunk toward equal weights; chosen by walk-forward log loss, balanced
+    # accuracy, IC and fit time (docs/benchmarks.md, "Model quality"). ML_GB_BACKEND=sklearn_gb etc. still work.
     random_state: int = 42
+    class_weight: ClassWeight = Field(default="balanced", description="both members: none or balanced")
     rf_n_estimators: int = Field(default=100, ge=1)
-    rf_max_depth: int | None = 15
-    rf_min_samples_split: int = Field(default=10, ge=2)
-    rf_min_samples_leaf: int = Field(default=5, ge=1)
+    rf_max_depth: int | None = Field(default=6, ge=1)
+    rf_min_samples_split: int = Field(default=2, ge=2)
+    rf_min_samples_leaf: int = Field(default=50, ge=1)
+    rf_max_features: float | Literal["sqrt", "log2"] = "sqrt"
+    rf_max_samples: float | None = Field(default=None, gt=0, le=1, description="bootstrap share per tree")
     gb_backend: GbBackend = "lightgbm"
     gb_n_estimators: int = Field(default=100, ge=1)
     gb_learning_rate: float = Field(default=0.05, gt=0, le=1)
-    gb_max_depth: int = Field(default=7, ge=1)
-    gb_min_samples_leaf: int = Field(default=5, ge=1)
-    ridge_alpha: float = Field(default=1.0, gt=0)
+    gb_max_depth: int = Field(default=3, ge=1)
+    gb_min_samples_leaf: int = Field(default=50, ge=1)
+    gb_subsample: float = Field(default=1.0, gt=0, le=1, description="rows sampled per boosting round")
+    gb_colsample: float = Field(default=1.0, gt=0, le=1, description="features sampled per tree")
+    calibrate: bool = Field(default=True, description="fit one temperature toward the class mix per member")
+    # penalties tried for the Ridge weights (equal weights = an infinite penalty is always tried too)
+    ridge_alphas: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+    )
+    refit_on_valid: bool = Field(
+        default=False, description="refit the members on train + valid for the saved model"
+    )
 
     # --- nightly schedule (cron fields, UTC; the scheduler skips NYSE holidays) ------------------------------
     # 22:30 UTC Mon-Fri = 17:30 EST / 18:30 EDT: after the 16:00 New York close, all year round.
@@ -200,13 +216,16 @@ class Settings(BaseSettings):
     trading_fee_bps: float = Field(default=5.0, ge=0)
     trading_slippage_bps: float = Field(default=5.0, ge=0)
     trading_allow_short: bool = True
-    promotion_metric: Literal["test_balanced_accuracy", "test_accuracy", "test_macro_f1"] = (
-        "test_balanced_accuracy"
-    )
-    promotion_margin: float = Field(
-        default=0.0, ge=0, description="a challenger must beat the champion by this"
+    promotion_metric: PromotionMetric = "test_balanced_accuracy"
+    promotion_z: float = Field(
+        default=1.645, ge=0, description="a challenger must beat the champion by z standard errors"
     )
     promotion_baseline_margin: float = Field(default=0.0, ge=0, description="and every baseline by this")
+    verdict_z: float = Field(default=2.0, ge=0, description="standard errors for a skill / worse verdict")
+    ic_permutations: int = Field(default=1000, ge=0, description="block permutations for the IC p-value")
+    trading_confidence: bool = Field(
+        default=True, description="also trade only above a confidence threshold fitted on valid"
+    )
     keep_versions: int = Field(
         default=5, ge=1, description="newest versions kept per pair, besides the champion"
     )
@@ -253,6 +272,14 @@ class Settings(BaseSettings):
         value = _split_list(value)
         if isinstance(value, list):
             return [str(v).strip().upper() for v in value]
+        return value
+
+    @field_validator("ridge_alphas", mode="before")
+    @classmethod
+    def _parse_alphas(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if isinstance(value, list) and any(float(v) < 0 for v in value):
+            raise ValueError("penalties must be >= 0")
         return value
 
     @field_validator(

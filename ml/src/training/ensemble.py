@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ml.src.training.calibration import PriorTemperature
 from ml.src.training.labels import CLASSES
+from ml.src.training.metrics import decide
 from ml.src.training.weights import blend, direction_score
 
 
@@ -19,6 +21,10 @@ class MissingFeaturesError(ValueError):
 
 @dataclass(frozen=True)
 class EnsembleModel:
+    """Members, weights and feature order; `metadata` (the bundle's other keys) may carry `calibration`
+    (per member, calibration.PriorTemperature as a dict) and `decision` ({"rule": "prior_ratio", "prior"}).
+    Bundles written before those existed blend raw probabilities and decide by argmax."""
+
     models: Mapping[str, Any]
     weights: Mapping[str, float]
     feature_names: tuple[str, ...]
@@ -66,15 +72,28 @@ class EnsembleModel:
         )
 
     def model_probas(self, features: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
+        """Each member's calibrated class probabilities."""
         x = self._matrix(features)
-        return {name: np.asarray(m.predict_proba(x), dtype="float64") for name, m in self.models.items()}
+        calibration = self.metadata.get("calibration") or {}
+        out = {}
+        for name, m in self.models.items():
+            p = np.asarray(m.predict_proba(x), dtype="float64")
+            out[name] = PriorTemperature.from_dict(calibration[name]).apply(p) if name in calibration else p
+        return out
 
     def predict_proba(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Class probabilities in `classes` order: the weighted average of the members'."""
+        """Class probabilities in `classes` order: the weighted average of the calibrated members'."""
         return blend(self.model_probas(features), self.weights)
 
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Class codes for these probabilities under the bundle's decision rule."""
+        decision = self.metadata.get("decision") or {}
+        if decision.get("rule") == "prior_ratio":
+            return decide(proba, np.asarray(decision["prior"], dtype="float64"))
+        return np.asarray(proba).argmax(axis=1)
+
     def predict(self, features: pd.DataFrame | np.ndarray) -> list[str]:
-        return [self.classes[i] for i in self.predict_proba(features).argmax(axis=1)]
+        return [self.classes[i] for i in self.decide(self.predict_proba(features))]
 
     def direction_score(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
         """P(BULLISH) - P(BEARISH), in [-1, 1]."""

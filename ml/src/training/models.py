@@ -1,9 +1,13 @@
-"""The ensemble's member models: a RandomForest and a gradient-boosting learner (backend is a setting)."""
+"""The ensemble's member models: a RandomForest and a gradient-boosting learner (backend is a setting).
+
+Both are regularised for a few hundred to a few thousand noisy rows (shallow trees, many rows per leaf) and
+trained with the same class weighting, so their probabilities mean the same thing before calibration.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,8 +19,8 @@ from sklearn.ensemble import (
 from threadpoolctl import threadpool_limits
 
 from config.settings import Settings
-from ml.src.training.labels import DIRECTION
-from ml.src.training.weights import direction_score, fit_ridge_weights
+from ml.src.training.combine import Combination, fit_combination
+from ml.src.training.labels import CLASSES
 
 MODEL_NAMES: tuple[str, ...] = ("rf", "gb")
 
@@ -25,9 +29,10 @@ def build_random_forest(settings: Settings, n_threads: int = 1) -> RandomForestC
     return RandomForestClassifier(
         n_estimators=settings.rf_n_estimators,
         max_depth=settings.rf_max_depth,
-        min_samples_split=settings.rf_min_samples_split,
+        min_samples_split=max(settings.rf_min_samples_split, 2 * settings.rf_min_samples_leaf),
         min_samples_leaf=settings.rf_min_samples_leaf,
-        class_weight="balanced",
+        max_features=settings.rf_max_features,
+        max_samples=settings.rf_max_samples,
         random_state=settings.random_state,
         n_jobs=n_threads,
     )
@@ -40,8 +45,10 @@ def build_gradient_boosting(settings: Settings, n_threads: int = 1) -> Any:
             n_estimators=settings.gb_n_estimators,
             learning_rate=settings.gb_learning_rate,
             max_depth=settings.gb_max_depth,
-            min_samples_split=10,
+            min_samples_split=max(10, 2 * settings.gb_min_samples_leaf),
             min_samples_leaf=settings.gb_min_samples_leaf,
+            subsample=settings.gb_subsample,
+            max_features=settings.gb_colsample if settings.gb_colsample < 1 else None,
             random_state=settings.random_state,
         )
     if settings.gb_backend == "hist_gb":
@@ -50,7 +57,9 @@ def build_gradient_boosting(settings: Settings, n_threads: int = 1) -> Any:
             max_iter=settings.gb_n_estimators,
             learning_rate=settings.gb_learning_rate,
             max_depth=settings.gb_max_depth,
+            max_leaf_nodes=max(2, 2**settings.gb_max_depth),
             min_samples_leaf=settings.gb_min_samples_leaf,
+            max_features=settings.gb_colsample,
             early_stopping=False,
             random_state=settings.random_state,
         )
@@ -62,6 +71,9 @@ def build_gradient_boosting(settings: Settings, n_threads: int = 1) -> Any:
         max_depth=settings.gb_max_depth,
         num_leaves=min(2**settings.gb_max_depth, 131072),
         min_child_samples=settings.gb_min_samples_leaf,
+        subsample=settings.gb_subsample,
+        subsample_freq=1 if settings.gb_subsample < 1 else 0,
+        colsample_bytree=settings.gb_colsample,
         random_state=settings.random_state,
         n_jobs=n_threads,
         deterministic=True,
@@ -77,13 +89,70 @@ def build_models(settings: Settings, n_threads: int = 1) -> dict[str, Any]:
     }
 
 
+def class_weight_vector(codes: np.ndarray, mode: str) -> np.ndarray:
+    """Per-class weights: 1 each, or "balanced" = n / (classes x count), scikit-learn's formula."""
+    k = len(CLASSES)
+    if mode == "none":
+        return np.ones(k)
+    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=k).astype("float64")
+    present = counts > 0
+    w = np.ones(k)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def class_prior(codes: np.ndarray) -> np.ndarray:
+    """The class mix of the rows (the `prior` baseline's forecast)."""
+    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(CLASSES)).astype("float64")
+    return counts / counts.sum()
+
+
+def _fit_members(
+    x: np.ndarray,
+    codes: np.ndarray,
+    rows: slice,
+    settings: Settings,
+    n_threads: int,
+    w: np.ndarray | None = None,
+) -> tuple[dict[str, Any], np.ndarray, dict[str, float]]:
+    models = build_models(settings, n_threads)
+    y = codes[rows]
+    if w is None:
+        w = class_weight_vector(y, settings.class_weight)
+    timings: dict[str, float] = {}
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        # class weighting as sample weights: one mechanism for every backend, identical in both members
+        model.fit(x[rows], y, sample_weight=w[y] if settings.class_weight != "none" else None)
+        timings[name] = time.perf_counter() - t0
+    return models, w, timings
+
+
+def _predict(models: dict[str, Any], x: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: np.asarray(m.predict_proba(x), dtype="float64") for name, m in models.items()}
+
+
 @dataclass
 class EnsembleFit:
-    models: dict[str, Any]
-    probas: dict[str, dict[str, np.ndarray]]  # part -> model -> class probabilities of that part's rows
-    weights: dict[str, float]
-    weights_fallback: bool
-    timings: dict[str, float]
+    models: dict[str, Any]  # the members that score test (refitted on train + valid if settings say so)
+    probas: dict[str, dict[str, np.ndarray]]  # part -> member -> raw class probabilities of that part's rows
+    combination: Combination
+    prior: np.ndarray  # class mix of the fit rows: calibration target, prior baseline, decision reference
+    refit: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return self.combination.weights
+
+    def ensemble(self, part: str) -> np.ndarray:
+        return self.combination.ensemble(self.probas[part])
+
+    def equal_weight(self, part: str) -> np.ndarray:
+        return self.combination.equal_weight(self.probas[part])
+
+    def calibrated(self, part: str) -> dict[str, np.ndarray]:
+        return self.combination.calibrated(self.probas[part])
 
 
 def fit_ensemble(
@@ -93,25 +162,46 @@ def fit_ensemble(
     valid_rows: slice,
     predict_rows: dict[str, slice],
     settings: Settings,
+    *,
+    purge: int,
     n_threads: int = 1,
 ) -> EnsembleFit:
-    """Fit the members on fit_rows, predict every part (which must include "valid"), and fit the Ridge
-    weights on the valid part only."""
-    models = build_models(settings, n_threads)
-    probas: dict[str, dict[str, np.ndarray]] = {part: {} for part in predict_rows}
+    """Fit the members on fit_rows, calibrate and weight them on valid_rows (combine.py), and predict every
+    part in predict_rows (with "valid" always included).
+
+    With settings.refit_on_valid the members are fitted again on fit + valid rows (the purge between them
+    included) and those refitted members predict the other parts, with the calibration and weights found on
+    valid: more recent data for the saved model, the weights still out-of-sample.
+    """
     timings: dict[str, float] = {}
     with threadpool_limits(limits=n_threads):
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            model.fit(x[fit_rows], codes[fit_rows])
-            timings[f"fit_{name}"] = time.perf_counter() - t0
-            for part, rows in predict_rows.items():
-                probas[part][name] = np.asarray(model.predict_proba(x[rows]), dtype="float64")
-    t0 = time.perf_counter()
-    weights, fallback = fit_ridge_weights(
-        {n: direction_score(probas["valid"][n]) for n in MODEL_NAMES},
-        DIRECTION[codes[valid_rows]],
-        settings.ridge_alpha,
-    )
-    timings["weights"] = time.perf_counter() - t0
-    return EnsembleFit(models, probas, weights, fallback, timings)
+        models, w, t = _fit_members(x, codes, fit_rows, settings, n_threads)
+        timings.update({f"fit_{k}": v for k, v in t.items()})
+        t0 = time.perf_counter()
+        probas = {"valid": _predict(models, x[valid_rows])}
+        timings["predict"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prior = class_prior(codes[fit_rows])
+        combination = fit_combination(
+            probas["valid"],
+            codes[valid_rows],
+            prior=prior,
+            class_weights={n: w for n in models},
+            purge=purge,
+            alphas=settings.ridge_alphas,
+            calibrate=settings.calibrate,
+            min_rows=settings.min_rows_per_split,
+        )
+        timings["weights"] = time.perf_counter() - t0
+        if settings.refit_on_valid:
+            # the same class weights as the calibrated members, so the calibration still applies
+            models, _, t = _fit_members(
+                x, codes, slice(fit_rows.start, valid_rows.stop), settings, n_threads, w
+            )
+            timings.update({f"refit_{k}": v for k, v in t.items()})
+        t0 = time.perf_counter()
+        for part, rows in predict_rows.items():
+            if part != "valid":
+                probas[part] = _predict(models, x[rows])
+        timings["predict"] += time.perf_counter() - t0
+    return EnsembleFit(models, probas, combination, prior, settings.refit_on_valid, timings)

@@ -1,47 +1,114 @@
-"""Ensemble weights: Ridge on the models' direction scores, fitted on the validation slice only."""
+"""Ensemble weights: Ridge on all three class-probability columns, shrunk toward equal weights. Pure functions.
+
+The blend sum_m w_m p_m is scored against the one-hot labels by the Brier score (squared error over the three
+columns), which is a Ridge regression without intercept whose coefficients are the weights. The weights are
+constrained to be non-negative and to sum to 1 (so the blend is a probability), and the penalty
+alpha * ||w - 1/M||^2 pulls them toward equal weights: alpha = 0 is the unpenalised fit, alpha -> inf is the
+equal-weight ensemble. The constrained quadratic is solved exactly (every support is tried; M is tiny).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.linear_model import Ridge
 
 from ml.src.training.labels import DIRECTION
 
 
 def direction_score(proba: np.ndarray) -> np.ndarray:
     """P(BULLISH) - P(BEARISH) for class-ordered probabilities (BEARISH, NEUTRAL, BULLISH)."""
-    return proba @ DIRECTION
+    return np.asarray(proba) @ DIRECTION
 
 
-def equal_weights(names: list[str]) -> dict[str, float]:
+def equal_weights(names: Sequence[str]) -> dict[str, float]:
     return {n: 1.0 / len(names) for n in names}
-
-
-def fit_ridge_weights(
-    scores: Mapping[str, np.ndarray], target: np.ndarray, alpha: float = 1.0
-) -> tuple[dict[str, float], bool]:
-    """Non-negative Ridge of target (-1/0/+1) on one direction-score column per model, normalised to sum 1.
-
-    Returns (weights, fallback): equal weights (fallback=True) when Ridge finds no positive weight or the
-    inputs are degenerate (a constant target, non-finite scores).
-    """
-    names = list(scores)
-    if not names:
-        raise ValueError("no models to weight")
-    x = np.column_stack([np.asarray(scores[n], dtype="float64") for n in names])
-    y = np.asarray(target, dtype="float64")
-    if len(y) < 2 or not np.isfinite(x).all() or np.ptp(y) == 0:
-        return equal_weights(names), True
-    coef = Ridge(alpha=alpha, positive=True, fit_intercept=True).fit(x, y).coef_
-    coef = np.clip(np.asarray(coef, dtype="float64"), 0.0, None)
-    total = coef.sum()
-    if not np.isfinite(total) or total <= 1e-12:
-        return equal_weights(names), True
-    return {n: float(w / total) for n, w in zip(names, coef, strict=True)}, False
 
 
 def blend(probas: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
     """Weighted average of the models' class probabilities (rows still sum to 1)."""
     return sum(weights[n] * np.asarray(probas[n], dtype="float64") for n in weights)  # type: ignore[return-value]
+
+
+def one_hot(codes: np.ndarray, n_classes: int = 3) -> np.ndarray:
+    return np.eye(n_classes)[np.asarray(codes, dtype=np.int64)]
+
+
+def brier(proba: np.ndarray, codes: np.ndarray) -> float:
+    """Mean over rows of the squared error summed over the class columns (0 perfect, 2 worst)."""
+    return float(
+        ((np.asarray(proba, dtype="float64") - one_hot(codes, proba.shape[1])) ** 2).sum(axis=1).mean()
+    )
+
+
+def fit_simplex_ridge(probas: Mapping[str, np.ndarray], codes: np.ndarray, alpha: float) -> dict[str, float]:
+    """argmin_w  mean_i ||sum_m w_m p_m,i - onehot_i||^2 + alpha ||w - 1/M||^2,  w >= 0, sum w = 1.
+
+    alpha = inf gives equal weights. Exact: the KKT system is solved on every support and the best feasible
+    solution kept.
+    """
+    names = list(probas)
+    m = len(names)
+    if m == 0:
+        raise ValueError("no models to weight")
+    if math.isinf(alpha) or m == 1:
+        return equal_weights(names)
+    y = one_hot(codes).ravel()
+    n = len(codes)
+    x = np.column_stack([np.asarray(probas[k], dtype="float64").ravel() for k in names])
+    if n == 0 or not np.isfinite(x).all():
+        return equal_weights(names)
+    e = np.full(m, 1.0 / m)
+    gram = x.T @ x / n + alpha * np.eye(m)
+    lin = x.T @ y / n + alpha * e
+
+    def objective(w: np.ndarray) -> float:
+        return float(w @ gram @ w - 2 * lin @ w)
+
+    best: tuple[float, float, np.ndarray] | None = None
+    for size in range(1, m + 1):
+        for support in itertools.combinations(range(m), size):
+            s = list(support)
+            kkt = np.zeros((size + 1, size + 1))
+            kkt[:size, :size] = gram[np.ix_(s, s)]
+            kkt[:size, size] = kkt[size, :size] = 1.0
+            rhs = np.concatenate([lin[s], [1.0]])
+            sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]  # min-norm when members are identical
+            w = np.zeros(m)
+            w[s] = sol[:size]
+            if (w < -1e-12).any() or abs(w.sum() - 1.0) > 1e-9:
+                continue
+            w = np.clip(w, 0.0, None)
+            w /= w.sum()
+            f, dist = objective(w), float(((w - e) ** 2).sum())
+            # equally good weightings (e.g. identical members): the one closest to equal weights
+            if best is None or f < best[0] - 1e-12 or (f <= best[0] + 1e-12 and dist < best[1]):
+                best = (f, dist, w)
+    assert best is not None  # every single-member support is feasible
+    return {k: float(v) for k, v in zip(names, best[2], strict=True)}
+
+
+def select_alpha(
+    fit_probas: Mapping[str, np.ndarray],
+    fit_codes: np.ndarray,
+    score_probas: Mapping[str, np.ndarray],
+    score_codes: np.ndarray,
+    alphas: Sequence[float],
+) -> tuple[float, dict[str, float]]:
+    """The penalty whose weights, fitted on the earlier rows, give the lowest Brier score on the later rows.
+
+    Equal weights (alpha = inf) are always a candidate. Ties go to the stronger penalty: without evidence
+    that unequal weights help, the weights stay equal. Returns (alpha, Brier per candidate).
+    """
+    candidates = sorted({float(a) for a in alphas} | {math.inf})
+    scores: dict[str, float] = {}
+    best_alpha, best_score = math.inf, math.inf
+    for a in reversed(candidates):  # strongest penalty first, so a tie keeps it
+        w = fit_simplex_ridge(fit_probas, fit_codes, a)
+        score = brier(blend(score_probas, w), score_codes)
+        scores["inf" if math.isinf(a) else f"{a:g}"] = score
+        if score < best_score - 1e-12:
+            best_alpha, best_score = a, score
+    return best_alpha, scores

@@ -1,0 +1,104 @@
+"""Standard errors and p-values for overlapping-horizon rows. Pure functions.
+
+Consecutive rows share h - 1 bars of their label's future, so row-level errors are not independent and a
+plain s.e. is too small. Both tools here work on consecutive blocks of rows at least the horizon long: the
+standard error of a sum treats blocks (not rows) as independent, and the IC's permutation test shuffles
+blocks of the score against the realised returns, keeping each block's serial dependence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def block_length(horizon: int) -> int:
+    """Rows per block: twice the label horizon (rows further apart than h share no future bar)."""
+    return max(2 * int(horizon), 2)
+
+
+def _block_sums(contrib: np.ndarray, block: int) -> np.ndarray:
+    c = np.asarray(contrib, dtype="float64")
+    n_blocks = len(c) // block
+    if n_blocks == 0:
+        return np.zeros(0)
+    # the oldest rows that do not fill a block join the first block
+    head = len(c) - n_blocks * block
+    sums = c[head:].reshape(n_blocks, block).sum(axis=1)
+    sums[0] += c[:head].sum()
+    return sums
+
+
+def block_se(contrib: np.ndarray, block: int) -> float | None:
+    """Standard error of sum(contrib), blocks of `block` consecutive rows taken as independent.
+
+    None with fewer than 3 blocks (too little to estimate a spread).
+    """
+    sums = _block_sums(contrib, block)
+    j = len(sums)
+    if j < 3:
+        return None
+    return float(math.sqrt(j / (j - 1) * float(((sums - sums.mean()) ** 2).sum())))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """sum of a row-wise difference (a minus b; positive = a better) and its block standard error."""
+
+    diff: float
+    se: float | None
+    n: int
+    block: int
+
+    def beats(self, z: float) -> bool:
+        """a is better than b by more than z standard errors (never when the s.e. is unknown)."""
+        return self.se is not None and self.diff > z * self.se
+
+    def loses(self, z: float) -> bool:
+        return self.se is not None and self.diff < -z * self.se
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def paired_difference(contrib_a: np.ndarray, contrib_b: np.ndarray, block: int) -> PairedDifference:
+    """a and b are per-row contributions to the same additive score (e.g. metrics.balanced_accuracy_rows)."""
+    d = np.asarray(contrib_a, dtype="float64") - np.asarray(contrib_b, dtype="float64")
+    return PairedDifference(float(d.sum()), block_se(d, block), int(d.size), int(block))
+
+
+def ic_with_pvalue(
+    score: np.ndarray, realised: np.ndarray, block: int, n_perm: int = 1000, seed: int = 0
+) -> tuple[float | None, float | None]:
+    """Spearman IC of score vs realised return, and its two-sided block-permutation p-value.
+
+    Blocks of `block` consecutive scores are shuffled against the fixed returns n_perm times; p = (1 + #perms
+    with |IC| >= observed) / (1 + n_perm). (None, None) when the IC is undefined; p None with < 4 blocks.
+    """
+    s = np.asarray(score, dtype="float64").ravel()
+    r = np.asarray(realised, dtype="float64").ravel()
+    if s.shape != r.shape:
+        raise ValueError(f"score and realised lengths differ: {s.size} != {r.size}")
+    keep = np.isfinite(s) & np.isfinite(r)
+    s, r = s[keep], r[keep]
+    if s.size < 3 or np.all(s == s[0]) or np.all(r == r[0]):
+        return None, None
+    rs, rr = rankdata(s), rankdata(r)
+    rs = (rs - rs.mean()) / np.linalg.norm(rs - rs.mean())
+    rr = (rr - rr.mean()) / np.linalg.norm(rr - rr.mean())
+    ic = float(np.clip(rs @ rr, -1.0, 1.0))
+    n_blocks = s.size // block
+    if n_blocks < 4 or n_perm < 1:
+        return ic, None
+    # permute whole blocks of the newest n_blocks * block rows (the oldest remainder stays in place)
+    head = s.size - n_blocks * block
+    rng = np.random.default_rng(seed)
+    order = np.argsort(rng.random((n_perm, n_blocks)), axis=1)
+    idx = head + (order[:, :, None] * block + np.arange(block)).reshape(n_perm, -1)
+    perm = rs[idx] @ rr[head:] + rs[:head] @ rr[:head]
+    p = (1 + int((np.abs(perm) >= abs(ic) - 1e-12).sum())) / (1 + n_perm)
+    return ic, float(p)

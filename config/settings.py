@@ -27,7 +27,8 @@ TIMEFRAMES: tuple[str, ...] = ("m15", "h1", "h4", "d1", "w1")
 GbBackend = Literal["lightgbm", "hist_gb", "sklearn_gb"]
 ThresholdMode = Literal["fixed", "quantile", "vol"]
 ClassWeight = Literal["none", "balanced"]
-PromotionMetric = Literal["test_balanced_accuracy", "test_accuracy", "test_log_loss"]
+# Scores that are sums of per-row contributions, so challenger and champion can be compared row by row.
+PromotionMetric = Literal["test_balanced_accuracy", "test_accuracy"]
 
 
 class TimeframeSpec(BaseModel):

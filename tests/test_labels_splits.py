@@ -15,7 +15,7 @@ from ml.src.training.labels import (
     vol_thresholds,
 )
 from ml.src.training.splits import SplitError, min_usable_rows, purged_split
-from tests.factories import real_bars
+from tests.factories import ml_test_bars
 
 
 def test_forward_returns_pin_values_and_unknown_tail():
@@ -110,7 +110,7 @@ def test_vol_labels_make_class_shares_comparable_across_symbols_and_timeframes()
     fixed_shares, vol_shares = [], []
     for symbol, tf in (("SPY", "m15"), ("TSLA", "h1"), ("GSPC", "d1"), ("NVDA", "w1")):
         h = DEFAULT_TIMEFRAMES[tf].horizon_bars
-        r = forward_returns(real_bars(symbol, tf, last=800)["close"], h)[:-h]
+        r = forward_returns(ml_test_bars(symbol, tf, last=800)["close"], h)[:-h]
         train = r[:480]
         for thr, out in (
             (fixed_thresholds(DEFAULT_TIMEFRAMES[tf].threshold), fixed_shares),

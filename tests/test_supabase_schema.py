@@ -657,6 +657,50 @@ def test_views_return_expected_rows(service_client: Any, authenticated_client: A
         assert old["persistence_test_accuracy"] == pytest.approx(0.46)
 
 
+def test_views_read_like_with_like(service_client: Any) -> None:
+    """Results written since issue 9: the majority baseline under 'majority', the prior, the verdict."""
+    ticker = new_ticker()
+    run_id = service_client.table("training_runs").insert({"status": "succeeded"}).execute().data[0]["run_id"]
+    m = {
+        "ensemble": {
+            "test_accuracy": 0.41,
+            "test_balanced_accuracy": 0.38,
+            "test_log_loss": 1.05,
+            "test_ic": 0.04,
+            "test_ic_pvalue": 0.2,
+        },
+        "majority": {"test_accuracy": 0.45, "test_balanced_accuracy": 1 / 3},
+        "persistence": {"test_accuracy": 0.33, "test_balanced_accuracy": 0.32},
+        "prior": {"test_log_loss": 1.07},
+        "verdict": {"verdict": "no-skill", "basis": "walk_forward"},
+        "trading": {
+            "net": {"sharpe": -0.4},
+            "confidence": {"net": {"sharpe": 0.1}},
+            "buy_and_hold": {"net": {"sharpe": 0.9}},
+        },
+    }
+    result = {"run_id": run_id, "symbol": ticker, "timeframe": "d1", "status": "succeeded", "metrics": m}
+    service_client.table("training_results").insert(result).execute()
+    row = service_client.table("latest_models").select("*").eq("symbol", ticker).execute().data[0]
+    assert row["majority_test_accuracy"] == pytest.approx(0.45)
+    assert row["majority_test_balanced_accuracy"] == pytest.approx(1 / 3)
+    assert row["persistence_test_balanced_accuracy"] == pytest.approx(0.32)
+    assert (row["ensemble_test_log_loss"], row["prior_test_log_loss"]) == (
+        pytest.approx(1.05),
+        pytest.approx(1.07),
+    )
+    assert (row["verdict"], row["verdict_basis"]) == ("no-skill", "walk_forward")
+    assert (row["net_sharpe"], row["net_sharpe_confident"], row["buy_and_hold_net_sharpe"]) == (
+        pytest.approx(-0.4),
+        pytest.approx(0.1),
+        pytest.approx(0.9),
+    )
+    hist = service_client.table("accuracy_history").select("*").eq("symbol", ticker).execute().data[0]
+    assert hist["majority_test_balanced_accuracy"] == pytest.approx(1 / 3) and hist["verdict"] == "no-skill"
+    health = service_client.table("model_health").select("*").eq("symbol", ticker).execute().data[0]
+    assert health["latest_verdict"] == "no-skill" and health["last3_runs_not_beating_baselines"] == 0
+
+
 def test_views_handle_missing_metrics(service_client: Any) -> None:
     ticker = new_ticker()
     run_id = service_client.table("training_runs").insert({"status": "running"}).execute().data[0]["run_id"]

@@ -11,6 +11,7 @@ from scipy.stats import spearmanr
 from ml.src.training.labels import CLASS_CODES, forward_returns
 from ml.src.training.trading_metrics import (
     annualised_sharpe,
+    fit_confidence_threshold,
     information_coefficient,
     max_drawdown,
     trading_metrics,
@@ -201,3 +202,34 @@ def test_costs_follow_turnover_not_periods() -> None:
     expected = (1.01 - one_way) * (1.01 - one_way) * (1.01 - 2 * one_way) - 1
     assert rep.net.total_return == pytest.approx(expected, abs=1e-15)
     assert rep.gross.total_return == pytest.approx(1.01**3 - 1, abs=1e-15)
+
+
+# --- confidence threshold ------------------------------------------------------------------------------------
+
+
+def test_threshold_flattens_rows_below_it():
+    codes = np.array([BULL, BEAR, BULL, BEAR])
+    r = np.array([0.01, 0.02, -0.01, -0.03])
+    score = np.array([0.5, -0.1, 0.05, -0.4])
+    t = trading_metrics(
+        codes, r, horizon=1, bars_per_year=252, fee_bps=0, slippage_bps=0, score=score, threshold=0.3
+    )
+    # rows 1 and 2 are below the threshold: flat; rows 0 and 3 trade long +1% and short +3%
+    assert t.gross.n_trades == 2 and t.gross.total_return == pytest.approx(1.01 * 1.03 - 1)
+    plain = trading_metrics(codes, r, horizon=1, bars_per_year=252, fee_bps=0, slippage_bps=0)
+    assert plain.gross.n_trades == 4
+
+
+def test_threshold_is_fitted_on_its_rows_and_can_say_never():
+    # hand-made: only confident calls are right; small ones lose
+    score = np.array([0.9, 0.1, -0.8, -0.1, 0.7, 0.05, -0.9, -0.2] * 5)
+    codes = np.where(score > 0, BULL, BEAR)
+    r = np.where(np.abs(score) > 0.5, np.sign(score) * 0.02, -np.sign(score) * 0.02)
+    tau, q = fit_confidence_threshold(codes, score, r, horizon=1, fee_bps=0, slippage_bps=0)
+    assert tau == pytest.approx(np.quantile(np.abs(score), q)) and 0.2 < tau <= 0.7
+    # every call right: trade everything (ties of mean return go to the higher threshold, so compare strictly)
+    r_all = np.sign(score) * 0.02 * (1 + np.abs(score))
+    assert fit_confidence_threshold(codes, score, r_all, horizon=1, fee_bps=0, slippage_bps=0) == (0.0, 0.0)
+    # no call pays its costs: never trade
+    tau, q = fit_confidence_threshold(codes, score, -r_all * 0.01, horizon=1, fee_bps=5, slippage_bps=5)
+    assert math.isinf(tau) and q is None

@@ -72,11 +72,28 @@ def test_json_run_records_everything(embedded_store: SqliteStore, capsys: pytest
         <= split["test_end"]
     )
     assert set(r["weights"]) == {"rf", "gb"} and sum(r["weights"].values()) == pytest.approx(1.0)
-    for name in ("rf", "gb", "ensemble", "equal_weight", "baseline", "persistence"):
-        m = r["metrics"][name]
-        for key in ("test_accuracy", "test_balanced_accuracy", "valid_accuracy", "test_confusion"):
-            assert key in m, (name, key)
-    assert sum(r["metrics"]["class_counts"]["test"].values()) == r["n_test"]
+    m = r["metrics"]
+    # one reading: every model beside every baseline, on the same scores
+    for name in ("rf", "gb", "ensemble", "equal_weight", "majority", "persistence", "prior"):
+        for key in (
+            "test_accuracy",
+            "test_balanced_accuracy",
+            "valid_accuracy",
+            "test_confusion",
+            "test_hit_rate",
+        ):
+            assert key in m[name], (name, key)
+        assert (m[name]["test_log_loss"] is None) == (name in ("majority", "persistence"))
+    assert m["verdict"]["verdict"] in ("skill", "no-skill", "worse") and m["verdict"]["basis"] == "test"
+    comb = m["combination"]
+    assert comb["weights"] == r["weights"] and set(comb["calibration"]) == {"rf", "gb"}
+    assert comb["equal_weights"] or comb["alpha"] >= 0
+    assert comb["valid_brier"] is not None and comb["equal_valid_brier"] is not None
+    assert m["thresholds"]["mode"] == "vol" and m["thresholds"]["scale"] > 0
+    assert sum(m["class_counts"]["test"].values()) == r["n_test"]
+    assert sum(m["class_shares"]["train"].values()) == pytest.approx(1.0)
+    conf = m["trading"]["confidence"]
+    assert conf["fitted_on"] == "valid" and "net" in conf and "sharpe" in m["trading"]["net"]
     # the ledger's path is relative to ML_MODELS_DIR; artifact_file is where it is on this host
     assert r["artifact_path"] == "GOOG/d1/" + Path(r["artifact_file"]).name
     assert Path(r["artifact_file"]) == Path(embedded_store.path).parent / "models" / r["artifact_path"]
@@ -143,11 +160,17 @@ def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore,
     )
     assert model.metadata["library_versions"]["scikit-learn"]
     x_test = prep.x[prep.split.test]
-    expected = blend({n: m.predict_proba(x_test) for n, m in fitted.models.items()}, fitted.weights)
-    np.testing.assert_array_equal(model.predict_proba(x_test), expected)
+    # the reloaded bundle applies the members' calibration, the weights and the decision rule
+    expected = fitted.test_proba
+    np.testing.assert_allclose(model.predict_proba(x_test), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(model.decide(model.predict_proba(x_test)), fitted.test.preds["ensemble"])
+    raw = blend({n: m.predict_proba(x_test) for n, m in fitted.models.items()}, fitted.weights)
+    assert not np.allclose(raw, expected)  # calibration is not a no-op
     assert np.allclose(model.predict_proba(x_test).sum(axis=1), 1.0)
     frame = pd.DataFrame(x_test, columns=list(model.feature_names))
-    np.testing.assert_array_equal(model.predict_proba(frame[list(reversed(frame.columns))]), expected)
+    np.testing.assert_allclose(
+        model.predict_proba(frame[list(reversed(frame.columns))]), expected, rtol=1e-12, atol=1e-15
+    )
 
 
 def test_tampered_artifact_is_refused_before_unpickling(embedded_store, ml_env, monkeypatch) -> None:
@@ -207,19 +230,39 @@ def test_lookback_limits_the_window(embedded_store: SqliteStore, capsys) -> None
     assert r["n_train"] + r["n_valid"] + r["n_test"] < 500
 
 
-def test_too_few_bars_and_missing_class_fail_clearly(embedded_store, capsys, monkeypatch) -> None:
-    load(embedded_store, "GOOG", "w1", 260)
+def test_short_history_is_skipped_and_a_missing_class_fails_clearly(
+    embedded_store, capsys, monkeypatch
+) -> None:
+    load(embedded_store, "GOOG", "w1", 281)
     load(embedded_store, "IBM", "d1", 700)
+    monkeypatch.setenv("ML_THRESHOLD_MODE", "fixed")
     monkeypatch.setenv("ML_TIMEFRAMES", '{"d1": {"threshold": 0.45}}')
     code, out = run_json(
         ["--symbols", "GOOG", "IBM", "--timeframes", "w1", "d1", "--target-bars", TARGET], capsys
     )
-    assert code == 1
-    errors = {(r["symbol"], r["timeframe"]): r["error"] for r in out["results"]}
-    assert "GOOG/w1: only 260 bars; need at least" in errors[("GOOG", "w1")]
-    assert "IBM/d1: class BEARISH, BULLISH has no samples in train" in errors[("IBM", "d1")]
-    assert out["status"] == "failed"
+    assert code == 1  # IBM/d1 failed; a skipped pair alone would exit 0
+    by_pair = {(r["symbol"], r["timeframe"]): r for r in out["results"]}
+    short = by_pair[("GOOG", "w1")]
+    # computed, not guessed: 120 warm-up + 4 unlabelled + 2 x 4 purged + 150 rows (30+ per slice at 60/20/20)
+    assert short["status"] == "skipped"
+    assert short["error"].startswith("GOOG/w1: insufficient history: 281 bars, needs 282 (")
+    assert "IBM/d1: class BEARISH, BULLISH has no samples in train" in by_pair[("IBM", "d1")]["error"]
+    assert by_pair[("IBM", "d1")]["status"] == "failed"
     assert not list(Path(embedded_store.path).parent.joinpath("models").rglob("*.joblib"))
+
+
+def test_the_minimum_history_trains(embedded_store, capsys) -> None:
+    """Exactly the computed minimum trains (every slice gets its 30 rows), and so does a 400-bar h4 history."""
+    load(embedded_store, "GOOG", "w1", 282)
+    embedded_store.upsert_bars("MSFT", "h4", ml_test_bars("MSFT", "h4", last=400))
+    code, out = run_json(["--pairs", "GOOG:w1", "MSFT:h4"], capsys)
+    assert code == 0, out
+    by_pair = {(r["symbol"], r["timeframe"]): r for r in out["results"]}
+    short = by_pair[("GOOG", "w1")]
+    assert short["status"] == "succeeded" and min(short[k] for k in ("n_train", "n_valid", "n_test")) == 30
+    # 400 - 120 warm-up - 3 unlabelled - 6 purged = 271 rows: 162 train (114 with the old 200-bar warm-up)
+    h4 = by_pair[("MSFT", "h4")]
+    assert h4["status"] == "succeeded" and h4["n_train"] == 162
 
 
 def test_gap_and_nan_bars_fail_the_pair() -> None:
@@ -297,7 +340,9 @@ def test_summary_table_on_stdout(embedded_store: SqliteStore, capsys) -> None:
     load(embedded_store, "IXIC", "w1", 700)
     assert main(["--symbol", "IXIC", "--timeframes", "w1", "--target-bars", TARGET, "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "ens_bal" in out and "majority" in out and "IXIC" in out and "1 succeeded" in out
+    for column in ("ens_bal", "maj_bal", "per_bal", "ens_ll", "pri_ll", "ic_p", "sharpe", "sh_bh", "verdict"):
+        assert column in out
+    assert "IXIC" in out and "1 succeeded" in out
 
 
 def test_job_module_has_main_entry() -> None:

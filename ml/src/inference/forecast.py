@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from config.settings import Settings
@@ -56,7 +55,7 @@ class ForecastResult:
 
 def _warmup(model: EnsembleModel, settings: Settings, timeframe: str) -> int:
     recorded = (model.metadata.get("timeframe_settings") or {}).get("warmup_bars")
-    return max(int(recorded or 0), settings.timeframes[timeframe].warmup_bars, WARMUP_BARS)
+    return max(int(recorded or 0), settings.timeframes[timeframe].warmup_bars or 0, WARMUP_BARS)
 
 
 def forecast_pair(
@@ -141,7 +140,7 @@ def forecast_pair(
             p_bearish=p["BEARISH"],
             p_neutral=p["NEUTRAL"],
             p_bullish=p["BULLISH"],
-            label=model.classes[int(np.argmax(proba))],
+            label=model.classes[int(model.decide(proba[None, :])[0])],  # the bundle's decision rule
             direction_score=p["BULLISH"] - p["BEARISH"],
             model_version_id=int(row["id"]),
             model_trained_at=pd.Timestamp(row["trained_at"]).to_pydatetime(),

@@ -198,7 +198,7 @@ def history(results: Sequence[Mapping[str, Any]]) -> Figure:
             (
                 pd.Timestamp(r.get("started_at")) if r.get("started_at") else None,
                 _num((m.get("ensemble") or {}).get("test_balanced_accuracy")),
-                _num((m.get("baseline") or {}).get("test_balanced_accuracy")),
+                _num((m.get("majority") or m.get("baseline") or {}).get("test_balanced_accuracy")),
                 _num((m.get("persistence") or {}).get("test_balanced_accuracy")),
             )
         )

@@ -55,6 +55,11 @@ class ReportSite:
         )
 
 
+def majority_of(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The majority baseline's scores ("baseline" in results written before issue 9 named it "majority")."""
+    return metrics.get("majority") or metrics.get("baseline") or {}
+
+
 def verdict_of(metrics: dict[str, Any] | None) -> str:
     """The result's verdict (skill / no-skill / worse) when the run recorded one, else 'n/a'."""
     v = (metrics or {}).get("verdict")
@@ -166,7 +171,7 @@ def _draw(pair: PairData) -> dict[str, Callable[[], Any]]:
 
 def _numbers_table(pair: PairData) -> str:
     m = pair.result.get("metrics") or {}
-    ens, base, pers = m.get("ensemble") or {}, m.get("baseline") or {}, m.get("persistence") or {}
+    ens, base, pers = m.get("ensemble") or {}, majority_of(m), m.get("persistence") or {}
     trading = m.get("trading") or {}
     net = (trading.get("net") or {}).get("sharpe")
     hold = ((trading.get("buy_and_hold") or {}).get("net") or {}).get("sharpe")
@@ -252,7 +257,7 @@ def _index(pairs: Sequence[PairData], store_name: str, generated: datetime) -> s
     rows = []
     for p in pairs:
         m = p.result.get("metrics") or {}
-        ens, base, pers = m.get("ensemble") or {}, m.get("baseline") or {}, m.get("persistence") or {}
+        ens, base, pers = m.get("ensemble") or {}, majority_of(m), m.get("persistence") or {}
         live = p.live
         rows.append(
             "<tr>"

@@ -13,6 +13,9 @@ publishes from its settings and which the `model_health` view reads too: the rep
 with one set of thresholds (supabase/migrations/20261202001200_champion_views_and_health_flags.sql is the SQL
 twin of assess_pair; tests check they agree). LIVE comes from the forecasts (`forecast_performance` in SQL).
 
+Scores are compared like with like (the model's balanced accuracy with the baselines' balanced accuracy), and
+each pair shows its latest verdict (skill / no-skill / worse, see ml.src.training.verdict).
+
 --html DIR also writes the static report with pictures (ml/src/monitoring/html_report.py).
 """
 
@@ -55,6 +58,7 @@ class PairHealth:
     champion_trained_at: str | None
     champion_expired: bool
     runs_below_baselines: int
+    verdict: str | None = None  # the latest result's skill / no-skill / worse
     flags: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     live: dict[str, Any] | None = None  # LiveRecord.to_dict() of the pair's forecasts
@@ -84,7 +88,8 @@ def champion_vs_baselines(result: dict[str, Any], metric: str) -> tuple[float | 
             champion = _num(metrics.get("ensemble", {}).get(metric))
     baselines = [_num(v) for v in (promo.get("baselines") or {}).values()]
     if not any(b is not None for b in baselines):
-        baselines = [_num(metrics.get(k, {}).get(metric)) for k in ("baseline", "persistence")]
+        # "baseline" is the majority baseline's key in results written before issue 9 named it "majority"
+        baselines = [_num(metrics.get(k, {}).get(metric)) for k in ("majority", "baseline", "persistence")]
     best = max((b for b in baselines if b is not None), default=None)
     return champion, best
 
@@ -137,6 +142,7 @@ def assess_pair(
         champion_trained_at=None,
         champion_expired=False,
         runs_below_baselines=0,
+        verdict=((last.get("metrics") or {}).get("verdict") or {}).get("verdict"),
     )
     if latest is not None and mean_prev is not None and latest < mean_prev - t.retrain_drop:
         health.flags.append("RETRAIN")
@@ -204,15 +210,16 @@ def _fmt(v: float | None) -> str:
 
 def table(rows: list[PairHealth]) -> str:
     head = (
-        f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5} {'live_n':>6} "
-        f"{'live':>6}  {'flags':<20} reasons"
+        f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5} {'verdict':<8} "
+        f"{'live_n':>6} {'live':>6}  {'flags':<20} reasons"
     )
     lines = [head, "-" * len(head)]
     for h in rows:
         live = h.live or {}
         lines.append(
             f"{h.symbol:<8} {h.timeframe:<4} {h.runs:>4} {_fmt(h.latest):>7} {_fmt(h.history_mean):>7} "
-            f"{h.runs_below_baselines:>5} {live.get('n_realised', 0):>6} {_fmt(live.get('balanced_accuracy')):>6}  "
+            f"{h.runs_below_baselines:>5} {h.verdict or '-':<8} {live.get('n_realised', 0):>6} "
+            f"{_fmt(live.get('balanced_accuracy')):>6}  "
             f"{','.join(h.flags) or 'OK':<20} {'; '.join(h.reasons)}"
         )
     if not rows:

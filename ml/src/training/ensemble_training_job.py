@@ -69,7 +69,7 @@ def train_ensemble_for_symbol_timeframe(
         }
         out["models_path"] = result.artifact_file  # absolute; the ledger's artifact_path is relative
         out["validation_accuracy"] = result.metrics["ensemble"]["valid_accuracy"]
-        out["baseline_accuracy"] = result.metrics["baseline"]["test_accuracy"]
+        out["baseline_accuracy"] = result.metrics["majority"]["test_accuracy"]
     return out
 
 

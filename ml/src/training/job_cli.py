@@ -196,16 +196,19 @@ def _progress_line(done: int, total: int, r: PairResult) -> None:
     if r.status == "succeeded" and r.metrics:
         m = r.metrics
         log.info(
-            "[%d/%d] %s/%s succeeded in %.2fs: test acc %.3f, balanced %.3f (majority %.3f, persistence %.3f)",
+            "[%d/%d] %s/%s succeeded in %.2fs: %s; test balanced accuracy %.3f (majority %.3f, persistence %.3f), "
+            "log loss %.3f (prior %.3f)",
             done,
             total,
             r.symbol,
             r.timeframe,
             r.duration_s,
-            m["ensemble"]["test_accuracy"],
+            m["verdict"]["verdict"],
             m["ensemble"]["test_balanced_accuracy"],
-            m["baseline"]["test_accuracy"],
-            m["persistence"]["test_accuracy"],
+            m["majority"]["test_balanced_accuracy"],
+            m["persistence"]["test_balanced_accuracy"],
+            m["ensemble"]["test_log_loss"],
+            m["prior"]["test_log_loss"],
         )
     elif r.status == "skipped":  # expected: no new bars, nothing to train yet
         log.info("[%d/%d] %s/%s skipped: %s", done, total, r.symbol, r.timeframe, r.error)

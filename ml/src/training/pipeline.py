@@ -32,23 +32,18 @@ from ml.src.training.labels import (
     label_codes,
     thresholds_for,
 )
-from ml.src.training.metrics import (
-    class_counts,
-    empty_classes,
-    label_metrics,
-    majority_class,
-    persistence_predictions,
-    prefixed,
-    prior_proba,
-    proba_metrics,
-)
-from ml.src.training.models import MODEL_NAMES, fit_ensemble
+from ml.src.training.metrics import class_counts, class_shares, empty_classes, prefixed
+from ml.src.training.models import EnsembleFit, fit_ensemble
 from ml.src.training.pair_result import PairRequest, PairResult
 from ml.src.training.registry import PromotionDecision
-from ml.src.training.splits import PurgedSplit, SplitError, purged_split
-from ml.src.training.trading_metrics import information_coefficient, trading_metrics
+from ml.src.training.scoring import NAMES, SlicePredictions, concat, score_slice, slice_predictions
+from ml.src.training.splits import PurgedSplit, SplitError, min_usable_rows, purged_split
+from ml.src.training.trading_metrics import fit_confidence_threshold, trading_metrics
+from ml.src.training.verdict import judge
 from ml.src.training.walk_forward import walk_forward
-from ml.src.training.weights import blend, direction_score, equal_weights
+from ml.src.training.weights import direction_score
+
+DECISION_RULE = "prior_ratio"  # metrics.decide: the class most above its training share
 
 log = logging.getLogger("ml.training")
 
@@ -58,8 +53,13 @@ class PairFailure(RuntimeError):
 
 
 class NotEnoughHistory(PairFailure):
-    """No bars, or too few for the warm-up and three slices: a failure for a pair the user named, a skip for a
-    pair of the universe (--all / the scheduler)."""
+    """No bars at all: a failure for a pair the user named, a skip for a pair of the universe (--all / the
+    scheduler)."""
+
+
+class PairSkipped(RuntimeError):
+    """Some bars, but fewer than the computed minimum history: skipped (not failed) whoever asked, with
+    'insufficient history: N bars, needs M'. Nothing is wrong; the pair trains once it has the bars."""
 
 
 @dataclass
@@ -83,11 +83,21 @@ class PreparedPair:
 class FittedPair:
     models: dict[str, Any]
     weights: dict[str, float]
-    weights_fallback: bool
     metrics: dict[str, Any]
     timings: dict[str, float]
-    test_proba: np.ndarray  # the ensemble's class probabilities on the test rows (promotion reuses them)
+    bundle_extras: dict[
+        str, Any
+    ]  # calibration, decision rule, penalty, trading threshold: saved in the bundle
+    test: SlicePredictions  # every predictor on the test rows (promotion reuses them)
     walk_forward: dict[str, Any] | None = None
+    oos: SlicePredictions | None = (
+        None  # walk-forward test blocks pooled (the verdict's and promotion's rows)
+    )
+
+    @property
+    def test_proba(self) -> np.ndarray:
+        """The ensemble's class probabilities on the test rows."""
+        return self.test.probas["ensemble"]
 
 
 # --------------------------------------------------------------------------------------------------- prepare
@@ -130,12 +140,34 @@ def check_bars(bars: pd.DataFrame, label: str, spec: TimeframeSpec) -> None:
         )
 
 
+def required_bars(spec: TimeframeSpec, settings: Settings) -> tuple[int, str]:
+    """The fewest bars a pair can train on, and how that number is made up.
+
+    warm-up (the features' look-back) + h unlabelled rows at the end + 2 purges of h + the fewest rows the
+    split fractions turn into min_rows_per_split rows per slice.
+    """
+    h = spec.horizon_bars
+    warmup = warmup_bars(spec)
+    usable = min_usable_rows(settings.train_fraction, settings.valid_fraction, settings.min_rows_per_split)
+    need = warmup + 3 * h + usable
+    how = (
+        f"{warmup} warm-up + {h} unlabelled + 2 x {h} purged + {usable} rows for "
+        f"{settings.min_rows_per_split}+ per train/valid/test slice"
+    )
+    return need, how
+
+
+def warmup_bars(spec: TimeframeSpec) -> int:
+    """History fetched before the window: the features' own look-back, or more if the timeframe asks."""
+    return max(spec.warmup_bars or 0, WARMUP_BARS)
+
+
 def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> PreparedPair:
     label = f"{req.symbol}/{req.timeframe}"
     spec = settings.timeframes[req.timeframe]
     h = spec.horizon_bars
     target = req.target_bars or spec.target_bars
-    warmup = max(spec.warmup_bars, WARMUP_BARS)
+    warmup = warmup_bars(spec)
     min_rows = settings.min_rows_per_split
     timings: dict[str, float] = {}
 
@@ -148,13 +180,9 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         where = f" up to {req.as_of.isoformat()}" if req.as_of else ""
         raise NotEnoughHistory(f"{label}: no bars in the {store.name} store{where}")
     check_bars(bars, label, spec)
-    # warm-up + at least min_rows per split + two purges + the h unlabelled rows at the end
-    need = warmup + 3 * min_rows + 3 * h
+    need, how = required_bars(spec, settings)
     if len(bars) < need:
-        raise NotEnoughHistory(
-            f"{label}: only {len(bars)} bars; need at least {need} "
-            f"({warmup} warm-up + 3 x {min_rows} rows per split + 3 x {h} horizon/purge)"
-        )
+        raise PairSkipped(f"{label}: insufficient history: {len(bars)} bars, needs {need} ({how})")
 
     t0 = time.perf_counter()
     try:
@@ -179,7 +207,9 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
     except SplitError as exc:
         raise PairFailure(f"{label}: {exc}") from exc
     returns = returns_all[:n_labelled]
-    thresholds = thresholds_for(settings.threshold_mode, returns[split.train], spec.threshold)
+    thresholds = thresholds_for(
+        settings.threshold_mode, returns[split.train], spec.threshold, settings.threshold_k
+    )
     codes = label_codes(returns, thresholds)
     empty = empty_classes(codes[split.train])
     if empty:
@@ -210,104 +240,157 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
 
 
 # ------------------------------------------------------------------------------------------------------- fit
-def evaluate(
-    probas: dict[str, dict[str, np.ndarray]],
-    weights: dict[str, float],
-    prep: PreparedPair,
-    settings: Settings,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics on valid and test for each model, the fitted and the equal-weight blend, and the baselines.
+BASELINE_NAMES = {
+    "majority": "majority class of train",
+    "persistence": "last fully known label (t - h)",
+    "prior": "class mix of train, as probabilities",
+}
 
-    Returns (metrics, the fitted ensemble's probabilities per part).
+
+def evaluate(
+    fit: EnsembleFit, prep: PreparedPair, settings: Settings
+) -> tuple[dict[str, Any], dict[str, SlicePredictions]]:
+    """Scores on valid and test for each model, the fitted and the equal-weight blend, and the baselines.
+
+    Returns (metrics, the predictions per part). Valid scores of the ensemble are in-sample for its
+    calibration and weights; test scores are out-of-sample for everything.
     """
     s = prep.split
-    parts = ("valid", "test")
-    y = {"valid": prep.codes[s.valid], "test": prep.codes[s.test]}
-    ens = {part: blend(probas[part], weights) for part in parts}
-    equal = equal_weights(list(weights))
-    scored = {
-        **{name: {part: probas[part][name] for part in parts} for name in MODEL_NAMES},
-        "ensemble": ens,
-        "equal_weight": {part: blend(probas[part], equal) for part in parts},
+    h = prep.spec.horizon_bars
+    parts = {"valid": s.valid, "test": s.test}
+    preds = {
+        part: slice_predictions(fit, part, rows, prep.codes, prep.returns, h) for part, rows in parts.items()
+    }
+    scores = {
+        part: score_slice(sp, horizon=h, ic_permutations=settings.ic_permutations, seed=settings.random_state)
+        for part, sp in preds.items()
     }
     out: dict[str, Any] = {
-        name: {k: v for part in parts for k, v in prefixed(part, proba_metrics(y[part], p[part])).items()}
-        for name, p in scored.items()
+        name: {k: v for part in parts for k, v in prefixed(part, scores[part][name]).items()}
+        for name in NAMES
     }
-    train = prep.codes[s.train]
-    major = majority_class(train)
-    baseline: dict[str, Any] = {"name": "majority class of train", "majority_class": CLASSES[major]}
-    persistence: dict[str, Any] = {"name": "last fully known label (t - h)"}
-    for part, rows in (("valid", s.valid), ("test", s.test)):
-        n = rows.stop - rows.start
-        base = label_metrics(y[part], np.full(n, major))
-        base["log_loss"] = proba_metrics(y[part], prior_proba(train, n))["log_loss"]
-        baseline.update(prefixed(part, base))
-        persistence.update(
-            prefixed(part, label_metrics(y[part], persistence_predictions(prep.codes, rows, s.purge_bars)))
-        )
-    out["baseline"] = baseline
-    out["persistence"] = persistence
-    out["class_counts"] = {
-        "train": class_counts(train),
-        "valid": class_counts(y["valid"]),
-        "test": class_counts(y["test"]),
-    }
+    for name, description in BASELINE_NAMES.items():
+        out[name]["name"] = description
+    out["majority"]["majority_class"] = CLASSES[int(preds["test"].preds["majority"][0])]
+    out["prior"]["class_mix"] = [float(v) for v in fit.prior]
+    y = {"train": prep.codes[s.train], "valid": preds["valid"].codes, "test": preds["test"].codes}
+    out["class_counts"] = {k: class_counts(v) for k, v in y.items()}
+    out["class_shares"] = {k: class_shares(v) for k, v in y.items()}
     out["thresholds"] = prep.thresholds.to_dict()
-    # Signal quality: does the direction score rank the realised horizon returns? And a simple trading read.
-    out["ic"] = {
-        part: information_coefficient(direction_score(ens[part]), prep.returns[rows])
-        for part, rows in (("valid", s.valid), ("test", s.test))
+    out["ic"] = {  # the ensemble's, also under ensemble.*_ic
+        "valid": out["ensemble"]["valid_ic"],
+        "test": out["ensemble"]["test_ic"],
+        "test_pvalue": out["ensemble"]["test_ic_pvalue"],
     }
-    out["trading"] = trading_metrics(
-        ens["test"].argmax(axis=1),
-        prep.returns[s.test],
-        horizon=prep.spec.horizon_bars,
-        bars_per_year=prep.spec.bars_per_year,
-        fee_bps=settings.trading_fee_bps,
-        slippage_bps=settings.trading_slippage_bps,
-        allow_short=settings.trading_allow_short,
+    out["combination"] = {**fit.combination.to_dict(), "refit_on_valid": fit.refit}
+    out["trading"] = trading_read(preds, prep, settings)
+    return out, preds
+
+
+def trading_read(
+    preds: dict[str, SlicePredictions], prep: PreparedPair, settings: Settings
+) -> dict[str, Any]:
+    """Trade the ensemble's test calls net of costs; with a confidence threshold fitted on valid beside it."""
+    spec = prep.spec
+    kwargs: dict[str, Any] = {
+        "horizon": spec.horizon_bars,
+        "fee_bps": settings.trading_fee_bps,
+        "slippage_bps": settings.trading_slippage_bps,
+        "allow_short": settings.trading_allow_short,
+    }
+    test = preds["test"]
+    out = trading_metrics(
+        test.preds["ensemble"], test.returns, bars_per_year=spec.bars_per_year, **kwargs
     ).to_dict()
-    return out, ens
+    if settings.trading_confidence:
+        valid = preds["valid"]
+        tau, q = fit_confidence_threshold(
+            valid.preds["ensemble"], direction_score(valid.probas["ensemble"]), valid.returns, **kwargs
+        )
+        thr = trading_metrics(
+            test.preds["ensemble"],
+            test.returns,
+            bars_per_year=spec.bars_per_year,
+            score=direction_score(test.probas["ensemble"]),
+            threshold=tau,
+            **kwargs,
+        )
+        out["confidence"] = {
+            "threshold": tau if np.isfinite(tau) else None,
+            "never_trades": not np.isfinite(tau),
+            "valid_quantile": q,
+            "fitted_on": "valid",
+            "gross": thr.gross.to_dict(),
+            "net": thr.net.to_dict(),
+        }
+    return out
 
 
 def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> FittedPair:
-    """Fit the members on train, the weights on valid, and score everything on valid and test."""
+    """Fit the members on train, calibration and weights on valid, score everything on valid and test, run
+    the walk-forward folds, and judge the pair on its out-of-sample rows."""
     s = prep.split
+    h = prep.spec.horizon_bars
     fit = fit_ensemble(
-        prep.x, prep.codes, s.train, s.valid, {"valid": s.valid, "test": s.test}, settings, n_threads
+        prep.x, prep.codes, s.train, s.valid, {"test": s.test}, settings, purge=h, n_threads=n_threads
     )
     timings = fit.timings
     t0 = time.perf_counter()
-    metrics, ens = evaluate(fit.probas, fit.weights, prep, settings)
-    metrics["weights_fallback"] = fit.weights_fallback
-    timings["weights"] += time.perf_counter() - t0
-    metrics["charts"] = chart_data(prep, fit.models, fit.weights, ens["test"], settings)
+    metrics, preds = evaluate(fit, prep, settings)
+    timings["evaluate"] = time.perf_counter() - t0
+    test = preds["test"]
+    metrics["charts"] = chart_data(
+        prep, fit.models, fit.weights, test.probas["ensemble"], test.preds["ensemble"], settings
+    )
     wf = None
+    oos = None
     if settings.walk_forward_folds > 0:
         t0 = time.perf_counter()
         try:
-            wf = walk_forward(
+            result = walk_forward(
                 prep.x,
                 prep.returns,
                 prep.ts,
                 folds=settings.walk_forward_folds,
-                horizon=prep.spec.horizon_bars,
+                horizon=h,
                 threshold=prep.spec.threshold,
                 settings=settings,
                 n_threads=n_threads,
             )
         except ValueError as exc:
             wf = {"error": str(exc), "folds": [], "summary": {}}
+        else:
+            wf = result.report
+            oos = concat(result.pooled) if result.pooled else None
         timings["walk_forward"] = time.perf_counter() - t0
+    if oos is not None:
+        verdict = judge(oos, horizon=h, z=settings.verdict_z, basis="walk_forward")
+        assert wf is not None
+        wf["pooled"] = {
+            name: {k: v for k, v in m.items() if k != "confusion"}
+            for name, m in score_slice(
+                oos, horizon=h, ic_permutations=settings.ic_permutations, seed=settings.random_state
+            ).items()
+        }
+    else:
+        verdict = judge(preds["test"], horizon=h, z=settings.verdict_z, basis="test")
+    metrics["verdict"] = verdict.to_dict()
+    confidence = metrics["trading"].get("confidence") or {}
+    extras = {
+        "calibration": {n: c.to_dict() for n, c in fit.combination.calibrators.items()},
+        "decision": {"rule": DECISION_RULE, "prior": [float(v) for v in fit.prior]},
+        "combination": metrics["combination"],
+        "trading_threshold": confidence.get("threshold"),
+    }
     return FittedPair(
         models=fit.models,
         weights=fit.weights,
-        weights_fallback=fit.weights_fallback,
         metrics=metrics,
         timings=timings,
-        test_proba=ens["test"],
+        bundle_extras=extras,
+        test=preds["test"],
         walk_forward=wf,
+        oos=oos,
     )
 
 
@@ -316,13 +399,15 @@ def chart_data(
     models: dict[str, Any],
     weights: dict[str, float],
     test_proba: np.ndarray,
+    test_pred: np.ndarray,
     settings: Settings,
 ) -> dict[str, Any]:
-    """What the report draws for this pair, recorded with the result (see report_data)."""
+    """What the report draws for this pair, recorded with the result (see report_data): the ensemble's
+    calibrated test probabilities and its class decisions (the ones the trading read trades)."""
     s = prep.split
     return {
         "equity": report_data.equity_curves(
-            test_proba.argmax(axis=1),
+            test_pred,
             prep.returns[s.test],
             prep.ts.iloc[s.test],
             horizon=prep.spec.horizon_bars,
@@ -407,6 +492,8 @@ def persist_pair(
         "metrics": fitted.metrics,
         "library_versions": library_versions(),
         "lock_sha256": lock_sha256(),
+        # plain data, so the bundle still loads without this package (ensemble.EnsembleModel applies them)
+        **fitted.bundle_extras,
     }
     saved = artifacts.save_artifact(bundle, models_dir, path, artifact_key)
     timings = {**prep.timings, **fitted.timings, "save": time.perf_counter() - t0}
@@ -440,7 +527,7 @@ def persist_pair(
         feature_version=FEATURE_SET_VERSION,
         trained_at=trained_at,
         weights=fitted.weights,
-        metrics={k: fitted.metrics[k] for k in ("ensemble", "baseline", "persistence")},
+        metrics={k: fitted.metrics[k] for k in ("ensemble", "majority", "persistence", "prior", "verdict")},
         is_champion=bool(promotion and promotion.promote),
     )
     try:

@@ -1,9 +1,17 @@
 """Model registry: which version of a pair is the champion, and which versions are kept.
 
-A new version becomes champion only if, on the same most recent window (rows neither model has seen), it
-beats the current champion and every baseline by the configured margins on the chosen metric. The first
-version of a pair is its champion. Pointers move in the store's transaction that records the result, after
-the new artifact is on disk.
+A new version becomes champion only on out-of-sample evidence. Challenger and champion are scored on the same
+most recent rows that neither trained on: rows after the champion's validation slice (+ h, so no label it
+learned from reaches them) for which the challenger has an out-of-sample prediction (its test slice, and the
+test blocks of its walk-forward folds where there are any). The scores are compared row by row (balanced
+accuracy and log loss are sums of per-row contributions), and the challenger is promoted only when
+
+    difference > promotion_z x block standard error of the difference     (stats.paired_difference)
+
+and it beats both baselines on the same rows (majority and persistence for label scores, the class-mix prior
+for log loss). The first version of a pair is its champion; an unusable or expired champion is replaced. The
+champion's reported score is its score on that window. Pointers move in the store's transaction that records
+the result, after the new artifact is on disk.
 """
 
 from __future__ import annotations
@@ -24,18 +32,14 @@ from ml.src.data.store_factory import open_store
 from ml.src.features.technical_indicators import FEATURE_COLUMNS
 from ml.src.training.artifacts import ArtifactError, load_ensemble, resolve_artifact
 from ml.src.training.ensemble import EnsembleModel
-from ml.src.training.metrics import label_metrics, majority_class, persistence_predictions
+from ml.src.training.metrics import balanced_accuracy_rows, majority_class
+from ml.src.training.stats import PairedDifference, block_length, paired_difference
 
 if TYPE_CHECKING:
     from ml.src.training.pipeline import FittedPair, PreparedPair
+    from ml.src.training.scoring import SlicePredictions
 
 log = logging.getLogger("ml.registry")
-
-METRIC_KEYS = {
-    "test_balanced_accuracy": "balanced_accuracy",
-    "test_accuracy": "accuracy",
-    "test_macro_f1": "macro_f1",
-}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class PromotionDecision:
     baselines: dict[str, float] = field(default_factory=dict)
     window: dict[str, Any] | None = None
     champion_version_id: int | None = None
+    difference: float | None = None  # challenger - champion on the window (higher = better orientation)
+    std_error: float | None = None  # block standard error of that difference
+    z: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -71,8 +78,32 @@ def load_recorded(row: dict[str, Any], settings: Settings) -> EnsembleModel:
     )
 
 
-def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
-    return float(label_metrics(y, pred)[METRIC_KEYS[metric]])
+def row_scores(metric: str, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per-row contributions whose sum is the metric on these rows (both metrics: higher is better)."""
+    if metric == "test_balanced_accuracy":
+        return balanced_accuracy_rows(y, pred)
+    if metric == "test_accuracy":
+        return (np.asarray(y) == pred).astype("float64") / max(len(y), 1)
+    raise ValueError(f"unknown promotion metric {metric!r}")
+
+
+def challenger_rows(fitted: FittedPair, prep: PreparedPair) -> SlicePredictions:
+    """The challenger's out-of-sample predictions by row: walk-forward test blocks, then its test slice (the
+    saved model's own predictions win where both exist)."""
+    from ml.src.training.scoring import concat
+
+    if fitted.oos is None:
+        return fitted.test
+    earlier = fitted.oos.take(fitted.oos.rows < prep.split.test.start)
+    return concat([earlier, fitted.test]) if earlier.rows.size else fitted.test
+
+
+def _champion_expired(current: dict[str, Any], settings: Settings, timeframe: str) -> bool:
+    trained = current.get("trained_at")
+    if trained is None:
+        return False
+    max_age = timedelta(days=settings.timeframes[timeframe].max_model_age_days)
+    return pd.Timestamp(datetime.now(UTC)) - pd.Timestamp(trained) > max_age
 
 
 def decide_promotion(
@@ -94,70 +125,102 @@ def decide_promotion(
         return PromotionDecision(
             True, "current champion uses another feature set", metric, champion_version_id=cid
         )
+    if _champion_expired(current, settings, req.timeframe):
+        return PromotionDecision(
+            True, "current champion is older than max_model_age_days", metric, champion_version_id=cid
+        )
+    return compare_on_window(champion, prep, fitted, settings, champion_version_id=cid)
 
-    # The same most recent window for both: the new test rows the champion never saw (after its validation
-    # slice, whose labels look h bars further ahead).
-    test = prep.split.test
-    ts_test = prep.ts.iloc[test].reset_index(drop=True)
+
+def compare_on_window(
+    champion: EnsembleModel,
+    prep: PreparedPair,
+    fitted: FittedPair,
+    settings: Settings,
+    champion_version_id: int | None = None,
+) -> PromotionDecision:
+    """The paired comparison on the rows neither model trained on (see the module docstring)."""
+    metric = settings.promotion_metric
+    h = prep.spec.horizon_bars
+    chal_rows = challenger_rows(fitted, prep)
     seen_until = pd.Timestamp(
         champion.metadata.get("split", {}).get("valid_end", "1970-01-01T00:00:00+00:00")
     )
-    unseen = np.flatnonzero((ts_test > seen_until).to_numpy())
-    first = int(unseen[0]) + prep.spec.horizon_bars if unseen.size else len(ts_test)
-    rows = np.arange(test.start + first, test.stop)
-    window = {
+    # the champion's last validation label looks h rows past valid_end: start h rows after it
+    unseen = np.flatnonzero((prep.ts > seen_until).to_numpy())
+    first = int(unseen[0]) + h if unseen.size else len(prep.ts)
+    window = chal_rows.take(chal_rows.rows >= first)
+    rows = window.rows
+    info = {
         "n": int(rows.size),
         "start": prep.ts.iloc[rows[0]].isoformat() if rows.size else None,
         "end": prep.ts.iloc[rows[-1]].isoformat() if rows.size else None,
+        "walk_forward_rows": int((rows < prep.split.test.start).sum()),
     }
     if rows.size < settings.min_rows_per_split:
         return PromotionDecision(
             False,
-            f"only {rows.size} test rows unseen by the champion: too few to compare; champion kept",
+            f"only {rows.size} rows unseen by the champion: too few to compare; champion kept",
             metric,
-            window=window,
-            champion_version_id=cid,
+            window=info,
+            champion_version_id=champion_version_id,
+            z=settings.promotion_z,
         )
 
-    x, y = prep.x[rows], prep.codes[rows]
-    # the challenger's test-row probabilities were computed when it was fitted
-    challenger_pred = fitted.test_proba[rows - test.start].argmax(axis=1)
-    chal = _score(metric, y, challenger_pred)
-    champ = _score(metric, y, champion.predict_proba(x).argmax(axis=1))
+    # one truth for both models: this run's labels on the window
+    y = prep.codes[rows]
+    champ = row_scores(metric, y, champion.decide(champion.predict_proba(prep.x[rows])))
+    chal = row_scores(metric, y, window.preds["ensemble"])
     major = majority_class(prep.codes[prep.split.train])
-    lo = int(rows[0])
-    baselines = {
-        "majority": _score(metric, y, np.full(rows.size, major)),
-        "persistence": _score(
-            metric, y, persistence_predictions(prep.codes, slice(lo, lo + rows.size), prep.spec.horizon_bars)
-        ),
+    baseline_rows = {
+        "majority": row_scores(metric, y, np.full(rows.size, major)),
+        # the label of row t - h under this run's labels (rows start well after h)
+        "persistence": row_scores(metric, y, prep.codes[rows - h]),
     }
+    promote, why, d = promotion_rule(
+        chal,
+        champ,
+        baseline_rows,
+        block=block_length(h),
+        z=settings.promotion_z,
+        baseline_margin=settings.promotion_baseline_margin,
+    )
+    chal_v, champ_v = float(chal.sum()), float(champ.sum())
+    return PromotionDecision(
+        promote,
+        f"{metric} {chal_v:.4f} vs champion {champ_v:.4f}: {why}",
+        metric,
+        challenger=chal_v,
+        champion=champ_v,
+        baselines={k: float(v.sum()) for k, v in baseline_rows.items()},
+        window=info,
+        champion_version_id=champion_version_id,
+        difference=d.diff,
+        std_error=d.se,
+        z=settings.promotion_z,
+    )
 
-    def decision(promote: bool, reason: str) -> PromotionDecision:
-        return PromotionDecision(
-            promote,
-            reason,
-            metric,
-            challenger=chal,
-            champion=champ,
-            baselines=baselines,
-            window=window,
-            champion_version_id=cid,
-        )
 
-    if chal <= champ + settings.promotion_margin:
-        return decision(
-            False,
-            f"{metric} {chal:.4f} does not beat the champion's {champ:.4f} + margin {settings.promotion_margin:g}",
-        )
-    best_name, best = max(baselines.items(), key=lambda kv: kv[1])
-    if chal <= best + settings.promotion_baseline_margin:
-        return decision(
-            False,
-            f"{metric} {chal:.4f} does not beat the {best_name} baseline's {best:.4f} + margin "
-            f"{settings.promotion_baseline_margin:g}",
-        )
-    return decision(True, f"{metric} {chal:.4f} beats champion {champ:.4f} and baselines")
+def promotion_rule(
+    challenger: np.ndarray,
+    champion: np.ndarray,
+    baselines: dict[str, np.ndarray],
+    *,
+    block: int,
+    z: float,
+    baseline_margin: float = 0.0,
+) -> tuple[bool, str, PairedDifference]:
+    """Promote iff sum(challenger - champion) > z x its block s.e. and the challenger's score beats every
+    baseline's by more than baseline_margin. Inputs are per-row contributions (higher is better, row_scores)."""
+    d = paired_difference(challenger, champion, block)
+    se = f"{d.se:.4f}" if d.se is not None else "unknown (too few rows)"
+    if not d.beats(z):
+        return False, f"difference {d.diff:+.4f} is not above {z:g} x s.e. {se}; champion kept", d
+    score = float(challenger.sum())
+    for name, rows in baselines.items():
+        if score - float(rows.sum()) <= baseline_margin:
+            return False, f"beats the champion but not the {name} baseline (+ margin {baseline_margin:g})", d
+    return True, f"difference {d.diff:+.4f} > {z:g} x s.e. {se}, and beats the baselines", d
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from ml.src.training.pipeline import (
     FittedPair,
     NotEnoughHistory,
     PairFailure,
+    PairSkipped,
     PreparedPair,
     fit_pair,
     library_versions,
@@ -188,6 +189,8 @@ def train_pairs(
                 return None, t0
             fill_outcomes_quietly(store, req.symbol, req.timeframe)  # new bars may realise earlier forecasts
             return prepare_pair(store, req, settings), t0
+        except PairSkipped as exc:  # some bars, fewer than the minimum history: nothing to fix, wait for bars
+            finish(i, skipped_result(req, str(exc), time.perf_counter() - t0))
         except NotEnoughHistory as exc:
             if req.explicit:  # a pair the user named: they should hear it has nothing to train on
                 horizon = settings.timeframes[req.timeframe].horizon_bars

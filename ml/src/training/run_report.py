@@ -66,11 +66,43 @@ def _pct(value: Any) -> str:
     return f"{100 * value:5.1f}" if isinstance(value, int | float) else "    -"
 
 
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "-"
+
+
+def _sharpe(block: dict[str, Any] | None) -> Any:
+    return ((block or {}).get("net") or {}).get("sharpe")
+
+
+def _walk_forward_line(r: PairResult) -> str | None:
+    wf = r.walk_forward or {}
+    s = wf.get("summary") or {}
+    if not s.get("n_folds_ok"):
+        return None
+    bal = {
+        n: s[n]["balanced_accuracy_mean"]
+        for n in ("ensemble", "equal_weight", "rf", "gb", "majority", "persistence")
+    }
+    std = s["ensemble"]["balanced_accuracy_std"]
+    pooled = (wf.get("pooled") or {}).get("ensemble") or {}
+    return (
+        f"  walk-forward {r.symbol}/{r.timeframe} ({s['n_folds_ok']}/{s['n_folds']} folds) balanced accuracy: "
+        f"ensemble {_pct(bal['ensemble']).strip()}"
+        + (f" +/- {100 * std:.1f}" if std is not None else "")
+        + f", equal {_pct(bal['equal_weight']).strip()}, rf {_pct(bal['rf']).strip()}, gb {_pct(bal['gb']).strip()}"
+        f" | majority {_pct(bal['majority']).strip()}, persistence {_pct(bal['persistence']).strip()}"
+        f"; log loss ensemble {_num(s['ensemble']['log_loss_mean'], '.3f')}, prior {_num(s['prior']['log_loss_mean'], '.3f')}"
+        f"; IC {_num(s['ensemble']['ic_mean'], '+.3f')} (pooled p {_num(pooled.get('ic_pvalue'), '.2f')})"
+    )
+
+
 def summary_table(report: RunReport) -> str:
-    """Accuracy never stands alone: balanced accuracy and both baselines sit beside it."""
+    """Like with like: each model score sits beside the same score of the baselines (test slice), then the
+    verdict (on the walk-forward rows when folds ran) and the net Sharpe against buy-and-hold."""
     header = (
-        f"{'symbol':<8} {'tf':<4} {'status':<9} {'train':>5} {'test':>5} {'w_rf':>5} {'w_gb':>5} "
-        f"{'ens_acc':>7} {'ens_bal':>7} {'majority':>8} {'persist':>7} {'rf_acc':>6} {'gb_acc':>6} {'secs':>6}"
+        f"{'symbol':<8} {'tf':<4} {'status':<9} {'train':>5} {'test':>5} {'w_rf':>5} {'alpha':>6} "
+        f"{'ens_bal':>7} {'maj_bal':>7} {'per_bal':>7} {'ens_ll':>6} {'pri_ll':>6} {'ic':>6} {'ic_p':>5} "
+        f"{'sharpe':>6} {'sh_thr':>6} {'sh_bh':>6} {'verdict':<15} {'secs':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in report.results:
@@ -78,29 +110,34 @@ def summary_table(report: RunReport) -> str:
             lines.append(f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.error or ''}"[: len(header) + 60])
             continue
         m, w = r.metrics, r.weights or {}
+        comb = m.get("combination") or {}
+        alpha = "equal" if comb.get("equal_weights") else _num(comb.get("alpha"), "g")
+        trading = m.get("trading") or {}
+        verdict = m.get("verdict") or {}
+        basis = {"walk_forward": "wf", "test": "test"}.get(verdict.get("basis", ""), "")
         lines.append(
             f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.n_train or 0:>5} {r.n_test or 0:>5} "
-            f"{w.get('rf', 0):>5.2f} {w.get('gb', 0):>5.2f} "
-            f"{_pct(m['ensemble']['test_accuracy']):>7} {_pct(m['ensemble']['test_balanced_accuracy']):>7} "
-            f"{_pct(m['baseline']['test_accuracy']):>8} {_pct(m['persistence']['test_accuracy']):>7} "
-            f"{_pct(m['rf']['test_accuracy']):>6} {_pct(m['gb']['test_accuracy']):>6} {r.duration_s:>6.2f}"
+            f"{w.get('rf', 0):>5.2f} {alpha:>6} "
+            f"{_pct(m['ensemble']['test_balanced_accuracy']):>7} {_pct(m['majority']['test_balanced_accuracy']):>7} "
+            f"{_pct(m['persistence']['test_balanced_accuracy']):>7} "
+            f"{_num(m['ensemble']['test_log_loss'], '.3f'):>6} {_num(m['prior']['test_log_loss'], '.3f'):>6} "
+            f"{_num(m['ensemble'].get('test_ic'), '+.3f'):>6} {_num(m['ensemble'].get('test_ic_pvalue'), '.2f'):>5} "
+            f"{_num(_sharpe(trading), '+.2f'):>6} {_num(_sharpe(trading.get('confidence')), '+.2f'):>6} "
+            f"{_num(_sharpe(trading.get('buy_and_hold')), '+.2f'):>6} "
+            f"{(verdict.get('verdict', '-') + (f' ({basis})' if basis else '')):<15} {r.duration_s:>6.2f}"
         )
-    wf = [r for r in report.results if r.walk_forward and r.walk_forward.get("summary", {}).get("n_folds_ok")]
-    for r in wf:
-        assert r.walk_forward is not None
-        s = r.walk_forward["summary"]
-        bal, maj = s["test_balanced_accuracy"], s["majority_test_accuracy"]
-        std = f" +/- {100 * bal['std']:.1f}" if bal["std"] is not None else ""
-        lines.append(
-            f"  walk-forward {r.symbol}/{r.timeframe}: {s['n_folds_ok']}/{s['n_folds']} folds, balanced accuracy "
-            f"{100 * bal['mean']:.1f}{std}, majority accuracy {100 * maj['mean']:.1f}"
-        )
+    for r in report.results:
+        line = _walk_forward_line(r)
+        if line:
+            lines.append(line)
     c = report.counts
     lines.append("-" * len(header))
     lines.append(
         f"run {report.run_id} {report.status}: {c['succeeded']} succeeded, {c['failed']} failed, "
-        f"{c['skipped']} skipped (test-slice percentages; majority = training majority class, "
-        f"persist = last known label)"
+        f"{c['skipped']} skipped. Test-slice balanced accuracy (%) of the ensemble, the training majority class "
+        "and persistence (last known label); log loss of the ensemble and of the training class mix (prior); "
+        "IC with its block-permutation p-value; net Sharpe of the calls, with the valid-fitted confidence "
+        "threshold, and of buy-and-hold; verdict skill / no-skill / worse (README: How the numbers are kept honest)"
     )
     for warning in report.warnings:
         lines.append(f"warning: {warning}")

@@ -134,11 +134,7 @@ def _period_stats(period_returns: np.ndarray, in_trade: np.ndarray, periods_per_
     )
 
 
-def _gross_net(
-    directions: np.ndarray, returns: np.ndarray, one_way: float, periods_per_year: float
-) -> GrossNet:
-    in_trade = directions != 0
-    gross = directions * returns
+def _net(directions: np.ndarray, returns: np.ndarray, one_way: float) -> np.ndarray:
     # Costs follow turnover: a position pays one way when it opens and one way when it closes (a flip pays
     # both), each charged to the position's own period. Holding the same direction into the next period is
     # not a new trade, so buy-and-hold pays one round trip in all, not one per period.
@@ -146,11 +142,68 @@ def _gross_net(
     nxt = np.concatenate((directions[1:], [0.0]))
     entry = np.where(directions != prev, np.abs(directions), 0.0)
     exit_ = np.where(directions != nxt, np.abs(directions), 0.0)
-    net = gross - one_way * (entry + exit_)
+    return directions * returns - one_way * (entry + exit_)
+
+
+def _gross_net(
+    directions: np.ndarray, returns: np.ndarray, one_way: float, periods_per_year: float
+) -> GrossNet:
+    in_trade = directions != 0
+    gross = directions * returns
+    net = _net(directions, returns, one_way)
     return GrossNet(
         gross=_period_stats(gross, in_trade, periods_per_year),
         net=_period_stats(net, in_trade, periods_per_year),
     )
+
+
+def _directions(codes: np.ndarray, allow_short: bool) -> np.ndarray:
+    directions = DIRECTION[np.asarray(codes).astype(np.int64)]
+    if not allow_short:
+        directions = np.where(codes == CLASS_CODES["BEARISH"], 0.0, directions)
+    return directions
+
+
+def fit_confidence_threshold(
+    pred_codes: np.ndarray,
+    score: np.ndarray,
+    realised_returns: np.ndarray,
+    *,
+    horizon: int,
+    fee_bps: float = 5,
+    slippage_bps: float = 5,
+    allow_short: bool = True,
+    quantiles: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9),
+) -> tuple[float, float | None]:
+    """The |direction score| below which the strategy stays flat, chosen on the given (validation) rows.
+
+    Candidates: 0 (always trade the predicted class), the given quantiles of |score| on these rows, and inf
+    (never trade). The one with the highest mean net return per holding period wins, averaged over the h
+    possible schedules (offsets 0..h-1) so every row counts; ties go to the higher threshold (fewer trades).
+    Returns (threshold, its quantile of |score|; 0 for "always", None for "never").
+    """
+    codes = np.asarray(pred_codes).ravel()
+    s = np.abs(np.asarray(score, dtype="float64").ravel())
+    r = np.asarray(realised_returns, dtype="float64").ravel()
+    one_way = (float(fee_bps) + float(slippage_bps)) / 1e4
+    candidates: list[tuple[float, float | None]] = [(0.0, 0.0)]
+    if s.size:
+        candidates += [(float(np.quantile(s, q)), q) for q in quantiles]
+    candidates.append((math.inf, None))
+    best: tuple[float, float | None] = (math.inf, None)
+    best_mean = 0.0  # "never trade" earns exactly 0
+    for tau, q in reversed(candidates[:-1]):  # highest threshold first, so a tie keeps it
+        means = []
+        for offset in range(int(horizon)):
+            rows = np.arange(offset, r.size, int(horizon))
+            rows = rows[np.isfinite(r[rows])]
+            if rows.size == 0:
+                continue
+            d = np.where(s[rows] >= tau, _directions(codes[rows], allow_short), 0.0)
+            means.append(float(_net(d, r[rows], one_way).mean()))
+        if means and float(np.mean(means)) > best_mean + 1e-15:
+            best, best_mean = (tau, q), float(np.mean(means))
+    return best
 
 
 def trading_metrics(
@@ -162,13 +215,16 @@ def trading_metrics(
     fee_bps: float = 5,
     slippage_bps: float = 5,
     allow_short: bool = True,
+    score: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> TradingReport:
     """Trade the predicted classes on the non-overlapping schedule rows 0, h, 2h, ... and score them.
 
     pred_codes are class codes aligned with labels.CLASSES (0 BEARISH, 1 NEUTRAL, 2 BULLISH); realised_returns the
     h-bar forward return of each row. Scheduled rows with a non-finite return are skipped, not re-aligned, so the
     remaining holds still never overlap. Opening or closing a position costs (fee_bps + slippage_bps) / 1e4 of
-    its notional, so an isolated trade pays a round trip of twice that.
+    its notional, so an isolated trade pays a round trip of twice that. With `score` and `threshold`, rows
+    whose |score| is below the threshold stay flat (fit_confidence_threshold chooses it on another slice).
     """
     codes = np.asarray(pred_codes).ravel()
     r = np.asarray(realised_returns, dtype="float64").ravel()
@@ -189,9 +245,12 @@ def trading_metrics(
     rows = rows[known]
     period_returns = r[rows]
 
-    directions = DIRECTION[codes[rows].astype(np.int64)]
-    if not allow_short:
-        directions = np.where(codes[rows] == CLASS_CODES["BEARISH"], 0.0, directions)
+    directions = _directions(codes[rows], allow_short)
+    if score is not None and threshold is not None:
+        conf = np.abs(np.asarray(score, dtype="float64").ravel())
+        if conf.shape != r.shape:
+            raise ValueError(f"score and realised_returns lengths differ: {conf.size} != {r.size}")
+        directions = np.where(conf[rows] >= threshold, directions, 0.0)
 
     one_way = (float(fee_bps) + float(slippage_bps)) / 1e4
     periods_per_year = float(bars_per_year) / horizon

@@ -1,38 +1,27 @@
 """Walk-forward evaluation: K expanding-window folds in time order, the whole pipeline refit per fold.
 
 For fold k with test rows [s, e): everything before s - h is the fold's history (h rows purged so no
-history label looks into the test block); the history is split into fit | h purged | valid, the models are
-fitted on fit, the Ridge weights on valid (and, in quantile mode, the label thresholds on fit). Nothing of
-the fold's test rows or later is seen. One split says little about a direction model; K of them say more.
+history label looks into the test block); the history is split into fit | h purged | valid, the label
+thresholds (quantile / vol modes) and the members are fitted on fit, the calibration and Ridge weights on
+valid. Nothing of the fold's test rows or later is seen. One split says little about a direction model; K of
+them say more. Each fold is scored by scoring.score_slice, like the pair's test slice.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from config.settings import Settings
 from ml.src.training.labels import label_codes, thresholds_for
-from ml.src.training.metrics import (
-    class_counts,
-    empty_classes,
-    label_metrics,
-    majority_class,
-    persistence_predictions,
-)
+from ml.src.training.metrics import class_shares, empty_classes
 from ml.src.training.models import fit_ensemble
-from ml.src.training.trading_metrics import information_coefficient
-from ml.src.training.weights import blend, direction_score
+from ml.src.training.scoring import MODELS, NAMES, SlicePredictions, score_slice, slice_predictions
 
-SUMMARY_KEYS = (
-    "test_accuracy",
-    "test_balanced_accuracy",
-    "majority_test_accuracy",
-    "persistence_test_accuracy",
-    "test_ic",
-)
+FOLD_KEYS = ("balanced_accuracy", "accuracy", "log_loss", "hit_rate", "ic")
 
 
 def fold_bounds(n_rows: int, folds: int, horizon: int, min_rows: int) -> list[tuple[int, int]]:
@@ -49,17 +38,38 @@ def fold_bounds(n_rows: int, folds: int, horizon: int, min_rows: int) -> list[tu
     return [(s, s + block) for s in starts]
 
 
-def _summary(values: list[float]) -> dict[str, float | None]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
+def _stats(values: list[Any]) -> tuple[float | None, float | None]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not vals:
-        return {"mean": None, "std": None, "min": None, "max": None}
+        return None, None
     arr = np.asarray(vals)
-    return {
-        "mean": float(arr.mean()),
-        "std": float(arr.std(ddof=1)) if arr.size > 1 else None,
-        "min": float(arr.min()),
-        "max": float(arr.max()),
-    }
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
+
+
+def summarise(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """walk_forward.summary.<name>: mean/std of the fold scores for every model and baseline."""
+    ok = [f for f in folds if "error" not in f]
+    summary: dict[str, Any] = {"n_folds": len(folds), "n_folds_ok": len(ok)}
+    for name in NAMES:
+        scores = [f["metrics"][name] for f in ok]
+        entry: dict[str, Any] = {}
+        for key in ("balanced_accuracy", "accuracy", "log_loss", "hit_rate"):
+            mean, std = _stats([s.get(key) for s in scores])
+            entry[f"{key}_mean"] = mean
+            if key == "balanced_accuracy":
+                entry["balanced_accuracy_std"] = std
+        if name in MODELS:
+            entry["ic_mean"], entry["ic_std"] = _stats([s.get("ic") for s in scores])
+        summary[name] = entry
+    return summary
+
+
+@dataclass
+class WalkForward:
+    """The JSON report (folds + summary) and the pooled out-of-sample predictions of the ok folds."""
+
+    report: dict[str, Any]
+    pooled: list[SlicePredictions] = field(default_factory=list)
 
 
 def run_fold(
@@ -72,39 +82,38 @@ def run_fold(
     threshold: float,
     settings: Settings,
     n_threads: int = 1,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], SlicePredictions]:
     history = start - horizon
     n_fit = int((history - horizon) * 0.75)
     fit, valid, test = slice(0, n_fit), slice(n_fit + horizon, history), slice(start, stop)
     if min(n_fit, history - n_fit - horizon) < settings.min_rows_per_split:
         raise ValueError(f"fold history of {history} rows is too short for fit and valid slices")
-    thresholds = thresholds_for(settings.threshold_mode, returns[fit], threshold)
+    thresholds = thresholds_for(settings.threshold_mode, returns[fit], threshold, settings.threshold_k)
     codes = label_codes(returns, thresholds)
     missing = empty_classes(codes[fit])
     if missing:
         raise ValueError(f"class {', '.join(missing)} has no samples in the fold's training rows")
 
-    result = fit_ensemble(x, codes, fit, valid, {"valid": valid, "test": test}, settings, n_threads)
-    weights = result.weights
-    ens = blend(result.probas["test"], weights)
-    y = codes[test]
-    m = label_metrics(y, ens.argmax(axis=1))
-    major = majority_class(codes[fit])
-    return {
+    result = fit_ensemble(x, codes, fit, valid, {"test": test}, settings, purge=horizon, n_threads=n_threads)
+    sp = slice_predictions(result, "test", test, codes, returns, horizon)
+    fold = {
         "n_fit": n_fit,
         "n_valid": history - n_fit - horizon,
         "n_test": stop - start,
-        "weights": weights,
-        "test_accuracy": m["accuracy"],
-        "test_balanced_accuracy": m["balanced_accuracy"],
-        "test_macro_f1": m["macro_f1"],
-        "majority_test_accuracy": label_metrics(y, np.full(len(y), major))["accuracy"],
-        "persistence_test_accuracy": label_metrics(y, persistence_predictions(codes, test, horizon))[
-            "accuracy"
-        ],
-        "test_ic": information_coefficient(direction_score(ens), returns[test]),
-        "test_class_counts": class_counts(y),
+        "weights": result.weights,
+        "alpha": None if math.isinf(result.combination.alpha) else result.combination.alpha,
+        "thresholds": thresholds.to_dict(),
+        "class_shares": {
+            "fit": class_shares(codes[fit]),
+            "valid": class_shares(codes[valid]),
+            "test": class_shares(codes[test]),
+        },
+        "metrics": {
+            name: {k: m.get(k) for k in FOLD_KEYS if k in m}
+            for name, m in score_slice(sp, horizon=horizon).items()
+        },
     }
+    return fold, sp
 
 
 def walk_forward(
@@ -117,10 +126,11 @@ def walk_forward(
     threshold: float,
     settings: Settings,
     n_threads: int = 1,
-) -> dict[str, Any]:
-    """Per-fold metrics and their mean/std; a fold that cannot be fitted is reported with its reason."""
+) -> WalkForward:
+    """Per-fold scores and their mean/std; a fold that cannot be fitted is reported with its reason."""
     bounds = fold_bounds(len(returns), folds, horizon, settings.min_rows_per_split)
     out_folds: list[dict[str, Any]] = []
+    pooled: list[SlicePredictions] = []
     for k, (start, stop) in enumerate(bounds):
         fold: dict[str, Any] = {
             "fold": k,
@@ -129,23 +139,20 @@ def walk_forward(
             "test_end": ts.iloc[stop - 1].isoformat(),
         }
         try:
-            fold.update(
-                run_fold(
-                    x,
-                    returns,
-                    start,
-                    stop,
-                    horizon=horizon,
-                    threshold=threshold,
-                    settings=settings,
-                    n_threads=n_threads,
-                )
+            scores, sp = run_fold(
+                x,
+                returns,
+                start,
+                stop,
+                horizon=horizon,
+                threshold=threshold,
+                settings=settings,
+                n_threads=n_threads,
             )
         except ValueError as exc:
             fold["error"] = str(exc)
+        else:
+            fold.update(scores)
+            pooled.append(sp)
         out_folds.append(fold)
-    ok = [f for f in out_folds if "error" not in f]
-    summary: dict[str, Any] = {key: _summary([f[key] for f in ok]) for key in SUMMARY_KEYS}
-    summary["n_folds"] = len(out_folds)
-    summary["n_folds_ok"] = len(ok)
-    return {"folds": out_folds, "summary": summary}
+    return WalkForward({"folds": out_folds, "summary": summarise(out_folds)}, pooled)

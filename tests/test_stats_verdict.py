@@ -1,0 +1,122 @@
+"""Block standard errors, the IC's block-permutation p-value, the verdict rule and the promotion rule, pinned on
+small hand-made arrays (the rules are pure functions of per-row predictions)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ml.src.training.metrics import balanced_accuracy_rows
+from ml.src.training.registry import promotion_rule
+from ml.src.training.scoring import SlicePredictions, score_slice
+from ml.src.training.stats import block_length, block_se, ic_with_pvalue, paired_difference
+from ml.src.training.verdict import judge
+from ml.src.training.weights import one_hot
+
+
+def test_block_se_pins_the_formula():
+    c = np.array([1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 0.0])  # blocks of 2: the oldest odd row joins the first block
+    sums = np.array([1.0 + 1.0 + 2.0, 2.0 + 3.0, 3.0 + 0.0])
+    expected = math.sqrt(3 / 2 * ((sums - sums.mean()) ** 2).sum())
+    assert block_se(c, 2) == pytest.approx(expected)
+    assert block_se(c, 3) is None  # two blocks cannot estimate a spread
+    assert block_length(5) == 10 and block_length(0) == 2
+
+
+def test_paired_difference_and_its_decisions():
+    a = np.array([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]) / 8
+    b = np.array([0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]) / 8
+    d = paired_difference(a, b, block=2)
+    assert d.diff == pytest.approx(3 / 8) and d.n == 8 and d.se is not None
+    assert d.beats(0.0) and not d.loses(0.0)
+    assert d.beats(d.diff / d.se * 0.99) and not d.beats(d.diff / d.se * 1.01)
+
+
+def test_ic_p_value_from_block_permutations():
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal(400)
+    ic, p = ic_with_pvalue(r + 0.5 * rng.standard_normal(400), r, block=5, n_perm=500, seed=1)
+    assert ic > 0.8 and p == pytest.approx(1 / 501)  # no shuffle comes close
+    ic, p = ic_with_pvalue(rng.standard_normal(400), r, block=5, n_perm=500, seed=1)
+    assert abs(ic) < 0.15 and p > 0.05
+    s = rng.standard_normal(400)
+    assert ic_with_pvalue(s, r, 5, 200, 3) == ic_with_pvalue(s, r, 5, 200, 3)  # seeded: reproducible
+    assert ic_with_pvalue(np.ones(50), r[:50], 5) == (None, None)
+    assert ic_with_pvalue(s[:12], r[:12], 5)[1] is None  # fewer than 4 blocks: no p-value
+
+
+def _slice(y: np.ndarray, model_proba: np.ndarray, prior: np.ndarray) -> SlicePredictions:
+    n = len(y)
+    from ml.src.training.metrics import decide
+
+    probas = {"ensemble": model_proba, "prior": np.tile(prior, (n, 1))}
+    preds = {"ensemble": decide(model_proba, prior), "prior": decide(probas["prior"], prior)}
+    preds["majority"] = preds["prior"]
+    preds["persistence"] = np.roll(y, 2)
+    return SlicePredictions(np.arange(n), y, np.zeros(n), probas, preds)
+
+
+Y = np.tile([0, 1, 2, 1, 0, 2, 2, 1, 0, 1], 12)  # 120 hand-made labels, every class present
+PRIOR = np.array([0.3, 0.4, 0.3])
+
+
+def test_verdict_skill_when_clearly_better_than_both_baselines_and_the_prior():
+    sharp = 0.7 * one_hot(Y) + 0.3 * np.tile(PRIOR, (len(Y), 1))
+    v = judge(_slice(Y, sharp, PRIOR), horizon=2, z=2.0, basis="test")
+    assert v.verdict == "skill" and v.balanced_accuracy.diff > 0.5 and v.log_loss.diff > 0
+
+
+def test_verdict_worse_when_confidently_wrong():
+    wrong = one_hot((Y + 1) % 3) * 0.9 + 0.1 / 3
+    v = judge(_slice(Y, wrong, PRIOR), horizon=2, z=2.0, basis="test")
+    assert v.verdict == "worse" and v.log_loss.diff < 0
+
+
+def test_verdict_no_skill_for_a_forecast_equal_to_the_prior():
+    v = judge(_slice(Y, np.tile(PRIOR, (len(Y), 1)), PRIOR), horizon=2, z=2.0, basis="test")
+    assert v.verdict == "no-skill"
+    assert v.log_loss.diff == pytest.approx(0.0) and v.to_dict()["basis"] == "test"
+
+
+def test_score_slice_reads_like_with_like():
+    sharp = 0.7 * one_hot(Y) + 0.3 * np.tile(PRIOR, (len(Y), 1))
+    sp = _slice(Y, sharp, PRIOR)
+    for name in ("rf", "gb", "equal_weight"):
+        sp.probas[name], sp.preds[name] = sp.probas["ensemble"], sp.preds["ensemble"]
+    scores = score_slice(sp, horizon=2)
+    assert scores["ensemble"]["balanced_accuracy"] == 1.0
+    assert scores["majority"]["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert scores["majority"]["log_loss"] is None and scores["prior"]["log_loss"] > 1.0
+    assert set(scores["ensemble"]) >= {"log_loss", "hit_rate", "ic", "ic_pvalue", "confusion"}
+
+
+def _rows(hits: np.ndarray) -> np.ndarray:
+    return balanced_accuracy_rows(Y, np.where(hits, Y, (Y + 1) % 3))
+
+
+def test_promotion_rule_promotes_a_clearly_better_challenger():
+    rng = np.random.default_rng(5)
+    champion = _rows(rng.random(len(Y)) < 0.35)
+    challenger = _rows(rng.random(len(Y)) < 0.75)
+    baselines = {"majority": _rows(Y == 1), "persistence": _rows(np.roll(Y, 2) == Y)}
+    promote, reason, d = promotion_rule(challenger, champion, baselines, block=4, z=1.645)
+    assert promote and d.diff > 1.645 * d.se, reason
+
+
+def test_promotion_rule_keeps_the_champion_within_noise_and_without_the_baselines():
+    rng = np.random.default_rng(6)
+    base = rng.random(len(Y)) < 0.4
+    flip = base.copy()
+    flip[:6] = ~flip[:6]  # a few rows differ: a small difference with a comparable standard error
+    promote, reason, d = promotion_rule(_rows(flip | base), _rows(base), {}, block=4, z=1.645)
+    assert not promote and "not above" in reason and d.diff >= 0
+    # identical models: a tie is not a win
+    assert not promotion_rule(_rows(base), _rows(base), {}, block=4, z=0.0)[0]
+    # clearly better than the champion but not than a baseline: kept
+    good = _rows(rng.random(len(Y)) < 0.7)
+    promote, reason, _ = promotion_rule(
+        good, _rows(np.zeros(len(Y), bool)), {"persistence": _rows(np.ones(len(Y), bool))}, block=4, z=1.645
+    )
+    assert not promote and "persistence baseline" in reason

@@ -165,8 +165,8 @@ class Settings(BaseSettings):
     # valid, blended by Ridge weights shrunk toward equal weights; chosen by walk-forward log loss, balanced
     # accuracy, IC and fit time (docs/benchmarks.md, "Model quality"). ML_GB_BACKEND=sklearn_gb etc. still work.
     random_state: int = 42
-    class_weight: ClassWeight = Field(default="balanced", description="both members: none or balanced")
-    rf_n_estimators: int = Field(default=100, ge=1)
+    class_weight: ClassWeight = Field(default="none", description="both members: none or balanced")
+    rf_n_estimators: int = Field(default=50, ge=1)
     rf_max_depth: int | None = Field(default=6, ge=1)
     rf_min_samples_split: int = Field(default=2, ge=2)
     rf_min_samples_leaf: int = Field(default=50, ge=1)
@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     # penalties tried for the Ridge weights (equal weights = an infinite penalty is always tried too)
     ridge_alphas: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+    )
+    ridge_se_rule: float = Field(
+        default=1.0, ge=0, description="keep the strongest penalty within this many s.e. of the best"
     )
     refit_on_valid: bool = Field(
         default=False, description="refit the members on train + valid for the saved model"

@@ -93,15 +93,26 @@ def test_identical_members_get_equal_weights():
     assert fit_simplex_ridge(same, y, alpha=0.0) == pytest.approx({"rf": 0.5, "gb": 0.5})
 
 
-def test_select_alpha_scores_later_rows_and_prefers_the_stronger_penalty_on_ties():
+def test_select_alpha_scores_later_rows_and_keeps_equal_weights_within_one_standard_error():
     y, probas = _members(n=600)
     fit = {k: v[:400] for k, v in probas.items()}
     later = {k: v[400:] for k, v in probas.items()}
-    alpha, scores = select_alpha(fit, y[:400], later, y[400:], [0.0, 0.1, 10.0])
+    alpha, scores = select_alpha(fit, y[:400], later, y[400:], [0.0, 0.1, 10.0], block=4)
     assert set(scores) == {"0", "0.1", "10", "inf"}
-    # the noise member really hurts the later rows; 0 and 0.1 both give it no weight, and the tie keeps 0.1
+    # the noise member really hurts the later rows: far more than one s.e., so the weights move; 0 and 0.1
+    # give it no weight alike, and the stronger penalty is kept
     assert scores["0"] < scores["inf"] and alpha == 0.1 and scores["0.1"] == scores["0"]
-    same = {"rf": probas["rf"], "gb": probas["rf"]}  # every penalty gives the same blend: keep equal weights
+    # two members that differ only a little: the best penalty is not equal weights, but within the noise
+    rng = np.random.default_rng(2)
+    close = {
+        "rf": 0.30 * one_hot(y) + 0.70 * rng.dirichlet([2, 2, 2], 600),
+        "gb": 0.28 * one_hot(y) + 0.72 * rng.dirichlet([2, 2, 2], 600),
+    }
+    args = ({k: v[:400] for k, v in close.items()}, y[:400], {k: v[400:] for k, v in close.items()}, y[400:])
+    best, scores = select_alpha(*args, [0.0, 0.01], block=4, se_rule=0.0)
+    assert best != float("inf") and scores["inf"] > min(scores.values())
+    assert select_alpha(*args, [0.0, 0.01], block=4)[0] == float("inf")
+    same = {"rf": probas["rf"], "gb": probas["rf"]}  # every penalty gives the same blend: equal weights
     alpha, _ = select_alpha(
         {k: v[:400] for k, v in same.items()},
         y[:400],

@@ -3,7 +3,8 @@
 Everything here is fitted on the validation slice only (the members never saw it), in time order:
 
 1. the penalty: calibrate and fit weights for each candidate alpha on the first part of valid, score the blend's
-   Brier on the later part (h rows purged between them), keep the best alpha (ties: the stronger penalty);
+   Brier on the later part (h rows purged between them), keep the strongest penalty within one standard error
+   of the best (equal weights unless unequal ones are better by more than the noise);
 2. the final calibration (one temperature per member) and weights are refitted on all of valid with that alpha.
 
 A validation slice too short to hold both parts gets equal weights. The valid-slice scores of the ensemble are
@@ -19,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ml.src.training.calibration import PriorTemperature, fit_prior_temperature, identity
+from ml.src.training.calibration import PriorTemperature, fit_prior_temperature
+from ml.src.training.stats import block_length
 from ml.src.training.weights import blend, brier, equal_weights, fit_simplex_ridge, select_alpha
 
 # share of the validation rows the penalty's weights are fitted on (the rest, after a purge, scores them)
@@ -65,8 +67,11 @@ def _calibrate(
     class_weights: Mapping[str, np.ndarray],
     enabled: bool,
 ) -> dict[str, PriorTemperature]:
-    if not enabled:
-        return {n: identity(p.shape[1]) for n, p in probas.items()}
+    if not enabled:  # no temperature, but still undo the class weighting (beta = 1)
+        return {
+            n: PriorTemperature(1.0, tuple(map(float, prior)), tuple(map(float, class_weights[n])))
+            for n in probas
+        }
     return {n: fit_prior_temperature(p, codes, prior, class_weights[n]) for n, p in probas.items()}
 
 
@@ -80,6 +85,7 @@ def fit_combination(
     alphas: Sequence[float],
     calibrate: bool,
     min_rows: int,
+    se_rule: float = 1.0,
 ) -> Combination:
     """Calibrators and weights from the members' validation-slice probabilities (rows in time order)."""
     y = np.asarray(valid_codes, dtype=np.int64)
@@ -96,7 +102,9 @@ def fit_combination(
         cal = _calibrate(early, y[:n_fit], prior, class_weights, calibrate)
         fit_p = {k: cal[k].apply(p) for k, p in early.items()}
         score_p = {k: cal[k].apply(p[late]) for k, p in valid_probas.items()}
-        alpha, scores = select_alpha(fit_p, y[:n_fit], score_p, y[late], alphas)
+        alpha, scores = select_alpha(
+            fit_p, y[:n_fit], score_p, y[late], alphas, block=block_length(purge), se_rule=se_rule
+        )
     calibrators = _calibrate(valid_probas, y, prior, class_weights, calibrate)
     cal_valid = {k: calibrators[k].apply(p) for k, p in valid_probas.items()}
     weights = fit_simplex_ridge(cal_valid, y, alpha)

@@ -191,6 +191,7 @@ def fit_ensemble(
             alphas=settings.ridge_alphas,
             calibrate=settings.calibrate,
             min_rows=settings.min_rows_per_split,
+            se_rule=settings.ridge_se_rule,
         )
         timings["weights"] = time.perf_counter() - t0
         if settings.refit_on_valid:

@@ -90,25 +90,42 @@ def fit_simplex_ridge(probas: Mapping[str, np.ndarray], codes: np.ndarray, alpha
     return {k: float(v) for k, v in zip(names, best[2], strict=True)}
 
 
+def brier_rows(proba: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    return ((np.asarray(proba, dtype="float64") - one_hot(codes, proba.shape[1])) ** 2).sum(axis=1)
+
+
 def select_alpha(
     fit_probas: Mapping[str, np.ndarray],
     fit_codes: np.ndarray,
     score_probas: Mapping[str, np.ndarray],
     score_codes: np.ndarray,
     alphas: Sequence[float],
+    *,
+    block: int = 1,
+    se_rule: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
-    """The penalty whose weights, fitted on the earlier rows, give the lowest Brier score on the later rows.
+    """The penalty for the weights: fitted on the earlier rows, scored by the Brier score on the later rows.
 
-    Equal weights (alpha = inf) are always a candidate. Ties go to the stronger penalty: without evidence
-    that unequal weights help, the weights stay equal. Returns (alpha, Brier per candidate).
+    Equal weights (alpha = inf) are always a candidate. The strongest penalty whose later-row Brier is within
+    `se_rule` standard errors of the best one's is chosen (the "one-standard-error rule"; the s.e. is that of
+    the paired per-row difference, over blocks of `block` rows): unequal weights have to earn their deviation
+    from equal weights by more than the noise of the comparison. Returns (alpha, Brier per candidate).
     """
-    candidates = sorted({float(a) for a in alphas} | {math.inf})
-    scores: dict[str, float] = {}
-    best_alpha, best_score = math.inf, math.inf
-    for a in reversed(candidates):  # strongest penalty first, so a tie keeps it
+    from ml.src.training.stats import block_se  # here: weights stays importable without scipy
+
+    candidates = sorted({float(a) for a in alphas} | {math.inf}, reverse=True)  # strongest penalty first
+    rows = {}
+    for a in candidates:
         w = fit_simplex_ridge(fit_probas, fit_codes, a)
-        score = brier(blend(score_probas, w), score_codes)
-        scores["inf" if math.isinf(a) else f"{a:g}"] = score
-        if score < best_score - 1e-12:
-            best_alpha, best_score = a, score
-    return best_alpha, scores
+        rows[a] = brier_rows(blend(score_probas, w), score_codes)
+    n = max(len(score_codes), 1)
+    best = min(candidates, key=lambda a: (float(rows[a].mean()), -a))
+    chosen = best
+    for a in candidates:  # strongest first: the first one within the band wins
+        d = (rows[a] - rows[best]) / n
+        se = block_se(d, block) or 0.0
+        if float(d.sum()) <= se_rule * se + 1e-12:
+            chosen = a
+            break
+    scores = {("inf" if math.isinf(a) else f"{a:g}"): float(r.mean()) for a, r in rows.items()}
+    return chosen, scores

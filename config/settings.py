@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     ridge_se_rule: float = Field(
         default=1.0, ge=0, description="keep the strongest penalty within this many s.e. of the best"
     )
+    ridge_balanced: bool = Field(
+        default=True, description="weight the Brier rows so every class counts equally"
+    )
     refit_on_valid: bool = Field(
         default=False, description="refit the members on train + valid for the saved model"
     )

@@ -83,6 +83,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "vol_k0.7": {"threshold_mode": "vol", "threshold_k": 0.7},
     # weights and calibration
     "weights_argmin": {"ridge_se_rule": 0.0},
+    "weights_se2": {"ridge_se_rule": 2.0},
+    "weights_plain_brier": {"ridge_balanced": False},
     "no_calibration": {"calibrate": False},
     "refit_on_valid": {"refit_on_valid": True},
     # members

@@ -22,7 +22,14 @@ import numpy as np
 
 from ml.src.training.calibration import PriorTemperature, fit_prior_temperature
 from ml.src.training.stats import block_length
-from ml.src.training.weights import blend, brier, equal_weights, fit_simplex_ridge, select_alpha
+from ml.src.training.weights import (
+    balanced_row_weights,
+    blend,
+    brier,
+    equal_weights,
+    fit_simplex_ridge,
+    select_alpha,
+)
 
 # share of the validation rows the penalty's weights are fitted on (the rest, after a purge, scores them)
 ALPHA_FIT_SHARE = 0.6
@@ -86,6 +93,7 @@ def fit_combination(
     calibrate: bool,
     min_rows: int,
     se_rule: float = 1.0,
+    balanced: bool = False,
 ) -> Combination:
     """Calibrators and weights from the members' validation-slice probabilities (rows in time order)."""
     y = np.asarray(valid_codes, dtype=np.int64)
@@ -103,11 +111,18 @@ def fit_combination(
         fit_p = {k: cal[k].apply(p) for k, p in early.items()}
         score_p = {k: cal[k].apply(p[late]) for k, p in valid_probas.items()}
         alpha, scores = select_alpha(
-            fit_p, y[:n_fit], score_p, y[late], alphas, block=block_length(purge), se_rule=se_rule
+            fit_p,
+            y[:n_fit],
+            score_p,
+            y[late],
+            alphas,
+            block=block_length(purge),
+            se_rule=se_rule,
+            balanced=balanced,
         )
     calibrators = _calibrate(valid_probas, y, prior, class_weights, calibrate)
     cal_valid = {k: calibrators[k].apply(p) for k, p in valid_probas.items()}
-    weights = fit_simplex_ridge(cal_valid, y, alpha)
+    weights = fit_simplex_ridge(cal_valid, y, alpha, balanced_row_weights(y) if balanced else None)
     return Combination(
         calibrators=calibrators,
         weights=weights,

@@ -192,6 +192,7 @@ def fit_ensemble(
             calibrate=settings.calibrate,
             min_rows=settings.min_rows_per_split,
             se_rule=settings.ridge_se_rule,
+            balanced=settings.ridge_balanced,
         )
         timings["weights"] = time.perf_counter() - t0
         if settings.refit_on_valid:

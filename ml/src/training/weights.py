@@ -43,11 +43,24 @@ def brier(proba: np.ndarray, codes: np.ndarray) -> float:
     )
 
 
-def fit_simplex_ridge(probas: Mapping[str, np.ndarray], codes: np.ndarray, alpha: float) -> dict[str, float]:
-    """argmin_w  mean_i ||sum_m w_m p_m,i - onehot_i||^2 + alpha ||w - 1/M||^2,  w >= 0, sum w = 1.
+def balanced_row_weights(codes: np.ndarray) -> np.ndarray:
+    """Per-row weights (mean 1) under which every class present counts equally, as in balanced accuracy."""
+    y = np.asarray(codes, dtype=np.int64)
+    counts = np.bincount(y, minlength=3).astype("float64")
+    k = float((counts > 0).sum())
+    return len(y) / (k * counts[y]) if len(y) else np.zeros(0)
 
-    alpha = inf gives equal weights. Exact: the KKT system is solved on every support and the best feasible
-    solution kept.
+
+def fit_simplex_ridge(
+    probas: Mapping[str, np.ndarray],
+    codes: np.ndarray,
+    alpha: float,
+    row_weights: np.ndarray | None = None,
+) -> dict[str, float]:
+    """argmin_w  mean_i r_i ||sum_m w_m p_m,i - onehot_i||^2 + alpha ||w - 1/M||^2,  w >= 0, sum w = 1.
+
+    r are optional row weights (mean 1; default all 1, the plain Brier score). alpha = inf gives equal
+    weights. Exact: the KKT system is solved on every support and the best feasible solution kept.
     """
     names = list(probas)
     m = len(names)
@@ -61,8 +74,10 @@ def fit_simplex_ridge(probas: Mapping[str, np.ndarray], codes: np.ndarray, alpha
     if n == 0 or not np.isfinite(x).all():
         return equal_weights(names)
     e = np.full(m, 1.0 / m)
-    gram = x.T @ x / n + alpha * np.eye(m)
-    lin = x.T @ y / n + alpha * e
+    r = np.ones(n) if row_weights is None else np.asarray(row_weights, dtype="float64")
+    rx = x * np.repeat(r, one_hot(codes).shape[1])[:, None]
+    gram = rx.T @ x / n + alpha * np.eye(m)
+    lin = rx.T @ y / n + alpha * e
 
     def objective(w: np.ndarray) -> float:
         return float(w @ gram @ w - 2 * lin @ w)
@@ -103,6 +118,7 @@ def select_alpha(
     *,
     block: int = 1,
     se_rule: float = 1.0,
+    balanced: bool = False,
 ) -> tuple[float, dict[str, float]]:
     """The penalty for the weights: fitted on the earlier rows, scored by the Brier score on the later rows.
 
@@ -114,10 +130,12 @@ def select_alpha(
     from ml.src.training.stats import block_se  # here: weights stays importable without scipy
 
     candidates = sorted({float(a) for a in alphas} | {math.inf}, reverse=True)  # strongest penalty first
+    fit_r = balanced_row_weights(fit_codes) if balanced else None
+    score_r = balanced_row_weights(score_codes) if balanced else np.ones(len(score_codes))
     rows = {}
     for a in candidates:
-        w = fit_simplex_ridge(fit_probas, fit_codes, a)
-        rows[a] = brier_rows(blend(score_probas, w), score_codes)
+        w = fit_simplex_ridge(fit_probas, fit_codes, a, fit_r)
+        rows[a] = score_r * brier_rows(blend(score_probas, w), score_codes)
     n = max(len(score_codes), 1)
     best = min(candidates, key=lambda a: (float(rows[a].mean()), -a))
     chosen = best

@@ -23,6 +23,7 @@ from ml.src.inference.live_record import summarise
 from ml.src.inference.outcomes import fill_outcomes
 from ml.src.monitoring.report import build_report
 from ml.src.training.labels import CLASSES
+from ml.src.training.registry import load_recorded
 from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars
 
@@ -87,7 +88,9 @@ def test_forecasts_for_every_champion_once_and_their_outcomes(env: dict[str, Any
         assert champion is not None
         p = np.array([row["p_bearish"], row["p_neutral"], row["p_bullish"]])
         assert abs(p.sum() - 1.0) < 1e-9 and (p >= 0).all()
-        assert row["label"] == CLASSES[int(p.argmax())]
+        # the label is the bundle's decision (the class most above its training share), not a raw argmax
+        model = load_recorded(champion, settings)
+        assert row["label"] == CLASSES[int(model.decide(p[None, :])[0])]
         assert row["direction_score"] == pytest.approx(p[2] - p[0], abs=1e-12)
         n = 1200 if tf == "d1" else 600
         assert pd.Timestamp(row["bar_ts"]) == bars["ts"].iloc[n - 1]  # the latest bar: closed long ago

@@ -151,7 +151,7 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
 def test_predict_proba_refuses_rows_inside_the_warm_up(trained_bundle: tuple[Path, str]) -> None:
     model = load_ensemble(*trained_bundle)
     feats = add_technical_features(sample_bars("GOOG", "d1", first=1000))
-    cold = feats.iloc[150:152]  # rows 150, 151: still inside the 200-bar warm-up
+    cold = feats.iloc[100:102]  # rows 100, 101: still inside the 120-bar warm-up
     with pytest.raises(MissingFeaturesError) as info:
         model.predict_proba(cold)
     message = str(info.value)
@@ -161,7 +161,7 @@ def test_predict_proba_refuses_rows_inside_the_warm_up(trained_bundle: tuple[Pat
     warm = model.predict_proba(feats.iloc[[WARMUP_BARS, 999]])
     np.testing.assert_allclose(warm.sum(axis=1), 1.0, atol=1e-12)
     with pytest.raises(MissingFeaturesError, match="1 of 3 row"):
-        model.predict_proba(feats.iloc[[120, 500, 999]])
+        model.predict_proba(feats.iloc[[WARMUP_BARS - 1, 500, 999]])
 
 
 def _rewrite(source: Path, dest: Path, versions: dict[str, str]) -> str:

@@ -76,14 +76,19 @@ def test_make_run_then_the_nightly_schedule_exits_0_on_the_sample_data(ml_env: P
     )
 
 
-def test_universe_skips_short_history_but_a_named_pair_fails(embedded_store: SqliteStore, capsys) -> None:
+def test_short_history_is_skipped_but_a_named_pair_without_bars_fails(
+    embedded_store: SqliteStore, capsys
+) -> None:
     embedded_store.upsert_bars("IBM", "w1", sample_bars("IBM", "w1", last=250))  # < warm-up + 3 slices
     embedded_store.upsert_symbols(["IBM"])
     code, out = run_json(["--all", "--timeframes", "w1"], capsys)
     assert code == 0 and out["results"][0]["status"] == "skipped"
-    assert "only 250 bars; need at least" in out["results"][0]["error"]
+    assert "IBM/w1: insufficient history: 250 bars, needs 282" in out["results"][0]["error"]
+    # too little history yet is nothing to fix, whoever asked; no bars at all for a named pair is
     code, out = run_json(["--pairs", "IBM:w1"], capsys)
-    assert code == 1 and out["results"][0]["status"] == "failed"
+    assert code == 0 and out["results"][0]["status"] == "skipped"
+    code, out = run_json(["--pairs", "IBM:d1"], capsys)
+    assert code == 1 and out["results"][0]["status"] == "failed" and "no bars" in out["results"][0]["error"]
 
 
 def test_a_bad_symbols_row_fails_only_its_own_pairs(embedded_store: SqliteStore, capsys) -> None:

@@ -658,7 +658,8 @@ def test_views_return_expected_rows(service_client: Any, authenticated_client: A
 
 
 def test_views_read_like_with_like(service_client: Any) -> None:
-    """Results written since issue 9: the majority baseline under 'majority', the prior, the verdict."""
+    """Results written since issue 9: the majority baseline under 'majority', the prior, the verdict; the
+    champion's row in latest_models, every result in accuracy_history and model_health."""
     ticker = new_ticker()
     run_id = service_client.table("training_runs").insert({"status": "succeeded"}).execute().data[0]["run_id"]
     m = {
@@ -673,14 +674,32 @@ def test_views_read_like_with_like(service_client: Any) -> None:
         "persistence": {"test_accuracy": 0.33, "test_balanced_accuracy": 0.32},
         "prior": {"test_log_loss": 1.07},
         "verdict": {"verdict": "no-skill", "basis": "walk_forward"},
-        "trading": {
-            "net": {"sharpe": -0.4},
-            "confidence": {"net": {"sharpe": 0.1}},
-            "buy_and_hold": {"net": {"sharpe": 0.9}},
-        },
     }
-    result = {"run_id": run_id, "symbol": ticker, "timeframe": "d1", "status": "succeeded", "metrics": m}
+    trading = {
+        "net": {"sharpe": -0.4},
+        "confidence": {"net": {"sharpe": 0.1}},
+        "buy_and_hold": {"net": {"sharpe": 0.9}},
+    }
+    result = {
+        "run_id": run_id,
+        "symbol": ticker,
+        "timeframe": "d1",
+        "status": "succeeded",
+        "metrics": {**m, "trading": trading},
+    }
     service_client.table("training_results").insert(result).execute()
+    version = {
+        "symbol": ticker,
+        "timeframe": "d1",
+        "run_id": run_id,
+        "artifact_path": f"{ticker}/d1/x.joblib",
+        "artifact_sha256": SHA,
+        "feature_version": "ta-v2",
+        "trained_at": iso(TS0),
+        "is_champion": True,
+        "metrics": m,  # what persist_pair copies: ensemble, majority, persistence, prior, verdict
+    }
+    service_client.table("model_versions").insert(version).execute()
     row = service_client.table("latest_models").select("*").eq("symbol", ticker).execute().data[0]
     assert row["majority_test_accuracy"] == pytest.approx(0.45)
     assert row["majority_test_balanced_accuracy"] == pytest.approx(1 / 3)
@@ -698,7 +717,7 @@ def test_views_read_like_with_like(service_client: Any) -> None:
     hist = service_client.table("accuracy_history").select("*").eq("symbol", ticker).execute().data[0]
     assert hist["majority_test_balanced_accuracy"] == pytest.approx(1 / 3) and hist["verdict"] == "no-skill"
     health = service_client.table("model_health").select("*").eq("symbol", ticker).execute().data[0]
-    assert health["latest_verdict"] == "no-skill" and health["last3_runs_not_beating_baselines"] == 0
+    assert health["latest_verdict"] == "no-skill" and health["runs_below_baselines"] == 0
 
 
 def test_views_handle_missing_metrics(service_client: Any) -> None:

@@ -13,8 +13,7 @@ from freezegun import freeze_time
 from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
 from ml.src.monitoring import report as monitoring
-from ml.src.training import ensemble_training_job as job
-from ml.src.training import registry
+from ml.src.training import registry, run_loop
 from ml.src.training.ensemble_training_job import main
 from ml.src.training.pair_result import PairRequest
 from ml.src.training.pipeline import fit_pair, persist_pair, prepare_pair
@@ -146,7 +145,7 @@ def test_better_model_is_promoted_and_pointer_moves(embedded_store, ml_env, caps
     assert p["challenger"] == pytest.approx(1.0) and p["difference"] > 1.645 * p["std_error"]
     # the champion's reported score is its score on that window, beside the baselines' on the same rows
     assert p["champion"] < 1.0 and set(p["baselines"]) == {"majority", "persistence"}
-    run_id = job.start_run(embedded_store, settings, {"symbols": ["IXIC"]}, "api").run_id
+    run_id = run_loop.start_run(embedded_store, settings, {"symbols": ["IXIC"]}, "api").run_id
     result = persist_pair(
         embedded_store,
         prep,

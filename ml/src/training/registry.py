@@ -29,7 +29,7 @@ from config.settings import Settings
 from ml.src.data.identifiers import IdentifierError, check_pair
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
-from ml.src.features.technical_indicators import FEATURE_COLUMNS
+from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from ml.src.training.artifacts import ArtifactError, load_ensemble, resolve_artifact
 from ml.src.training.ensemble import EnsembleModel
 from ml.src.training.metrics import balanced_accuracy_rows, majority_class
@@ -121,7 +121,10 @@ def decide_promotion(
         return PromotionDecision(
             True, f"current champion is unusable ({exc})", metric, champion_version_id=cid
         )
-    if tuple(champion.feature_names) != tuple(FEATURE_COLUMNS):
+    # same columns but another FEATURE_SET_VERSION (e.g. other smoothing lengths) is another feature set too:
+    # scoring it on this run's features would judge it on inputs it was not trained on
+    version = champion.metadata.get("feature_version", FEATURE_SET_VERSION)
+    if tuple(champion.feature_names) != tuple(FEATURE_COLUMNS) or version != FEATURE_SET_VERSION:
         return PromotionDecision(
             True, "current champion uses another feature set", metric, champion_version_id=cid
         )

@@ -197,6 +197,12 @@ def test_load_champion_checks_age_and_features(embedded_store, monkeypatch, caps
         pytest.raises(ChampionError, match="older than 45"),
     ):
         load_champion("IBM", "w1", store=embedded_store)
+    # same columns, another feature-set version (the values differ): refused too
+    current = registry.FEATURE_SET_VERSION
+    monkeypatch.setattr(registry, "FEATURE_SET_VERSION", "ta-next")
+    with pytest.raises(ChampionError, match=rf"different feature list or version \({current}\)"):
+        load_champion("IBM", "w1", store=embedded_store)
+    monkeypatch.setattr(registry, "FEATURE_SET_VERSION", current)
     monkeypatch.setattr(registry, "FEATURE_COLUMNS", ("only_one_feature",))
     with pytest.raises(ChampionError, match="different feature list"):
         load_champion("IBM", "w1", store=embedded_store)

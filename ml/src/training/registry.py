@@ -106,6 +106,16 @@ def _champion_expired(current: dict[str, Any], settings: Settings, timeframe: st
     return pd.Timestamp(datetime.now(UTC)) - pd.Timestamp(trained) > max_age
 
 
+def uses_current_feature_set(model: EnsembleModel) -> bool:
+    """Trained on this feature set: the same columns AND the same FEATURE_SET_VERSION.
+
+    Same columns under another version (other smoothing lengths, say) are other inputs: a model fed them is
+    judged, or asked to forecast, on features it was not trained on.
+    """
+    version = model.metadata.get("feature_version", FEATURE_SET_VERSION)
+    return tuple(model.feature_names) == tuple(FEATURE_COLUMNS) and version == FEATURE_SET_VERSION
+
+
 def decide_promotion(
     store: TrainingStore, prep: PreparedPair, fitted: FittedPair, settings: Settings
 ) -> PromotionDecision:
@@ -121,10 +131,7 @@ def decide_promotion(
         return PromotionDecision(
             True, f"current champion is unusable ({exc})", metric, champion_version_id=cid
         )
-    # same columns but another FEATURE_SET_VERSION (e.g. other smoothing lengths) is another feature set too:
-    # scoring it on this run's features would judge it on inputs it was not trained on
-    version = champion.metadata.get("feature_version", FEATURE_SET_VERSION)
-    if tuple(champion.feature_names) != tuple(FEATURE_COLUMNS) or version != FEATURE_SET_VERSION:
+    if not uses_current_feature_set(champion):
         return PromotionDecision(
             True, "current champion uses another feature set", metric, champion_version_id=cid
         )
@@ -295,8 +302,10 @@ def load_champion(
             f"{max_age.days} days (max_model_age_days); retrain it"
         )
     model = load_recorded(row, settings)
-    if tuple(model.feature_names) != tuple(FEATURE_COLUMNS):
+    if not uses_current_feature_set(model):
         raise ChampionError(
-            f"{symbol}/{timeframe}: champion was trained on a different feature list than the current feature set"
+            f"{symbol}/{timeframe}: champion was trained on a different feature list or version "
+            f"({model.metadata.get('feature_version')}) than the current feature set ({FEATURE_SET_VERSION}); "
+            "retrain it"
         )
     return model

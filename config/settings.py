@@ -22,7 +22,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-TIMEFRAMES: tuple[str, ...] = ("m15", "h1", "h4", "d1", "w1")
+from config.timeframes import TIMEFRAMES
+
+__all__ = ["DEFAULT_TIMEFRAMES", "TIMEFRAMES", "Settings", "TimeframeSpec", "get_settings", "settings_error_line"]
 
 GbBackend = Literal["lightgbm", "hist_gb", "sklearn_gb"]
 ThresholdMode = Literal["fixed", "quantile", "vol"]
@@ -252,6 +254,21 @@ class Settings(BaseSettings):
     # --- execution ------------------------------------------------------------------------------------
     workers: int = Field(
         default=0, ge=0, description="processes training pairs in parallel; 0 = one per core"
+    )
+    pool_min_pairs: int = Field(
+        default=2,
+        ge=1,
+        description="fewer pairs than this fit in the job's own process, without starting worker processes",
+    )
+    artifact_compress: int = Field(
+        default=0, ge=0, le=9, description="zlib level of saved bundles; 0 = none (faster, ~2.5x larger)"
+    )
+    dask_address: str | None = Field(
+        default=None, description="Dask scheduler address (tcp://host:8786): fit pairs on that cluster"
+    )
+    dask_connect_timeout_s: float = Field(default=30.0, gt=0)
+    dask_no_worker_timeout_s: float = Field(
+        default=300.0, gt=0, description="pairs still waiting fail once the cluster has had no worker this long"
     )
     db_timeout_s: float = Field(default=30.0, gt=0)
     db_max_retries: int = Field(default=4, ge=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from config.settings import TIMEFRAMES
+from config.timeframes import TIMEFRAMES
 
 SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9.\-^=]{0,19}$"
 SYMBOL_RE = re.compile(SYMBOL_PATTERN)

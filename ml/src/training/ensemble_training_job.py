@@ -9,14 +9,15 @@ Python API (`train_ensemble_for_symbol_timeframe`).
 from __future__ import annotations
 
 import sys
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from config.settings import Settings
-from ml.src.data.identifiers import check_timeframe, normalise_symbol
-from ml.src.data.store import TrainingStore
-from ml.src.data.store_factory import open_store
 from ml.src.training.job_cli import main
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from config.settings import Settings
+    from ml.src.data.store import TrainingStore
 
 __all__ = ["main", "train_ensemble_for_symbol_timeframe"]
 
@@ -36,10 +37,14 @@ def train_ensemble_for_symbol_timeframe(
     Raises IdentifierError (a ValueError) for an invalid symbol or timeframe, before anything is opened or
     written; ArtifactError when ML_MODELS_DIR is not writable.
     """
+    from config.settings import Settings
+    from ml.src.data.identifiers import check_timeframe, normalise_symbol
+    from ml.src.data.store_factory import open_store
+    from ml.src.training.run_loop import run_job
+
     symbol = normalise_symbol(symbol)
     timeframe = check_timeframe(timeframe)
     settings = settings or Settings()  # the environment as it is now (not a cached copy)
-    from ml.src.training.run_loop import run_job
 
     store = db or open_store(settings)
     try:

@@ -14,7 +14,7 @@ from freezegun import freeze_time
 from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
 from ml.src.training import ensemble_training_job as job
-from ml.src.training import run_loop
+from ml.src.training import run_loop, worker
 from ml.src.training.artifacts import ArtifactError, load_ensemble, sha256_file
 from ml.src.training.ensemble_training_job import main, train_ensemble_for_symbol_timeframe
 from ml.src.training.pair_result import PairRequest
@@ -26,6 +26,7 @@ from ml.src.training.pipeline import (
     prepare_pair,
 )
 from ml.src.training.weights import blend
+from ml.src.training.worker import pack_fit
 from tests.factories import ml_test_bars, sample_bars
 
 pytestmark = pytest.mark.slow
@@ -143,14 +144,10 @@ def test_artifact_reloads_to_the_same_probabilities(embedded_store: SqliteStore,
     prep = prepare_pair(embedded_store, PairRequest("GOOG", "d1", target_bars=450), settings)
     fitted = fit_pair(prep, settings)
     run = run_loop.start_run(embedded_store, settings, {"symbols": ["GOOG"]}, "api")
+    trained_at = pd.Timestamp("2026-01-02", tz="UTC").to_pydatetime()
+    packed = pack_fit(prep, fitted, run_id=run.run_id, trained_at=trained_at)
     result = persist_pair(
-        embedded_store,
-        prep,
-        fitted,
-        run_id=run.run_id,
-        models_dir=ml_env / "models",
-        trained_at=pd.Timestamp("2026-01-02", tz="UTC"),
-        duration_s=0.0,
+        embedded_store, prep, packed, run_id=run.run_id, models_dir=ml_env / "models", duration_s=0.0
     )
     model = load_ensemble(result.artifact_file, expected_sha256=result.artifact_sha256)
     assert model.classes == ("BEARISH", "NEUTRAL", "BULLISH")
@@ -352,14 +349,14 @@ def test_job_module_has_main_entry() -> None:
 def test_an_unexpected_fit_error_fails_only_that_pair(embedded_store, capsys, monkeypatch) -> None:
     load(embedded_store, "GOOG", "d1", 700)
     load(embedded_store, "GOOG", "w1", 446)
-    real_fit = run_loop.fit_pair
+    real_fit = worker.fit_pair
 
     def flaky_fit(prep, settings, n_threads=1):
         if prep.request.timeframe == "d1":
             raise RuntimeError("boom\nwith a second line")
         return real_fit(prep, settings, n_threads=n_threads)
 
-    monkeypatch.setattr(run_loop, "fit_pair", flaky_fit)
+    monkeypatch.setattr(worker, "fit_pair", flaky_fit)
     code, out = run_json(["--symbol", "GOOG", "--timeframes", "d1", "w1", "--target-bars", "240"], capsys)
     assert code == 1
     by_tf = {r["timeframe"]: r for r in out["results"]}

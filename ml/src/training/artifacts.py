@@ -15,10 +15,12 @@ import hmac
 import io
 import logging
 import os
+import pickle
 import re
 import tempfile
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -188,20 +190,33 @@ class SavedArtifact:
     signature: str | None  # HMAC-SHA256 under ML_ARTIFACT_KEY, or None without a key
 
 
-def save_bundle(bundle: dict[str, Any], path: Path) -> str:
-    """Write the bundle to `path` via a temp file in the same folder + rename; returns its sha256.
+def pack_bundle(bundle: dict[str, Any], compress: int = 0) -> bytes:
+    """The bundle as the bytes of its file: a pickle (protocol 5), zlib-compressed when `compress` > 0.
 
-    A crash mid-write leaves only a temp file that no reader ever opens (swept by a later run), never a
-    truncated bundle.
+    `joblib.load` and `pickle.load` both read it (joblib detects the zlib stream). Measured on a 500-bar
+    pair (docs/benchmarks.md): zlib level 1 takes ~12 ms of CPU to shrink 1.5 MB to 0.6 MB, while writing
+    and syncing the extra 0.9 MB takes ~1 ms, so compression is off unless disk space matters more
+    (ML_ARTIFACT_COMPRESS). The C pickler is 5x faster than joblib's Python one on the forest's node arrays.
+    """
+    data = pickle.dumps({"format": BUNDLE_FORMAT, **bundle}, protocol=5)
+    return zlib.compress(data, compress) if compress > 0 else data
+
+
+def write_artifact(data: bytes, path: Path) -> str:
+    """Write `data` to `path` atomically (temp file in the same folder, fdatasync, rename); its sha256.
+
+    The sync before the rename is the one the atomic rename needs: without it a crash can leave the new name
+    pointing at an empty or partial file. A crash mid-write leaves only a temp file that no reader ever opens
+    (swept by a later run), never a truncated bundle.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(data).hexdigest()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            joblib.dump({"format": BUNDLE_FORMAT, **bundle}, fh, compress=3)
+            fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
-        digest = sha256_file(tmp_name)
+            (getattr(os, "fdatasync", None) or os.fsync)(fh.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -209,18 +224,32 @@ def save_bundle(bundle: dict[str, Any], path: Path) -> str:
     return digest
 
 
-def save_artifact(
-    bundle: dict[str, Any], models_dir: Path, path: Path, key: Key | _FromSettings = None
+def save_bundle(bundle: dict[str, Any], path: Path, compress: int = 0) -> str:
+    """Write the bundle to `path` via a temp file in the same folder + rename; returns its sha256."""
+    return write_artifact(pack_bundle(bundle, compress), path)
+
+
+def save_artifact_bytes(
+    data: bytes, models_dir: Path, path: Path, key: Key | _FromSettings = None
 ) -> SavedArtifact:
-    """save_bundle inside the models directory, plus its ledger path and (with a key) its signature."""
+    """A packed bundle (pack_bundle, e.g. from a worker) written inside the models directory, with its
+    ledger path and (with a key) its signature, computed here from the same bytes: the key never leaves
+    the job's process."""
     path = inside_models_dir(models_dir, path)
-    sha = save_bundle(bundle, path)
+    sha = write_artifact(data, path)
     try:
-        signature = sign_file(path, key)
+        signature = sign_bytes(data, key)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return SavedArtifact(path, relative_artifact_path(models_dir, path), sha, signature)
+
+
+def save_artifact(
+    bundle: dict[str, Any], models_dir: Path, path: Path, key: Key | _FromSettings = None
+) -> SavedArtifact:
+    """save_bundle inside the models directory, plus its ledger path and (with a key) its signature."""
+    return save_artifact_bytes(pack_bundle(bundle), models_dir, path, key)
 
 
 class LibraryVersionWarning(UserWarning):

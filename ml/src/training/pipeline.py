@@ -1,7 +1,11 @@
 """One (symbol, timeframe) pair, from bars to a recorded ensemble, in three phases.
 
-prepare_pair (store reads, features, labels, split) -> fit_pair (pure compute, runs in a worker process)
--> persist_pair (artifact + result row). Any expected problem raises PairFailure with a one-line reason.
+prepare_pair (store reads, features, labels, split) -> fit_pair (pure compute, runs on a worker, which also
+packs the bundle: worker.fit_task) -> persist_pair (artifact bytes + result row). Any expected problem raises
+PairFailure with a one-line reason.
+
+The learners (scikit-learn, scipy, LightGBM) are imported inside the fit functions only, so the main process
+of a run whose fits happen elsewhere never pays for their import.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,15 +37,30 @@ from ml.src.training.labels import (
     thresholds_for,
 )
 from ml.src.training.metrics import class_counts, class_shares, empty_classes, prefixed
-from ml.src.training.models import EnsembleFit, fit_ensemble
 from ml.src.training.pair_result import PairRequest, PairResult
-from ml.src.training.registry import PromotionDecision
 from ml.src.training.scoring import NAMES, SlicePredictions, concat, score_slice, slice_predictions
 from ml.src.training.splits import PurgedSplit, SplitError, min_usable_rows, purged_split
 from ml.src.training.trading_metrics import fit_confidence_threshold, trading_metrics
 from ml.src.training.verdict import judge
-from ml.src.training.walk_forward import walk_forward
 from ml.src.training.weights import direction_score
+from ml.src.training.worker import library_versions
+
+if TYPE_CHECKING:
+    from ml.src.training.models import EnsembleFit
+    from ml.src.training.registry import PromotionDecision
+    from ml.src.training.worker import PackedFit
+
+__all__ = [
+    "FittedPair",
+    "PairFailure",
+    "PreparedPair",
+    "build_bundle",
+    "evaluate",
+    "fit_pair",
+    "library_versions",
+    "persist_pair",
+    "prepare_pair",
+]
 
 DECISION_RULE = "prior_ratio"  # metrics.decide: the class most above its training share
 
@@ -255,6 +274,8 @@ def evaluate(
     Returns (metrics, the predictions per part). Valid scores of the ensemble are in-sample for its
     calibration and weights; test scores are out-of-sample for everything.
     """
+    from ml.src.training.models import MODEL_NAMES
+
     s = prep.split
     h = prep.spec.horizon_bars
     parts = {"valid": s.valid, "test": s.test}
@@ -329,6 +350,9 @@ def trading_read(
 def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> FittedPair:
     """Fit the members on train, calibration and weights on valid, score everything on valid and test, run
     the walk-forward folds, and judge the pair on its out-of-sample rows."""
+    from ml.src.training.models import fit_ensemble
+    from ml.src.training.walk_forward import walk_forward
+
     s = prep.split
     h = prep.spec.horizon_bars
     fit = fit_ensemble(
@@ -421,25 +445,6 @@ def chart_data(
 
 
 # --------------------------------------------------------------------------------------------------- persist
-def library_versions() -> dict[str, str]:
-    import platform
-
-    import joblib
-    import lightgbm
-    import sklearn
-    import talib
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "scikit-learn": sklearn.__version__,
-        "lightgbm": lightgbm.__version__,
-        "joblib": joblib.__version__,
-        "ta-lib": talib.__version__,
-    }
-
-
 # The exact versions (with hashes) the install came from; the dev lock pins the same runtime versions.
 LOCK_FILE = Path(__file__).resolve().parents[3] / "requirements.lock"
 
@@ -453,30 +458,17 @@ def lock_sha256() -> str | None:
         return None
 
 
-def persist_pair(
-    store: TrainingStore,
+def build_bundle(
     prep: PreparedPair,
     fitted: FittedPair,
     *,
     run_id: str,
-    models_dir: Path,
     trained_at: datetime,
-    duration_s: float,
-    promotion: PromotionDecision | None = None,
-    artifact_key: str | None = None,
-    warn: Callable[[str], None] | None = None,
-) -> PairResult:
-    """Write the artifact, then the result row and model version together; no row without its artifact.
-
-    The champion pointer moves (if `promotion` says so) in the same store transaction, after the artifact is
-    on disk. The ledger gets the path relative to `models_dir` (and, with a key, the artifact's signature).
-    If recording fails, the store is read back before anything is deleted: a write whose reply was lost after
-    it committed is a success, and an artifact is only deleted when its row is known to be absent.
-    """
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """The artifact's contents: the fitted models and everything needed to use and audit them."""
     req = prep.request
-    t0 = time.perf_counter()
-    path = artifacts.artifact_path(models_dir, req.symbol, req.timeframe, run_id, trained_at)
-    bundle = {
+    return {
         "symbol": req.symbol,
         "timeframe": req.timeframe,
         "run_id": run_id,
@@ -490,12 +482,38 @@ def persist_pair(
         "thresholds": prep.thresholds.to_dict(),
         "split": prep.split_info,
         "metrics": fitted.metrics,
-        "library_versions": library_versions(),
+        "library_versions": versions,
         "lock_sha256": lock_sha256(),
         # plain data, so the bundle still loads without this package (ensemble.EnsembleModel applies them)
         **fitted.bundle_extras,
     }
-    saved = artifacts.save_artifact(bundle, models_dir, path, artifact_key)
+
+
+def persist_pair(
+    store: TrainingStore,
+    prep: PreparedPair,
+    fitted: PackedFit,
+    *,
+    run_id: str,
+    models_dir: Path,
+    duration_s: float,
+    promotion: PromotionDecision | None = None,
+    artifact_key: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> PairResult:
+    """Write the packed artifact, then the result row and model version together; no row without its artifact.
+
+    The champion pointer moves (if `promotion` says so) in the same store transaction, after the artifact is
+    on disk. The ledger gets the path relative to `models_dir` (and, with a key, the artifact's signature,
+    computed here: the key never reaches a worker). If recording fails, the store is read back before anything
+    is deleted: a write whose reply was lost after it committed is a success, and an artifact is only deleted
+    when its row is known to be absent.
+    """
+    req = prep.request
+    t0 = time.perf_counter()
+    trained_at = fitted.trained_at
+    path = artifacts.artifact_path(models_dir, req.symbol, req.timeframe, run_id, trained_at)
+    saved = artifacts.save_artifact_bytes(fitted.artifact, models_dir, path, artifact_key)
     timings = {**prep.timings, **fitted.timings, "save": time.perf_counter() - t0}
     result = PairResult(
         symbol=req.symbol,

@@ -38,6 +38,7 @@ from ml.src.training.stats import PairedDifference, block_length, paired_differe
 if TYPE_CHECKING:
     from ml.src.training.pipeline import FittedPair, PreparedPair
     from ml.src.training.scoring import SlicePredictions
+    from ml.src.training.worker import PackedFit
 
 log = logging.getLogger("ml.registry")
 
@@ -117,7 +118,7 @@ def uses_current_feature_set(model: EnsembleModel) -> bool:
 
 
 def decide_promotion(
-    store: TrainingStore, prep: PreparedPair, fitted: FittedPair, settings: Settings
+    store: TrainingStore, prep: PreparedPair, fitted: FittedPair | PackedFit, settings: Settings
 ) -> PromotionDecision:
     metric = settings.promotion_metric
     req = prep.request

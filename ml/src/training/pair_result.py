@@ -49,6 +49,7 @@ class PairResult:
     timings: dict[str, float] = field(default_factory=dict)
     walk_forward: dict[str, Any] | None = None
     promotion: dict[str, Any] | None = None
+    worker: dict[str, Any] | None = None  # which worker process fitted it, and its peak memory (not stored)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}

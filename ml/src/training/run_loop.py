@@ -1,7 +1,7 @@
 """The run loop: record a run, take its leases, train its pairs, record the outcome.
 
-prepare (store I/O, in this process) -> fit (in a worker process when there are several) -> persist (here).
-A pair that fails is recorded with a one-line reason and the others go on. Bookkeeping problems (retention,
+prepare (store I/O, in this process) -> fit + pack (worker.fit_task, on whatever executor the run uses: this
+process, a local pool or a Dask cluster) -> persist (here). A pair that fails is recorded with a one-line reason and the others go on. Bookkeeping problems (retention,
 heartbeats, sweeps, a lost reply reconciled) are recorded as the run's warnings and never stop it, and every
 way out of a run (done, interrupted, a second Ctrl-C, an unexpected exception) writes its final status.
 """
@@ -12,16 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +28,14 @@ from ml.src.data.store import StoreError, TrainingStore
 from ml.src.inference.outcomes import fill_outcomes_quietly
 from ml.src.monitoring.thresholds import thresholds_from_settings
 from ml.src.training.artifacts import ArtifactError, ensure_models_dir, sweep_temp_files
+from ml.src.training.executors import ExecutorError, PairExecutor, open_executor, worker_count
 from ml.src.training.leases import LeaseRenewer, holder_name, lease_name
 from ml.src.training.pair_result import PairRequest, PairResult, failed_result, skipped_result
 from ml.src.training.pipeline import (
-    FittedPair,
     NotEnoughHistory,
     PairFailure,
     PairSkipped,
     PreparedPair,
-    fit_pair,
-    library_versions,
     no_new_bars_reason,
     persist_pair,
     prepare_pair,
@@ -49,6 +44,9 @@ from ml.src.training.registry import decide_promotion, prune_versions
 from ml.src.training.run_report import RunReport
 from ml.src.training.stop import request_stop, stop_requested
 from ml.src.training.universe import PairOptions, PlannedPair, cross, named_pairs
+from ml.src.training.worker import FitSpec, PackedFit, fit_task, library_versions, secret_free
+
+__all__ = ["finish_run", "run_job", "start_run", "train_pairs", "worker_count"]
 
 log = logging.getLogger("ml.training")
 
@@ -78,27 +76,10 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def worker_count(settings: Settings, requested: int | None, n_pairs: int) -> int:
-    n = requested if requested is not None else settings.workers
-    if n <= 0:
-        n = os.cpu_count() or 1
-    return max(1, min(n, n_pairs))
-
-
 def one_line(exc: BaseException) -> str:
     """An exception as one line for the ledger (its first line; the traceback goes to the log)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C goes to the whole process group: the parent decides (finish the pair, then stop), not the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _fit_in_worker(prep: PreparedPair, settings: Settings) -> FittedPair:
-    # One thread per fit when pairs run side by side: OpenMP learners on oversubscribed cores slow down badly.
-    return fit_pair(prep, settings, n_threads=1)
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -109,16 +90,21 @@ def train_pairs(
     *,
     run_id: str,
     workers: int = 1,
+    executor: PairExecutor | None = None,
     progress: Callable[[int, int, PairResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> list[PairResult]:
-    """Prepare each pair (store I/O, here), fit it (in a worker process when workers > 1), persist it (here).
+    """Prepare each pair (store I/O, here), fit and pack it on the executor, persist it (here).
 
-    A pair that fails is recorded as failed and the others go on. A pair of the universe (not explicit) with no
+    Without an `executor` one is opened for the call (open_executor: a local pool of `workers` processes when
+    there are enough pairs, else this process) and closed at the end. A pair that fails is recorded as failed and the others go on. A pair of the universe (not explicit) with no
     bars or too little history is recorded as skipped. Bookkeeping problems go to `warn` (default: the log).
     """
     total = len(requests)
     results: dict[int, PairResult] = {}
+    # writes a pair's preparation made (its feature-cache rows), committed with the pair's result: one
+    # transaction per pair on SQLite
+    deferred: dict[int, list[Any]] = {}
     done = 0
 
     def note(message: str) -> None:
@@ -132,34 +118,38 @@ def train_pairs(
         results[i] = result
         if result.status != "succeeded":
             try:
-                store.record_result(result.to_record(run_id))
+                with store.transaction():
+                    store.apply_deferred(deferred.pop(i, []))
+                    store.record_result(result.to_record(run_id))
             except StoreError as exc:
                 note(f"{result.symbol}/{result.timeframe}: could not record the {result.status} pair: {exc}")
         done += 1
         if progress:
             progress(done, total, result)
 
-    def persist(i: int, prep: PreparedPair, fitted: FittedPair, t0: float) -> None:
+    def persist(i: int, prep: PreparedPair, fitted: PackedFit, t0: float) -> None:
         req = prep.request
         try:
             decision = decide_promotion(store, prep, fitted, settings)
-            result = persist_pair(
-                store,
-                prep,
-                fitted,
-                run_id=run_id,
-                models_dir=settings.models_dir,
-                trained_at=utcnow(),
-                duration_s=time.perf_counter() - t0,
-                promotion=decision,
-                artifact_key=(
-                    settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
-                ),
-                warn=note,
-            )
+            with store.transaction():
+                store.apply_deferred(deferred.pop(i, []))
+                result = persist_pair(
+                    store,
+                    prep,
+                    fitted,
+                    run_id=run_id,
+                    models_dir=settings.models_dir,
+                    duration_s=time.perf_counter() - t0,
+                    promotion=decision,
+                    artifact_key=(
+                        settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
+                    ),
+                    warn=note,
+                )
         except (StoreError, OSError, ArtifactError) as exc:
             result = failed_result(req, f"{req.symbol}/{req.timeframe}: {exc}", time.perf_counter() - t0)
         else:
+            result.worker = {"id": fitted.worker, "peak_rss_mb": round(fitted.worker_peak_rss_mb, 1)}
             retention = prune_versions(
                 store, req.symbol, req.timeframe, settings.keep_versions, settings.models_dir
             )
@@ -212,54 +202,44 @@ def train_pairs(
             )
         return None, t0
 
-    if workers <= 1:
+    own = executor is None
+    pool = executor or open_executor(settings, workers=workers, n_pairs=total)
+    # what travels to the workers: the prepared arrays and secret-free settings, never the store or a key
+    spec = FitSpec(
+        settings=secret_free(settings), run_id=run_id, n_threads=1, compress=settings.artifact_compress
+    )
+    pending: dict[Future[PackedFit], tuple[int, PreparedPair, float]] = {}
+
+    def collect(block: bool) -> None:
+        if not pending:
+            return
+        ready, _ = wait(list(pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for fut in sorted(ready, key=lambda f: pending[f][0]):
+            i, prep, t0 = pending.pop(fut)
+            try:
+                packed = fut.result()
+            except Exception as exc:
+                fit_failed(i, prep.request, exc, t0)
+                continue
+            persist(i, prep, packed, t0)
+
+    try:
         for i, req in enumerate(requests):
             if stop_requested():
                 break
             prep, t0 = prepare(i, req)
-            if prep is None:
-                continue
-            try:
-                # one thread even when alone: OpenMP learners on busy (shared) cores slow down by 10-40x
-                fitted = fit_pair(prep, settings, n_threads=1)
-            except Exception as exc:
-                fit_failed(i, req, exc, t0)
-                continue
-            persist(i, prep, fitted, t0)
-    else:
-        pending: dict[Future[FittedPair], tuple[int, PreparedPair, float]] = {}
-        ctx = None
-        if sys.platform != "win32":
-            # Workers fork from a server that has imported the pipeline (sklearn, LightGBM) once, instead of
-            # each importing it (~2 s) while the cores are needed for fitting.
-            ctx = get_context("forkserver")
-            ctx.set_forkserver_preload(["ml.src.training.pipeline"])
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
-
-            def drain(block: bool) -> None:
-                for fut in [f for f in pending if block or f.done()]:
-                    i, prep, t0 = pending.pop(fut)
-                    req = prep.request
-                    try:
-                        fitted = fut.result()
-                    except Exception as exc:
-                        fit_failed(i, req, exc, t0)
-                        continue
-                    persist(i, prep, fitted, t0)
-
-            for i, req in enumerate(requests):
-                if stop_requested():
-                    break
-                prep, t0 = prepare(i, req)
-                if prep is not None:
-                    pending[pool.submit(_fit_in_worker, prep, settings)] = (i, prep, t0)
-                drain(block=False)
-                # keep at most 2x workers prepared pairs in flight: bounded memory, workers never idle
-                while len(pending) >= 2 * workers:
-                    next(iter(pending)).result()
-                    drain(block=False)
-            while pending:
-                drain(block=True)
+            if prep is not None:
+                key = f"fit-{req.symbol}-{req.timeframe}"
+                pending[pool.submit(fit_task, prep, spec, key=key)] = (i, prep, t0)
+            collect(block=False)
+            # at most 2 prepared pairs per slot in flight: bounded memory here, and no worker waits for work
+            while len(pending) >= 2 * pool.slots:
+                collect(block=True)
+        while pending:
+            collect(block=True)
+    finally:
+        if own:
+            pool.close(cancel=bool(pending))
     return [results[i] for i in sorted(results)]
 
 
@@ -341,6 +321,7 @@ def run_job(
     lookback_days: float | None = None,
     target_bars: int | None = None,
     workers: int | None = None,
+    dask_address: str | None = None,
     force: bool = False,
     trigger: str = "manual",
     progress: Callable[[int, int, PairResult], None] | None = None,
@@ -426,30 +407,53 @@ def run_job(
 
         if requests:
             n_workers = worker_count(settings, workers, len(requests))
-            log.info(
-                "run %s: %d pair(s) to train (%d recorded without training), %d worker(s), %s store",
-                report.run_id,
-                len(requests),
-                total - len(requests),
-                n_workers,
-                store.name,
-            )
             by_pair = {(r.symbol, r.timeframe): i for i, r in zip(to_train, requests, strict=True)}
 
             def on_result(n: int, of: int, result: PairResult) -> None:
                 tell(by_pair[(result.symbol, result.timeframe)], result)
 
             try:
-                with LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost, report.run_id, warn):
-                    train_pairs(
-                        store,
-                        settings,
-                        requests,
-                        run_id=report.run_id,
-                        workers=n_workers,
-                        progress=on_result,
-                        warn=warn,
+                # fits run on a Dask cluster (--dask / ML_DASK_ADDRESS), local processes, or here
+                address = dask_address or settings.dask_address
+                try:
+                    executor = open_executor(
+                        settings, workers=n_workers, n_pairs=len(requests), dask_address=address
                     )
+                except ExecutorError as exc:
+                    report.error = str(exc)
+                    log.error("run %s: %s", report.run_id, exc)
+                    for i in to_train:
+                        req = planned[i].request
+                        failed = failed_result(req, f"{req.symbol}/{req.timeframe}: not trained: {exc}", 0.0)
+                        try:
+                            store.record_result(failed.to_record(report.run_id))
+                        except StoreError as again:
+                            warn(f"{req.symbol}/{req.timeframe}: could not record the failed pair: {again}")
+                        tell(i, failed)
+                else:
+                    report.executor = executor.describe()
+                    log.info(
+                        "run %s: %d pair(s) to train (%d recorded without training) on %s (%d slot(s)), %s store",
+                        report.run_id,
+                        len(requests),
+                        total - len(requests),
+                        executor.kind,
+                        executor.slots,
+                        store.name,
+                    )
+                    with (
+                        executor,
+                        LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost, report.run_id, warn),
+                    ):
+                        train_pairs(
+                            store,
+                            settings,
+                            requests,
+                            run_id=report.run_id,
+                            executor=executor,
+                            progress=on_result,
+                            warn=warn,
+                        )
             finally:
                 try:
                     store.release_leases(names, holder)

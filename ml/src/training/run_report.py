@@ -23,6 +23,16 @@ class RunReport:
     interrupted: bool = False
     store_io_s: float = 0.0  # time inside store calls (this process), for the I/O share of the run
     warnings: list[str] = field(default_factory=list)  # bookkeeping problems that did not stop the run
+    executor: dict[str, Any] = field(default_factory=dict)  # where the fits ran (kind, slots, address)
+
+    def worker_peaks(self) -> dict[str, float]:
+        """Peak resident memory (MiB) of each worker process that fitted a pair of this run."""
+        peaks: dict[str, float] = {}
+        for r in self.results:
+            if r.worker:
+                wid, mb = str(r.worker["id"]), float(r.worker["peak_rss_mb"])
+                peaks[wid] = max(peaks.get(wid, 0.0), mb)
+        return peaks
 
     @property
     def counts(self) -> dict[str, int]:
@@ -56,6 +66,7 @@ class RunReport:
             "duration_s": round(duration, 3) if duration is not None else None,
             "counts": self.counts,
             "store_io_s": round(self.store_io_s, 3),
+            "executor": {**self.executor, "worker_peak_rss_mb": self.worker_peaks()},
             "locked_by": self.locked_by,
             "warnings": list(self.warnings),
             "results": [r.to_json() for r in self.results],

@@ -91,7 +91,10 @@ class DaskPairExecutor(PairExecutor):
                 elif f.status == "cancelled":
                     outer.set_exception(CancelledError(f"Dask task {task_key} was cancelled"))
                 else:
-                    outer.set_exception(f.exception())
+                    exc = f.exception()
+                    if type(exc).__name__ == "KilledWorker":  # say what happened, in the first line
+                        exc = ExecutorError(f"KilledWorker: {_one_line(exc).split(': ', 1)[-1]}")
+                    outer.set_exception(exc)
             except BaseException as exc:  # the result could not be fetched (the scheduler went away)
                 if not outer.done():
                     outer.set_exception(exc)
@@ -120,9 +123,7 @@ class DaskPairExecutor(PairExecutor):
                 dfut.cancel()
                 if not outer.done():
                     outer.set_exception(
-                        ExecutorError(
-                            f"no Dask worker at {self.address} for {self._no_worker_timeout_s:g} s"
-                        )
+                        ExecutorError(f"no Dask worker at {self.address} for {self._no_worker_timeout_s:g} s")
                     )
             empty_since = None
 

@@ -114,12 +114,16 @@ class ProcessPoolPairExecutor(PairExecutor):
         if sys.platform != "win32":
             ctx = get_context("forkserver")
             ctx.set_forkserver_preload(list(PRELOAD_MODULES))
-        self._pool = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx, initializer=_ignore_sigint)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self._workers, mp_context=ctx, initializer=_ignore_sigint
+        )
         self._lock = threading.Lock()
         self._ready = False
         self._queued: list[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = []
         self._warm_error: BaseException | None = None
-        self._warm_thread = threading.Thread(target=self._warm, args=(warm_up,), name="pool-start", daemon=True)
+        self._warm_thread = threading.Thread(
+            target=self._warm, args=(warm_up,), name="pool-start", daemon=True
+        )
         self._warm_thread.start()
 
     @property

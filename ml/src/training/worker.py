@@ -149,9 +149,7 @@ def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> Fitt
 def fit_task(prep: PreparedPair, spec: FitSpec) -> PackedFit:
     """The unit of work shipped to a worker: fit the members, the weights and the metrics; pack the bundle."""
     fitted = fit_pair(prep, spec.settings, n_threads=spec.n_threads)
-    return pack_fit(
-        prep, fitted, run_id=spec.run_id, trained_at=datetime.now(UTC), compress=spec.compress
-    )
+    return pack_fit(prep, fitted, run_id=spec.run_id, trained_at=datetime.now(UTC), compress=spec.compress)
 
 
 def warm_up() -> str:

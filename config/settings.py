@@ -24,7 +24,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.timeframes import TIMEFRAMES
 
-__all__ = ["DEFAULT_TIMEFRAMES", "TIMEFRAMES", "Settings", "TimeframeSpec", "get_settings", "settings_error_line"]
+__all__ = [
+    "DEFAULT_TIMEFRAMES",
+    "TIMEFRAMES",
+    "Settings",
+    "TimeframeSpec",
+    "get_settings",
+    "settings_error_line",
+]
 
 GbBackend = Literal["lightgbm", "hist_gb", "sklearn_gb"]
 ThresholdMode = Literal["fixed", "quantile", "vol"]
@@ -174,6 +181,10 @@ class Settings(BaseSettings):
     rf_min_samples_leaf: int = Field(default=50, ge=1)
     rf_max_features: float | Literal["sqrt", "log2"] = "sqrt"
     rf_max_samples: float | None = Field(default=None, gt=0, le=1, description="bootstrap share per tree")
+    # Rows per tree (bootstrap size) at most this many; 0 = no cap. Apart from rf_max_samples (a share), and
+    # affects only windows with more training rows than the cap (target_bars above ~6,700): the forest's cost
+    # stops growing with the window (docs/benchmarks.md, "forest").
+    rf_sample_cap: int = Field(default=4000, ge=0)
     gb_backend: GbBackend = "lightgbm"
     gb_n_estimators: int = Field(default=100, ge=1)
     gb_learning_rate: float = Field(default=0.05, gt=0, le=1)
@@ -268,7 +279,9 @@ class Settings(BaseSettings):
     )
     dask_connect_timeout_s: float = Field(default=30.0, gt=0)
     dask_no_worker_timeout_s: float = Field(
-        default=300.0, gt=0, description="pairs still waiting fail once the cluster has had no worker this long"
+        default=300.0,
+        gt=0,
+        description="pairs still waiting fail once the cluster has had no worker this long",
     )
     db_timeout_s: float = Field(default=30.0, gt=0)
     db_max_retries: int = Field(default=4, ge=0)

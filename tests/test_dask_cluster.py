@@ -26,12 +26,12 @@ from ml.src.data.supabase_db import SupabaseStore
 from ml.src.training.artifacts import load_ensemble
 from ml.src.training.ensemble_training_job import main
 from ml.src.training.worker import FitSpec, secret_free
-from tests.factories import real_bars
+from tests.factories import sample_bars
 from tests.plugins.dask_cluster import REPO, LocalCluster, local_cluster
 
 pytestmark = pytest.mark.slow
 
-PAIRS = (("AAPL", "d1", 700), ("MSFT", "m15", 700), ("SPY", "h1", 700))
+PAIRS = (("GOOG", "d1", 700), ("IBM", "w1", 679), ("GSPC", "d1", 700))
 TARGET = "450"
 
 
@@ -46,7 +46,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 def load_pairs(store: Any, pairs: tuple[tuple[str, str, int], ...] = PAIRS) -> None:
     for symbol, tf, n in pairs:
-        store.upsert_bars(symbol, tf, real_bars(symbol, tf, last=n))
+        store.upsert_bars(symbol, tf, sample_bars(symbol, tf, last=n))
     store.upsert_symbols(sorted({p[0] for p in pairs}))
 
 
@@ -91,7 +91,7 @@ def test_a_cluster_run_gives_exactly_the_local_results(cluster, ml_env, monkeypa
         ma = load_ensemble(a[pair]["artifact_path"], expected_sha256=a[pair]["artifact_sha256"])
         mb = load_ensemble(b[pair]["artifact_path"], expected_sha256=b[pair]["artifact_sha256"])
         symbol, tf = pair.split("/")
-        x = real_bars(symbol, tf, last=300)
+        x = sample_bars(symbol, tf, last=300)
         from ml.src.features.technical_indicators import add_technical_features
 
         feats = add_technical_features(x).iloc[-50:]
@@ -107,7 +107,7 @@ def test_no_secret_travels_to_or_is_logged_by_a_worker(
     monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", key)
     monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("ML_DB_BACKOFF_S", "0.01")
-    pairs = (("DIS", "w1", 700),)
+    pairs = (("IXIC", "w1", 700),)
     with SupabaseStore(supabase_stack["SUPABASE_URL"], key) as store:
         load_pairs(store, pairs)
     settings = Settings()
@@ -125,7 +125,7 @@ def test_no_secret_travels_to_or_is_logged_by_a_worker(
     assert out["store"] == "supabase" and out["executor"]["kind"] == "dask"
     time.sleep(0.5)  # let the workers flush their logs
     logs = cluster.logs()
-    assert "fit_task" in logs or "fit-DIS-w1" in logs  # debug logs did record the task
+    assert "fit_task" in logs or "fit-IXIC-w1" in logs  # debug logs did record the task
     assert key not in logs
     # the JWT's payload alone must not appear either
     assert key.split(".")[1] not in logs
@@ -177,7 +177,7 @@ def no_half_written_artifacts(models: Path) -> list[Path]:
 
 
 def test_a_worker_killed_mid_pair_is_retried_on_the_other(ml_env, embedded_store, tmp_path) -> None:
-    pairs = (("AAPL", "d1", 700), ("IBM", "d1", 700), ("NVDA", "d1", 700), ("SPY", "d1", 700))
+    pairs = (("GOOG", "d1", 700), ("IBM", "d1", 700), ("GSPC", "d1", 700), ("IXIC", "d1", 700))
     load_pairs(embedded_store, pairs)
     with local_cluster(tmp_path / "dask", 2) as cluster:
         args = [*pair_args(pairs), "--target-bars", TARGET, "--walk-forward", "3", "--dask", cluster.address]
@@ -198,7 +198,7 @@ def test_a_worker_killed_mid_pair_is_retried_on_the_other(ml_env, embedded_store
 
 
 def test_a_worker_death_past_allowed_failures_fails_that_pair_in_one_line(ml_env, embedded_store, tmp_path):
-    pairs = (("AAPL", "d1", 700), ("IBM", "d1", 700), ("SPY", "d1", 700))
+    pairs = (("GOOG", "d1", 700), ("IBM", "d1", 700), ("GSPC", "d1", 700))
     load_pairs(embedded_store, pairs)
     # a scheduler that gives up on a task at the first worker death it causes
     env = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}

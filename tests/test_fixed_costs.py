@@ -25,7 +25,7 @@ from ml.src.training.executors import InProcessExecutor, ProcessPoolPairExecutor
 from ml.src.training.pair_result import PairRequest
 from ml.src.training.run_loop import train_pairs
 from ml.src.training.worker import FitSpec, library_versions, secret_free
-from tests.factories import real_bars
+from tests.factories import sample_bars
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNERS = ("sklearn", "scipy", "lightgbm")
@@ -133,9 +133,9 @@ def test_sqlite_runs_in_wal_with_synchronous_normal(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_one_commit_per_pair(embedded_store: SqliteStore, ml_env: Path) -> None:
-    pairs = (("IBM", "d1"), ("PG", "w1"))
+    pairs = (("IBM", "d1"), ("GSPC", "w1"))
     for symbol, tf in pairs:
-        embedded_store.upsert_bars(symbol, tf, real_bars(symbol, tf, last=600))
+        embedded_store.upsert_bars(symbol, tf, sample_bars(symbol, tf, last=600))
     commits: list[str] = []
 
     def trace(sql: str) -> None:

@@ -12,15 +12,15 @@ from ml.src.data.local_db import SqliteStore
 from ml.src.training.models import build_random_forest, fit_ensemble
 from ml.src.training.pair_result import PairRequest
 from ml.src.training.pipeline import prepare_pair
-from tests.factories import real_bars
+from tests.factories import sample_bars
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
 def prep(embedded_store: SqliteStore, ml_env):
-    embedded_store.upsert_bars("QQQ", "h1", real_bars("QQQ", "h1", last=700))
-    return prepare_pair(embedded_store, PairRequest("QQQ", "h1", target_bars=500), Settings())
+    embedded_store.upsert_bars("IXIC", "d1", sample_bars("IXIC", "d1", last=700))
+    return prepare_pair(embedded_store, PairRequest("IXIC", "d1", target_bars=500), Settings())
 
 
 def fit(prep, settings: Settings):

@@ -40,6 +40,7 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "ml.src.training.walk_forward",
     "ml.src.training.trading_metrics",
     "lightgbm",
+    "scipy.stats",  # imported lazily by the information coefficient
 )
 
 # Distribution names of the libraries a bundle depends on, as recorded in every bundle and run.

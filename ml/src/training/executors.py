@@ -169,6 +169,23 @@ class ProcessPoolPairExecutor(PairExecutor):
         return {"kind": self.kind, "slots": self.slots, "start_method": "forkserver"}
 
 
+def start_pool_server() -> None:
+    """Start the fork server that local pool workers fork from, without waiting for it.
+
+    It imports the learners (~2 s of CPU) on another core while this process is still importing pandas,
+    opening the store and reading bars; a pool opened later reuses it. Called by the command line as soon as
+    its flags say a local pool is likely; harmless if the run ends up fitting in-process.
+    """
+    if sys.platform == "win32":
+        return
+    from multiprocessing import forkserver
+
+    from ml.src.training.worker import PRELOAD_MODULES
+
+    get_context("forkserver").set_forkserver_preload(list(PRELOAD_MODULES))
+    forkserver.ensure_running()
+
+
 def worker_count(settings: Settings, requested: int | None, n_pairs: int) -> int:
     """Local worker processes: --workers, else ML_WORKERS; 0 = one per core; never more than pairs."""
     n = requested if requested is not None else settings.workers

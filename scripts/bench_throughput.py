@@ -16,6 +16,10 @@ Configurations:
   product  the product's Settings defaults, untouched, --workers 0 (one process per core).
 
 Sections (--sections):
+  artifact size and CPU of a 500-bar pair's bundle: joblib compress=3 (before) against a plain pickle and zlib
+           levels 1 and 3, and the time to write + fdatasync each.
+  forest   CPU of the product's forest alone on SPY/h1 windows of 2,000 to 20,000 bars, every row per tree
+           (the seed) against the per-tree cap (ML_RF_MAX_SAMPLES), with test balanced accuracy.
   pairs    1, 10, 40, 100 pairs of 500 target bars on the embedded store: time and CPU per pair (flat?);
            source beside product up to --source-max-pairs.
   ratio    the 10 pairs with --walk-forward K (the accuracy the done-when compares is walk-forward balanced
@@ -66,7 +70,7 @@ TARGET_BARS = 500
 SIZES = (500, 2000, 5000, 10000, 20000)
 SIZE_PAIR = ("SPY", "h1")
 PAIR_COUNTS = (1, 10, 40, 100)
-SECTIONS = ("help", "stages", "pairs", "ratio", "sizes", "line", "dask", "supabase")
+SECTIONS = ("help", "stages", "artifact", "forest", "pairs", "ratio", "sizes", "line", "dask", "supabase")
 ML_TABLES = ("training_results", "model_versions", "training_runs", "job_leases")
 
 
@@ -406,6 +410,16 @@ def main(argv: list[str] | None = None) -> int:
             payload["stages"] = bench_stages(template, tmp, ten, args.repeats)
             log(json.dumps({k: v for k, v in payload["stages"].items() if k != "raw"}, indent=1))
 
+        if "artifact" in args.sections:
+            payload["artifact"] = bench_artifact(template, tmp, ten[:3], args.repeats)
+            log(json.dumps(payload["artifact"], indent=1))
+
+        if "forest" in args.sections:
+            payload["forest"] = bench_forest(
+                template, tmp, [n for n in args.sizes if n >= 2000], args.repeats
+            )
+            log(json.dumps(payload["forest"], indent=1))
+
         if "pairs" in args.sections:
             cells = []
             for n in args.pair_counts:
@@ -528,6 +542,118 @@ def bench_stages(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], re
         "around_fit_share_of_fit": round(around / med["fit"], 4) if med["fit"] else None,
         "raw": raw,
     }
+
+
+def _prepared(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], target: int) -> list[Any]:
+    from bench_models import make_settings
+
+    from ml.src.data.local_db import SqliteStore
+    from ml.src.training.pair_result import PairRequest
+    from ml.src.training.pipeline import prepare_pair
+
+    db = copy_sqlite(template, tmp / "prepared" / "store.sqlite3")
+    settings = make_settings(tmp / "prepared", local_db=db)
+    with SqliteStore(db) as store:
+        return [
+            prepare_pair(store, PairRequest(s, tf, target_bars=target, force=True), settings)
+            for s, tf in pairs
+        ]
+
+
+def bench_artifact(
+    template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], repeats: int
+) -> dict[str, Any]:
+    """Bundle bytes and CPU: the former joblib.dump(compress=3) against pickle and zlib 1/3; write + fdatasync."""
+    import io
+    import pickle
+    import zlib
+    from datetime import UTC, datetime
+
+    import joblib
+    from bench_models import make_settings
+
+    from ml.src.training import artifacts
+    from ml.src.training.pipeline import build_bundle, fit_pair
+    from ml.src.training.worker import library_versions
+
+    settings = make_settings(tmp)
+    out: dict[str, Any] = {}
+    for prep in _prepared(template, tmp, pairs, TARGET_BARS):
+        fitted = fit_pair(prep, settings)
+        bundle = {
+            "format": 1,
+            **build_bundle(
+                prep, fitted, run_id="r", trained_at=datetime.now(UTC), versions=library_versions()
+            ),
+        }
+
+        def joblib3(b: dict[str, Any] = bundle) -> bytes:
+            buf = io.BytesIO()
+            joblib.dump(b, buf, compress=3)
+            return buf.getvalue()
+
+        variants: dict[str, Callable[[], bytes]] = {
+            "joblib_zlib3 (before)": joblib3,
+            "pickle (now)": lambda b=bundle: pickle.dumps(b, protocol=5),
+            "pickle+zlib1": lambda b=bundle: zlib.compress(pickle.dumps(b, protocol=5), 1),
+            "pickle+zlib3": lambda b=bundle: zlib.compress(pickle.dumps(b, protocol=5), 3),
+        }
+        for name, fn in variants.items():
+            cpu, write = [], []
+            for rep in range(max(3, repeats)):
+                t = time.thread_time()
+                data = fn()
+                cpu.append(time.thread_time() - t)
+                t = time.perf_counter()
+                artifacts.write_artifact(data, tmp / "artifact" / f"a{rep}.joblib")
+                write.append(time.perf_counter() - t)
+            cell = out.setdefault(name, {"bytes": [], "cpu_s": [], "write_fdatasync_s": []})
+            cell["bytes"].append(len(data))
+            cell["cpu_s"].append(median(cpu))
+            cell["write_fdatasync_s"].append(median(write))
+    shutil.rmtree(tmp / "artifact", ignore_errors=True)
+    return {
+        name: {
+            "bytes_median": median(c["bytes"]),
+            "cpu_median_s": round(median(c["cpu_s"]), 4),
+            "write_fdatasync_median_s": round(median(c["write_fdatasync_s"]), 4),
+        }
+        for name, c in out.items()
+    }
+
+
+def bench_forest(template: Path, tmp: Path, sizes: Sequence[int], repeats: int) -> dict[str, Any]:
+    """The forest alone (product settings, one thread): every row per tree against the per-tree cap."""
+    import sklearn
+    from bench_models import make_settings
+    from sklearn.metrics import balanced_accuracy_score
+
+    from ml.src.training.models import build_random_forest
+
+    settings = make_settings(tmp)
+    cap = settings.rf_max_samples
+    out: dict[str, Any] = {"cap": cap}
+    for n in sizes:
+        (prep,) = _prepared(template, tmp, [SIZE_PAIR], n)
+        s = prep.split
+        x, y = prep.x[s.train], prep.codes[s.train]
+        cell: dict[str, Any] = {"n_train": len(y)}
+        for label, max_samples in (("all_rows", None), (f"cap_{cap}", cap if 0 < cap < len(y) else None)):
+            cpu = []
+            for _ in range(repeats):
+                model = build_random_forest(settings).set_params(max_samples=max_samples)
+                t = time.thread_time()
+                with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+                    model.fit(x, y)
+                cpu.append(time.thread_time() - t)
+            acc = balanced_accuracy_score(prep.codes[s.test], model.predict(prep.x[s.test]))
+            cell[label] = {
+                "cpu_median_s": round(median(cpu), 3),
+                "test_balanced_accuracy": round(float(acc), 4),
+            }
+        out[str(n)] = cell
+        log(f"forest {n}: {cell}")
+    return out
 
 
 def bench_dask(

@@ -347,6 +347,39 @@ def table(section: dict[str, dict[str, Any]], title: str) -> str:
     return "\n".join(lines)
 
 
+def render_markdown(payload: dict[str, Any]) -> str:
+    """The tables docs/benchmarks.md shows, from a results file (`--render PATH`)."""
+    parts: list[str] = []
+    m = payload.get("machine", {})
+    parts.append(
+        f"commit {m.get('git', {}).get('commit', '?')[:10]} (dirty: {m.get('git', {}).get('dirty')}), "
+        f"load average at start {m.get('loadavg_at_start')}, at end {payload.get('loadavg_at_end')}, "
+        f"{payload.get('repeats')} repeat(s), pairs selected by {payload.get('pair_selection')}"
+    )
+    titles = {
+        "pairs": "Pairs of 500 bars, embedded store",
+        "ratio": "10 pairs with walk-forward",
+        "sizes": f"One pair ({SIZE_PAIR[0]}/{SIZE_PAIR[1]}) by window size",
+        "line": "Where a local pool starts to pay (product)",
+        "supabase": "Pairs of 500 bars, local Supabase stack",
+    }
+    for key, title in titles.items():
+        if payload.get(key):
+            parts.append(table(payload[key], title))
+    d = payload.get("dask")
+    if d:
+        parts.append(
+            table({k: v for k, v in d.items() if k in ("pool", "dask")}, "10 pairs: local pool vs Dask")
+        )
+        parts.append(f"identical weights and metrics on every pair: {d['identical']}")
+    for key in ("stages", "artifact", "forest", "help"):
+        if payload.get(key):
+            parts.append(f"\n{key}: `{json.dumps({k: v for k, v in payload[key].items() if k != 'raw'})}`")
+    parts.append("\n| done when | measured |\n|---|---|")
+    parts += [f"| {k} | {v} |" for k, v in done_when(payload).items()]
+    return "\n".join(parts)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -361,7 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     p.add_argument("--walk-forward", type=int, default=4, help="folds of the ratio section (default 4)")
     p.add_argument("--out", type=Path, default=REPO / "bench_results" / "throughput.json")
+    p.add_argument("--render", type=Path, metavar="JSON", help="print the markdown tables of a results file")
     args = p.parse_args(argv)
+    if args.render:
+        print(render_markdown(json.loads(args.render.read_text())))
+        return 0
     if args.quick:
         args.repeats, args.pair_counts, args.sizes = 1, [1, 10], [500, 2000]
         args.sections = [s for s in args.sections if s != "line"]

@@ -32,6 +32,7 @@ class Metered:
     cpu_main_s: float
     cpu_extra_s: float
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # "main" / "child:<pid>" -> MiB
+    cpu_by_process: dict[str, float] = field(default_factory=dict)  # "main" / "child:<pid>" -> s
 
 
 def _cpu(p: psutil.Process) -> float:
@@ -97,4 +98,8 @@ def run_metered(
         cpu_main_s=cpu_main,
         cpu_extra_s=cpu_extra,
         peak_rss_mb=peaks,
+        cpu_by_process={
+            "main": round(cpu_main, 3),
+            **{f"child:{pid}": round(c, 3) for pid, c in cpu_seen.items()},
+        },
     )

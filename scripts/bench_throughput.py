@@ -540,10 +540,9 @@ def bench_stages(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], re
                     totals[step] += now - clock[0]
                     clock[0] = now
 
-                with store.deferred_writes() as writes:
-                    prep = prepare_pair(
-                        store, PairRequest(symbol, tf, target_bars=TARGET_BARS, force=True), settings
-                    )
+                prep = prepare_pair(
+                    store, PairRequest(symbol, tf, target_bars=TARGET_BARS, force=True), settings
+                )
                 lap("prepare")
                 s = prep.split
                 fit = fit_ensemble(
@@ -560,12 +559,10 @@ def bench_stages(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], re
                 lap("pack")
                 decision = decide_promotion(store, prep, packed, settings)
                 lap("promotion")
-                with store.transaction():
-                    store.apply_deferred(writes)
-                    persist_pair(
-                        store, prep, packed, run_id=run_id, models_dir=settings.models_dir, duration_s=0.0,
-                        promotion=decision,
-                    )  # fmt: skip
+                persist_pair(
+                    store, prep, packed, run_id=run_id, models_dir=settings.models_dir, duration_s=0.0,
+                    promotion=decision,
+                )  # fmt: skip
                 lap("persist")
         raw.append(totals)
         shutil.rmtree(workdir, ignore_errors=True)

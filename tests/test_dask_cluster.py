@@ -88,8 +88,8 @@ def test_a_cluster_run_gives_exactly_the_local_results(cluster, ml_env, monkeypa
         assert b[pair]["worker"]["id"].split(":")[-1] != str(os.getpid())
         assert b[pair]["worker"]["peak_rss_mb"] > 0
         # and the saved models predict the same probabilities
-        ma = load_ensemble(a[pair]["artifact_path"], expected_sha256=a[pair]["artifact_sha256"])
-        mb = load_ensemble(b[pair]["artifact_path"], expected_sha256=b[pair]["artifact_sha256"])
+        ma = load_ensemble(a[pair]["artifact_file"], expected_sha256=a[pair]["artifact_sha256"])
+        mb = load_ensemble(b[pair]["artifact_file"], expected_sha256=b[pair]["artifact_sha256"])
         symbol, tf = pair.split("/")
         x = sample_bars(symbol, tf, last=300)
         from ml.src.features.technical_indicators import add_technical_features

@@ -12,6 +12,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import joblib
@@ -114,15 +115,17 @@ def test_artifacts_load_with_joblib_and_pickle_and_leave_no_temp_file(tmp_path: 
     sha = artifacts.write_artifact(data, path)
     assert sha == artifacts.sha256_file(path)
     assert joblib.load(path)["models"] == bundle["models"]
-    if not compress:
-        assert pickle.loads(path.read_bytes())["format"] == artifacts.BUNDLE_FORMAT
+    assert pickle.loads(zlib.decompress(path.read_bytes()))["format"] == artifacts.BUNDLE_FORMAT
+    if not compress:  # stored, not compressed: the pickle's bytes as they are, framed with a checksum
+        assert len(data) - len(pickle.dumps({"format": 1, **bundle}, protocol=5)) < 64
     assert [p.name for p in path.parent.iterdir()] == ["b.joblib"]
-    # an old compressed joblib bundle (the format before) still loads
+    assert artifacts.load_bundle(path, sha, key=None)["weights"] == {"x": 1.0}
+    # a bundle of the format before (joblib, zlib level 3) still loads
     old = tmp_path / "old.joblib"
     buf = io.BytesIO()
     joblib.dump({"format": artifacts.BUNDLE_FORMAT, **bundle}, buf, compress=3)
     old.write_bytes(buf.getvalue())
-    assert artifacts.load_bundle(old)["weights"] == {"x": 1.0}
+    assert artifacts.load_bundle(old, artifacts.sha256_file(old), key=None)["weights"] == {"x": 1.0}
 
 
 def test_sqlite_runs_in_wal_with_synchronous_normal(tmp_path: Path) -> None:
@@ -159,9 +162,8 @@ def test_one_commit_per_pair(embedded_store: SqliteStore, ml_env: Path) -> None:
     finally:
         conn.set_trace_callback(None)
     assert [r.status for r in results] == ["succeeded", "succeeded"]
-    # features, result row and model version of a pair: one commit each; nothing to prune
-    assert len(commits) == len(pairs), commits
+    # a pair's writes: its result, model version and champion pointer in one transaction, plus the feature
+    # cache's own (non-durable) one when features were computed; retention commits nothing when nothing goes
+    assert len(commits) == 2 * len(pairs), commits
     assert embedded_store.count_bars("IBM", "d1") == 600
     assert len(embedded_store.list_results(run_id)) == 2
-    n_cached = conn.execute("select count(*) from feature_cache where symbol = 'IBM'").fetchone()[0]
-    assert n_cached == 350

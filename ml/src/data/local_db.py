@@ -315,25 +315,19 @@ def _from_db(row: sqlite3.Row) -> dict[str, Any]:
 
 
 class _TimedLock:
-    """The store's lock (re-entrant, so a transaction can hold it across several calls), also adding the time
-    each outermost holder spends inside to the store's io_seconds."""
+    """The store's lock, also adding the time each holder spends inside to the store's io_seconds."""
 
     def __init__(self, store: SqliteStore) -> None:
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._store = store
         self._t0 = 0.0
-        self._depth = 0
 
     def __enter__(self) -> None:
         self._lock.acquire()
-        self._depth += 1
-        if self._depth == 1:
-            self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self._store.io_seconds += time.perf_counter() - self._t0
+        self._store.io_seconds += time.perf_counter() - self._t0
         self._lock.release()
 
 
@@ -345,8 +339,6 @@ class SqliteStore(TrainingStore):
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _TimedLock(self)
-        self._tx_thread: int | None = None  # the thread holding an open transaction() (it owns the lock)
-        self._deferring = threading.local()
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
             self._conn.row_factory = sqlite3.Row
@@ -395,65 +387,10 @@ class SqliteStore(TrainingStore):
     def close(self) -> None:
         self._conn.close()
 
-    @contextmanager
-    def _commit_scope(self) -> Iterator[None]:
-        """Commit at the end, unless this thread is inside transaction(), which commits once for all."""
-        if self._tx_thread == threading.get_ident():
-            yield
-        else:
-            with self._conn:
-                yield
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Every write of this thread inside the block in one transaction (one commit, one WAL append)."""
-        with self._lock:
-            if self._tx_thread == threading.get_ident():  # nested: the outer block commits
-                yield
-                return
-            try:
-                self._conn.execute("begin immediate")
-            except sqlite3.Error as exc:
-                raise StoreError(f"embedded store: cannot begin a transaction: {exc}") from exc
-            self._tx_thread = threading.get_ident()
-            try:
-                yield
-            except BaseException:
-                self._tx_thread = None
-                self._conn.rollback()
-                raise
-            self._tx_thread = None
-            try:
-                self._conn.commit()
-            except sqlite3.Error as exc:
-                self._conn.rollback()
-                raise StoreError(f"embedded store: commit failed: {exc}") from exc
-
-    @contextmanager
-    def deferred_writes(self) -> Iterator[list[Any]]:
-        """Writes of this thread inside the block are queued, not executed: apply_deferred runs them later,
-        typically inside the pair's transaction()."""
-        queue: list[Any] = []
-        previous = getattr(self._deferring, "queue", None)
-        self._deferring.queue = queue
-        try:
-            yield queue
-        finally:
-            self._deferring.queue = previous
-
-    def apply_deferred(self, writes: Sequence[Any]) -> None:
-        for sql, rows in writes:
-            self._write(sql, rows)
-
     def _write(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> int:
-        queue = getattr(self._deferring, "queue", None)
-        if queue is not None:
-            rows = rows if isinstance(rows, tuple) else list(rows)
-            queue.append((sql, rows))
-            return 1 if isinstance(rows, tuple) else len(rows)
         with self._lock:
             try:
-                with self._commit_scope():
+                with self._conn:
                     if isinstance(rows, tuple):
                         cur = self._conn.execute(sql, rows)
                     else:
@@ -633,7 +570,7 @@ class SqliteStore(TrainingStore):
     def start_run(self, run: RunRecord) -> None:
         with self._lock:
             try:
-                with self._commit_scope():
+                with self._conn:
                     self._insert("training_runs", run.to_row(), self._conn)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot record run {run.run_id}: {exc}") from exc
@@ -653,7 +590,7 @@ class SqliteStore(TrainingStore):
             checked_pair(model_version.symbol, model_version.timeframe)
         with self._lock:
             try:
-                with self._commit_scope():  # one transaction: both rows or neither
+                with self._conn:  # one transaction: both rows or neither
                     self._insert("training_results", {**result.to_row(), "created_at": _now()}, self._conn)
                     if model_version is not None:
                         row = {**model_version.to_row(), "created_at": _now()}
@@ -708,7 +645,7 @@ class SqliteStore(TrainingStore):
                 # read first: most pairs have nothing to prune, and then no write transaction is opened
                 if not self._conn.execute(f"select 1 from model_versions {where} limit 1", params).fetchall():
                     return []
-                with self._commit_scope():
+                with self._conn:
                     rows = [
                         _from_db(r)
                         for r in self._conn.execute(f"select * from model_versions {where}", params)

@@ -6,10 +6,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -205,21 +203,6 @@ class TrainingStore(ABC):
     @abstractmethod
     def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
         """Fill the realised columns of forecasts still unrealised; returns how many rows changed."""
-
-    # --- grouping writes: one transaction per pair where the store has transactions ----------------------
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """This thread's writes inside the block in one transaction where the store can (SQLite); a store
-        without client-side transactions (Supabase over HTTP) writes each call as its own request."""
-        yield
-
-    @contextmanager
-    def deferred_writes(self) -> Iterator[list[Any]]:
-        """Queue this thread's writes inside the block for apply_deferred (SQLite); others write at once."""
-        yield []
-
-    def apply_deferred(self, writes: Sequence[Any]) -> None:  # noqa: B027 - optional hook
-        """Run writes queued by deferred_writes (inside a transaction() to commit them with the pair)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

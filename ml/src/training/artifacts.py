@@ -191,15 +191,17 @@ class SavedArtifact:
 
 
 def pack_bundle(bundle: dict[str, Any], compress: int = 0) -> bytes:
-    """The bundle as the bytes of its file: a pickle (protocol 5), zlib-compressed when `compress` > 0.
+    """The bundle as the bytes of its file: a pickle (protocol 5) in a zlib stream at level `compress`.
 
-    `joblib.load` and `pickle.load` both read it (joblib detects the zlib stream). Measured on a 500-bar
-    pair (docs/benchmarks.md): zlib level 1 takes ~12 ms of CPU to shrink 1.5 MB to 0.6 MB, while writing
-    and syncing the extra 0.9 MB takes ~1 ms, so compression is off unless disk space matters more
-    (ML_ARTIFACT_COMPRESS). The C pickler is 5x faster than joblib's Python one on the forest's node arrays.
+    Level 0 stores the pickle uncompressed but still framed by zlib, whose Adler-32 checksum makes a damaged
+    file fail to load (ArtifactError) instead of unpickling altered numbers; `joblib.load` reads every level.
+    Measured on a 500-bar pair (docs/benchmarks.md): level 0 costs ~2 ms for 1.5 MB; level 1 takes ~12 ms of
+    CPU to shrink it to 0.6 MB while writing and syncing the extra 0.9 MB takes ~1 ms, so compression is off
+    unless disk space matters more (ML_ARTIFACT_COMPRESS). The C pickler is 5x faster than joblib's Python one
+    on the forest's node arrays.
     """
     data = pickle.dumps({"format": BUNDLE_FORMAT, **bundle}, protocol=5)
-    return zlib.compress(data, compress) if compress > 0 else data
+    return zlib.compress(data, max(0, min(9, compress)))
 
 
 def write_artifact(data: bytes, path: Path) -> str:

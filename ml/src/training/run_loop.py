@@ -102,9 +102,6 @@ def train_pairs(
     """
     total = len(requests)
     results: dict[int, PairResult] = {}
-    # writes a pair's preparation made (its feature-cache rows), committed with the pair's result: one
-    # transaction per pair on SQLite
-    deferred: dict[int, list[Any]] = {}
     done = 0
 
     def note(message: str) -> None:
@@ -118,9 +115,7 @@ def train_pairs(
         results[i] = result
         if result.status != "succeeded":
             try:
-                with store.transaction():
-                    store.apply_deferred(deferred.pop(i, []))
-                    store.record_result(result.to_record(run_id))
+                store.record_result(result.to_record(run_id))
             except StoreError as exc:
                 note(f"{result.symbol}/{result.timeframe}: could not record the {result.status} pair: {exc}")
         done += 1
@@ -131,21 +126,19 @@ def train_pairs(
         req = prep.request
         try:
             decision = decide_promotion(store, prep, fitted, settings)
-            with store.transaction():
-                store.apply_deferred(deferred.pop(i, []))
-                result = persist_pair(
-                    store,
-                    prep,
-                    fitted,
-                    run_id=run_id,
-                    models_dir=settings.models_dir,
-                    duration_s=time.perf_counter() - t0,
-                    promotion=decision,
-                    artifact_key=(
-                        settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
-                    ),
-                    warn=note,
-                )
+            result = persist_pair(
+                store,
+                prep,
+                fitted,
+                run_id=run_id,
+                models_dir=settings.models_dir,
+                duration_s=time.perf_counter() - t0,
+                promotion=decision,
+                artifact_key=(
+                    settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
+                ),
+                warn=note,
+            )
         except (StoreError, OSError, ArtifactError) as exc:
             result = failed_result(req, f"{req.symbol}/{req.timeframe}: {exc}", time.perf_counter() - t0)
         else:

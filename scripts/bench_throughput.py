@@ -19,7 +19,7 @@ Sections (--sections):
   artifact size and CPU of a 500-bar pair's bundle: joblib compress=3 (before) against a plain pickle and zlib
            levels 1 and 3, and the time to write + fdatasync each.
   forest   CPU of the product's forest alone on SPY/h1 windows of 2,000 to 20,000 bars, every row per tree
-           (the seed) against the per-tree cap (ML_RF_MAX_SAMPLES), with test balanced accuracy.
+           (the seed) against the per-tree cap (ML_RF_SAMPLE_CAP), with test balanced accuracy.
   pairs    1, 10, 40, 100 pairs of 500 target bars on the embedded store: time and CPU per pair (flat?);
            source beside product up to --source-max-pairs.
   ratio    the 10 pairs with --walk-forward K (the accuracy the done-when compares is walk-forward balanced
@@ -91,13 +91,23 @@ SOURCE = Config(
         "ML_GB_LEARNING_RATE": "0.05",
         "ML_GB_MAX_DEPTH": "7",
         "ML_GB_MIN_SAMPLES_LEAF": "5",
+        "ML_GB_SUBSAMPLE": "1.0",
+        "ML_GB_COLSAMPLE": "1.0",
         "ML_RF_N_ESTIMATORS": "200",
         "ML_RF_MAX_DEPTH": "15",
         "ML_RF_MIN_SAMPLES_SPLIT": "10",
         "ML_RF_MIN_SAMPLES_LEAF": "5",
-        "ML_RF_MAX_SAMPLES": "0",
+        "ML_RF_MAX_FEATURES": "sqrt",
+        "ML_RF_SAMPLE_CAP": "0",
+        # the seed weighted the forest's classes (not the boosting's); one setting covers both members now
+        "ML_CLASS_WEIGHT": "balanced",
+        "ML_CALIBRATE": "false",
+        "ML_RIDGE_ALPHAS": "[1.0]",
+        "ML_RIDGE_SE_RULE": "0",
+        "ML_RIDGE_BALANCED": "false",
+        "ML_REFIT_ON_VALID": "false",
         "ML_THRESHOLD_MODE": "fixed",
-        "ML_RIDGE_ALPHA": "1.0",
+        "ML_TIMEFRAMES": json.dumps({tf: {"warmup_bars": 200} for tf in ("m15", "h1", "h4", "d1", "w1")}),
     },
     workers=1,
 )
@@ -516,12 +526,24 @@ def bench_stages(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], re
     from bench_models import make_settings
 
     from ml.src.data.local_db import SqliteStore
-    from ml.src.training.models import fit_ensemble
+    from ml.src.training import models
     from ml.src.training.pair_result import PairRequest
-    from ml.src.training.pipeline import FittedPair, evaluate, persist_pair, prepare_pair
+    from ml.src.training.pipeline import fit_pair, persist_pair, prepare_pair
     from ml.src.training.registry import decide_promotion
     from ml.src.training.run_loop import start_run
     from ml.src.training.worker import pack_fit
+
+    # the members' fit (fit_ensemble: members, calibration, weights, predictions) is timed inside fit_pair;
+    # the rest of fit_pair (metrics, trading read, verdict, chart data) is "metrics"
+    real_fit_ensemble = models.fit_ensemble
+    inner = [0.0]
+
+    def timed_fit_ensemble(*a: Any, **k: Any) -> Any:
+        t = time.thread_time()
+        try:
+            return real_fit_ensemble(*a, **k)
+        finally:
+            inner[0] += time.thread_time() - t
 
     steps = ("prepare", "fit", "metrics", "pack", "promotion", "persist")
     raw: list[dict[str, float]] = []
@@ -544,17 +566,16 @@ def bench_stages(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], re
                     store, PairRequest(symbol, tf, target_bars=TARGET_BARS, force=True), settings
                 )
                 lap("prepare")
-                s = prep.split
-                fit = fit_ensemble(
-                    prep.x, prep.codes, s.train, s.valid, {"valid": s.valid, "test": s.test}, settings, 1
-                )
-                lap("fit")
-                metrics, ens = evaluate(fit.probas, fit.weights, prep, settings)
-                metrics["weights_fallback"] = fit.weights_fallback
-                fitted = FittedPair(
-                    fit.models, fit.weights, fit.weights_fallback, metrics, fit.timings, ens["test"]
-                )
-                lap("metrics")
+                inner[0] = 0.0
+                models.fit_ensemble = timed_fit_ensemble  # type: ignore[assignment]
+                try:
+                    fitted = fit_pair(prep, settings, n_threads=1)
+                finally:
+                    models.fit_ensemble = real_fit_ensemble  # type: ignore[assignment]
+                now = time.thread_time()
+                totals["fit"] += inner[0]
+                totals["metrics"] += now - clock[0] - inner[0]
+                clock[0] = now
                 packed = pack_fit(prep, fitted, run_id=run_id, trained_at=datetime.now(UTC))
                 lap("pack")
                 decision = decide_promotion(store, prep, packed, settings)
@@ -663,7 +684,7 @@ def bench_forest(template: Path, tmp: Path, sizes: Sequence[int], repeats: int) 
     from ml.src.training.models import build_random_forest
 
     settings = make_settings(tmp)
-    cap = settings.rf_max_samples
+    cap = settings.rf_sample_cap
     out: dict[str, Any] = {"cap": cap}
     for n in sizes:
         (prep,) = _prepared(template, tmp, [SIZE_PAIR], n)

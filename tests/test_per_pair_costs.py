@@ -25,13 +25,15 @@ def prep(embedded_store: SqliteStore, ml_env):
 
 def fit(prep, settings: Settings):
     s = prep.split
-    return fit_ensemble(prep.x, prep.codes, s.train, s.valid, {"test": s.test, "valid": s.valid}, settings)
+    h = prep.spec.horizon_bars
+    return fit_ensemble(prep.x, prep.codes, s.train, s.valid, {"test": s.test}, settings, purge=h)
 
 
 def test_the_fast_forest_is_the_plain_forest(prep) -> None:
     settings = Settings()
     s = prep.split
     plain: RandomForestClassifier = build_random_forest(settings).fit(prep.x[s.train], prep.codes[s.train])
+    assert settings.class_weight == "none" and not settings.refit_on_valid  # the plain fit is the member's
     np.testing.assert_array_equal(
         fit(prep, settings).probas["test"]["rf"], plain.predict_proba(prep.x[s.test])
     )

@@ -19,6 +19,7 @@ from ml.src.training.pair_result import PairRequest
 from ml.src.training.pipeline import fit_pair, persist_pair, prepare_pair
 from ml.src.training.registry import ChampionError, decide_promotion, load_champion
 from ml.src.training.walk_forward import fold_bounds
+from ml.src.training.worker import pack_fit
 from tests.factories import sample_bars
 
 pytestmark = pytest.mark.slow
@@ -146,13 +147,13 @@ def test_better_model_is_promoted_and_pointer_moves(embedded_store, ml_env, caps
     # the champion's reported score is its score on that window, beside the baselines' on the same rows
     assert p["champion"] < 1.0 and set(p["baselines"]) == {"majority", "persistence"}
     run_id = run_loop.start_run(embedded_store, settings, {"symbols": ["IXIC"]}, "api").run_id
+    packed = pack_fit(prep, fitted, run_id=run_id, trained_at=datetime.now(UTC))
     result = persist_pair(
         embedded_store,
         prep,
-        fitted,
+        packed,
         run_id=run_id,
         models_dir=ml_env / "models",
-        trained_at=datetime.now(UTC),
         duration_s=0.0,
         promotion=decision,
     )

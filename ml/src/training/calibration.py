@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 _EPS = 1e-6  # floor for a probability before its log: a tree that saw no BEARISH row in a leaf still may be wrong
 BETA_MAX = 5.0
@@ -89,6 +88,8 @@ def fit_prior_temperature(
     if len(y) == 0:
         raise ValueError("no rows to calibrate on")
     a, d = _logit_parts(proba, prior, class_weight)
+    from scipy.optimize import minimize_scalar  # on first use: the job's process never needs scipy
+
     res = minimize_scalar(
         lambda b: _log_loss(a, d, y, b), bounds=(0.0, BETA_MAX), method="bounded", options={"xatol": 1e-4}
     )

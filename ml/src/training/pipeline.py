@@ -274,7 +274,6 @@ def evaluate(
     Returns (metrics, the predictions per part). Valid scores of the ensemble are in-sample for its
     calibration and weights; test scores are out-of-sample for everything.
     """
-    from ml.src.training.models import MODEL_NAMES
 
     s = prep.split
     h = prep.spec.horizon_bars

@@ -88,7 +88,7 @@ def row_scores(metric: str, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown promotion metric {metric!r}")
 
 
-def challenger_rows(fitted: FittedPair, prep: PreparedPair) -> SlicePredictions:
+def challenger_rows(fitted: FittedPair | PackedFit, prep: PreparedPair) -> SlicePredictions:
     """The challenger's out-of-sample predictions by row: walk-forward test blocks, then its test slice (the
     saved model's own predictions win where both exist)."""
     from ml.src.training.scoring import concat
@@ -146,7 +146,7 @@ def decide_promotion(
 def compare_on_window(
     champion: EnsembleModel,
     prep: PreparedPair,
-    fitted: FittedPair,
+    fitted: FittedPair | PackedFit,
     settings: Settings,
     champion_version_id: int | None = None,
 ) -> PromotionDecision:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,9 +26,11 @@ from ml.src.training.metrics import (
     persistence_predictions,
     proba_metrics,
 )
-from ml.src.training.models import EnsembleFit
 from ml.src.training.stats import block_length, ic_with_pvalue
 from ml.src.training.weights import direction_score
+
+if TYPE_CHECKING:
+    from ml.src.training.models import EnsembleFit  # the learners: imported where fits happen, not here
 
 MODELS: tuple[str, ...] = ("ensemble", "equal_weight", "rf", "gb")
 BASELINES: tuple[str, ...] = ("majority", "persistence", "prior")

@@ -27,10 +27,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from config.settings import Settings
     from ml.src.training.pipeline import FittedPair, PreparedPair
+    from ml.src.training.scoring import SlicePredictions
 
 # Imported once per worker process before its first task (the learners cost ~1.5 s of CPU to import).
 PRELOAD_MODULES: tuple[str, ...] = (
@@ -96,11 +95,11 @@ class PackedFit:
     """What a worker sends back: the numbers for the ledger and the artifact, already serialized."""
 
     weights: dict[str, float]
-    weights_fallback: bool
     metrics: dict[str, Any]
     timings: dict[str, float]
-    test_proba: np.ndarray
+    test: SlicePredictions  # every predictor on the test rows (promotion compares them row by row)
     walk_forward: dict[str, Any] | None
+    oos: SlicePredictions | None  # the walk-forward test blocks pooled
     trained_at: datetime
     artifact: bytes
     library_versions: dict[str, str] = field(default_factory=dict)
@@ -128,11 +127,11 @@ def pack_fit(
     timings = {**fitted.timings, "pack": time.perf_counter() - t0}
     return PackedFit(
         weights=fitted.weights,
-        weights_fallback=fitted.weights_fallback,
         metrics=fitted.metrics,
         timings=timings,
-        test_proba=fitted.test_proba,
+        test=fitted.test,
         walk_forward=fitted.walk_forward,
+        oos=fitted.oos,
         trained_at=trained_at,
         artifact=data,
         library_versions=versions,

@@ -165,7 +165,8 @@ def run_job(
     if missing:
         raise RuntimeError(f"pairs did not train: {[(p, results.get(p, {}).get('error')) for p in missing]}")
     ok = [results[p] for p in sorted(wanted)]
-    wf = [r["walk_forward"]["summary"]["test_balanced_accuracy"]["mean"] for r in ok if r.get("walk_forward")]
+    wf = [wf_balanced_accuracy(r["walk_forward"]) for r in ok if r.get("walk_forward")]
+    wf = [v for v in wf if v is not None]
     return {
         "wall_s": m.wall_s,
         "cpu_s": m.cpu_s,
@@ -184,6 +185,15 @@ def run_job(
         "fingerprint": {p: [results[p]["weights"], results[p]["metrics"]] for p in sorted(wanted)},
         "stage_sums_s": _stage_sums(ok),
     }
+
+
+def wf_balanced_accuracy(wf: Mapping[str, Any]) -> float | None:
+    """The ensemble's mean walk-forward balanced accuracy, in either summary layout."""
+    summary = wf.get("summary") or {}
+    if "ensemble" in summary:  # walk_forward.summary.<name>.balanced_accuracy_mean
+        return summary["ensemble"].get("balanced_accuracy_mean")
+    old = summary.get("test_balanced_accuracy")  # before: summary.test_balanced_accuracy.mean
+    return old.get("mean") if isinstance(old, Mapping) else None
 
 
 def _stage_sums(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:

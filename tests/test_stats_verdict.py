@@ -80,6 +80,16 @@ def test_verdict_no_skill_for_a_forecast_equal_to_the_prior():
     assert v.log_loss.diff == pytest.approx(0.0) and v.to_dict()["basis"] == "test"
 
 
+def test_float_noise_is_neither_better_nor_worse():
+    # a calibrated model that collapsed onto the class mix reaches it by another float path: seen on a real
+    # pair as a log-loss gain of -2.4e-16 with a block s.e. of 2.6e-17, which once read as "worse"
+    a = np.full(100, 0.011)
+    d = paired_difference(a, a + 2.4e-18, block=10)  # every row the same tiny loss: s.e. ~0
+    assert d.diff < 0 and d.se is not None and d.diff < -2.0 * d.se
+    assert not d.loses(2.0) and not d.beats(2.0)
+    assert not paired_difference(a + 2.4e-18, a, block=10).beats(2.0)
+
+
 def test_score_slice_reads_like_with_like():
     sharp = 0.7 * one_hot(Y) + 0.3 * np.tile(PRIOR, (len(Y), 1))
     sp = _slice(Y, sharp, PRIOR)

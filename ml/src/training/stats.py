@@ -44,6 +44,12 @@ def block_se(contrib: np.ndarray, block: int) -> float | None:
     return float(math.sqrt(j / (j - 1) * float(((sums - sums.mean()) ** 2).sum())))
 
 
+# Below this a paired difference is arithmetic noise, not evidence: a calibrated model that collapsed onto the
+# training class mix differs from the prior baseline by ~1e-16 with a standard error ~1e-17, and must not be
+# called better or worse than it. Real differences of these scores (sums of per-row contributions) are >= 1e-4.
+_NOISE = 1e-9
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """sum of a row-wise difference (a minus b; positive = a better) and its block standard error."""
@@ -54,11 +60,12 @@ class PairedDifference:
     block: int
 
     def beats(self, z: float) -> bool:
-        """a is better than b by more than z standard errors (never when the s.e. is unknown)."""
-        return self.se is not None and self.diff > z * self.se
+        """a is better than b by more than z standard errors (never when the s.e. is unknown, never by a
+        difference that is only floating-point noise)."""
+        return self.se is not None and self.diff > max(z * self.se, _NOISE)
 
     def loses(self, z: float) -> bool:
-        return self.se is not None and self.diff < -z * self.se
+        return self.se is not None and self.diff < -max(z * self.se, _NOISE)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -96,10 +96,15 @@ def features_for_window(
     merged = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     merged["ts"] = pd.to_datetime(merged["ts"], utc=True)
     merged = merged.sort_values("ts", kind="stable").reset_index(drop=True)
-    merged["ts"] = window["ts"].to_numpy()  # the same rows; the bars' own dtype whichever part they came from
-    merged[list(FEATURE_COLUMNS)] = merged[list(FEATURE_COLUMNS)].astype("float64")
-    merged.insert(1, "close", window["close"].to_numpy())
-    return FeatureFrame(frame=merged, n_cached=len(window) - n_computed, n_computed=n_computed)
+    # One float block built at once: assigning 63 columns one by one cost more than computing the features.
+    frame = pd.DataFrame(
+        merged[list(FEATURE_COLUMNS)].to_numpy(dtype="float64"), columns=list(FEATURE_COLUMNS)
+    )
+    frame.insert(
+        0, "ts", window["ts"].to_numpy()
+    )  # the same rows; the bars' own dtype whichever part they came from
+    frame.insert(1, "close", window["close"].to_numpy())
+    return FeatureFrame(frame=frame, n_cached=len(window) - n_computed, n_computed=n_computed)
 
 
 def cache_in_use(setting: str, store: TrainingStore) -> bool:

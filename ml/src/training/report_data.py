@@ -85,10 +85,12 @@ def _member_importance(model: Any) -> np.ndarray | None:
     booster = getattr(model, "booster_", None)
     if booster is not None:  # LightGBM: total gain, not split counts
         values = np.asarray(booster.feature_importance(importance_type="gain"), dtype="float64")
-    elif hasattr(model, "feature_importances_"):
-        values = np.asarray(model.feature_importances_, dtype="float64")
     else:
-        return None
+        # one read: the forest's property walks every tree, and hasattr() would walk them a second time
+        importances = getattr(model, "feature_importances_", None)
+        if importances is None:
+            return None
+        values = np.asarray(importances, dtype="float64")
     total = values.sum()
     return values / total if total > 0 else None
 

@@ -101,7 +101,7 @@ def features_for_window(
         merged[list(FEATURE_COLUMNS)].to_numpy(dtype="float64"), columns=list(FEATURE_COLUMNS)
     )
     # the same rows as the window; the bars' own ts dtype whichever part they came from
-    frame.insert(0, "ts", window["ts"].to_numpy())
+    frame.insert(0, "ts", window["ts"].array)
     frame.insert(1, "close", window["close"].to_numpy())
     return FeatureFrame(frame=frame, n_cached=len(window) - n_computed, n_computed=n_computed)
 

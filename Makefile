@@ -11,7 +11,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock" --quiet $(LOCK_FLAGS)
 
-.PHONY: install install-dev stack-deps browser-deps run test lint format bench bench-legacy lock lock-upgrade clean
+.PHONY: install install-dev stack-deps browser-deps bytecode run test lint format bench bench-legacy lock lock-upgrade clean
 
 # python3-venv and libgomp1 (LightGBM) from apt when missing, before the venv exists.
 $(BIN)/python:
@@ -42,8 +42,14 @@ stack-deps:
 browser-deps:
 	bash scripts/install_browser_deps.sh
 
+# The project's own .pyc files, written once: a process that cannot write them (a read-only checkout, or
+# PYTHONDONTWRITEBYTECODE) would otherwise compile ~50 modules from source at every start, and so would every
+# local worker (~0.1 s of CPU each). Checks timestamps, so it is cheap when nothing changed.
+bytecode: install
+	$(BIN)/python -m compileall -q ml config >/dev/null
+
 # Loads the bundled sample bars into the embedded store (once), then trains every active symbol.
-run: install
+run: install bytecode
 	$(BIN)/python -m ml.src.data.load_bars --if-missing --quiet ml/sample_data/*.csv
 	$(BIN)/python -m ml.src.training.ensemble_training_job --all --timeframes d1 w1
 
@@ -73,7 +79,7 @@ lock-upgrade:
 
 # The whole job as its own process beside the source design: 1/10/40/100 pairs on both stores, one pair up to
 # 20,000 bars, a two-worker Dask cluster against the local pool, per-step CPU (docs/benchmarks.md).
-bench: install-dev stack-deps
+bench: install-dev stack-deps bytecode
 	$(BIN)/python scripts/bench_throughput.py
 
 # The earlier per-stage / backend comparisons (scripts/bench.py, bench_supabase.py, bench_models.py).

@@ -9,10 +9,10 @@ import pytest
 from scipy.stats import spearmanr
 
 from ml.src.training.labels import CLASS_CODES, forward_returns
+from ml.src.training.stats import information_coefficient
 from ml.src.training.trading_metrics import (
     annualised_sharpe,
     fit_confidence_threshold,
-    information_coefficient,
     max_drawdown,
     trading_metrics,
 )

@@ -77,6 +77,35 @@ def paired_difference(contrib_a: np.ndarray, contrib_b: np.ndarray, block: int) 
     return PairedDifference(float(d.sum()), block_se(d, block), int(d.size), int(block))
 
 
+def _unit_ranks(score: np.ndarray, realised: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Centred, unit-length average ranks of the finite pairs (their dot product is Spearman's rho, ties
+    handled like scipy.stats.spearmanr); None when the correlation is undefined (< 3 pairs, a constant side)."""
+    s = np.asarray(score, dtype="float64").ravel()
+    r = np.asarray(realised, dtype="float64").ravel()
+    if s.shape != r.shape:
+        raise ValueError(f"score and realised lengths differ: {s.size} != {r.size}")
+    keep = np.isfinite(s) & np.isfinite(r)
+    s, r = s[keep], r[keep]
+    if s.size < 3 or np.all(s == s[0]) or np.all(r == r[0]):
+        return None
+    from scipy.stats import rankdata  # on first use: scipy costs ~0.5 s of CPU to import
+
+    rs, rr = rankdata(s), rankdata(r)
+    rs = (rs - rs.mean()) / np.linalg.norm(rs - rs.mean())
+    rr = (rr - rr.mean()) / np.linalg.norm(rr - rr.mean())
+    return rs, rr
+
+
+def information_coefficient(score: np.ndarray, realised: np.ndarray) -> float | None:
+    """Spearman rank correlation of a direction score with the realised horizon return.
+
+    Pairs where either side is non-finite are dropped; None with fewer than 3 pairs or a constant side, where the
+    correlation is undefined rather than zero.
+    """
+    ranks = _unit_ranks(score, realised)
+    return None if ranks is None else float(np.clip(ranks[0] @ ranks[1], -1.0, 1.0))
+
+
 def ic_with_pvalue(
     score: np.ndarray, realised: np.ndarray, block: int, n_perm: int = 1000, seed: int = 0
 ) -> tuple[float | None, float | None]:
@@ -85,25 +114,16 @@ def ic_with_pvalue(
     Blocks of `block` consecutive scores are shuffled against the fixed returns n_perm times; p = (1 + #perms
     with |IC| >= observed) / (1 + n_perm). (None, None) when the IC is undefined; p None with < 4 blocks.
     """
-    s = np.asarray(score, dtype="float64").ravel()
-    r = np.asarray(realised, dtype="float64").ravel()
-    if s.shape != r.shape:
-        raise ValueError(f"score and realised lengths differ: {s.size} != {r.size}")
-    keep = np.isfinite(s) & np.isfinite(r)
-    s, r = s[keep], r[keep]
-    if s.size < 3 or np.all(s == s[0]) or np.all(r == r[0]):
+    ranks = _unit_ranks(score, realised)
+    if ranks is None:
         return None, None
-    from scipy.stats import rankdata  # on first use: scipy costs ~0.5 s of CPU to import
-
-    rs, rr = rankdata(s), rankdata(r)
-    rs = (rs - rs.mean()) / np.linalg.norm(rs - rs.mean())
-    rr = (rr - rr.mean()) / np.linalg.norm(rr - rr.mean())
+    rs, rr = ranks
     ic = float(np.clip(rs @ rr, -1.0, 1.0))
-    n_blocks = s.size // block
+    n_blocks = rs.size // block
     if n_blocks < 4 or n_perm < 1:
         return ic, None
     # permute whole blocks of the newest n_blocks * block rows (the oldest remainder stays in place)
-    head = s.size - n_blocks * block
+    head = rs.size - n_blocks * block
     rng = np.random.default_rng(seed)
     order = np.argsort(rng.random((n_perm, n_blocks)), axis=1)
     idx = head + (order[:, :, None] * block + np.arange(block)).reshape(n_perm, -1)

@@ -24,27 +24,6 @@ def _json_float(x: float | None) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def information_coefficient(score: np.ndarray, realised_return: np.ndarray) -> float | None:
-    """Spearman rank correlation of the direction score (P(bull) - P(bear)) with the realised horizon return.
-
-    Pairs where either side is non-finite are dropped; None with fewer than 3 pairs or a constant side, where the
-    correlation is undefined rather than zero.
-    """
-    s = np.asarray(score, dtype="float64").ravel()
-    r = np.asarray(realised_return, dtype="float64").ravel()
-    if s.shape != r.shape:
-        raise ValueError(f"score and realised_return lengths differ: {s.size} != {r.size}")
-    keep = np.isfinite(s) & np.isfinite(r)
-    s, r = s[keep], r[keep]
-    if s.size < 3 or np.all(s == s[0]) or np.all(r == r[0]):
-        return None
-    # Pearson on average ranks == Spearman with ties handled like scipy.stats.spearmanr.
-    from scipy.stats import rankdata  # imported on first use: scipy costs ~0.5 s of CPU to import
-
-    ic = float(np.corrcoef(rankdata(s), rankdata(r))[0, 1])
-    return _json_float(ic)
-
-
 @dataclass(frozen=True)
 class PeriodStats:
     """Performance of one return stream over the non-overlapping decision periods."""

@@ -13,3 +13,11 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+    def parse_or_exit_code(self, argv: list[str] | None) -> argparse.Namespace | int:
+        """The parsed flags, or the exit code argparse wanted (0 after --help, 2 on bad usage): entry points
+        are `main(argv) -> int` and return it instead of raising SystemExit."""
+        try:
+            return self.parse_args(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0)

@@ -9,7 +9,6 @@ Every file is validated whole before anything of it is written; a bad file is re
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -149,7 +148,7 @@ def load_file(store: TrainingStore, path: Path, symbol: str | None, timeframe: s
     return LoadedFile(path, symbol, timeframe, rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog="python -m ml.src.data.load_bars",
         description="Validate and upsert OHLCV CSV files (ts,open,high,low,close,volume; ts in UTC with Z) "
@@ -171,10 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse: 2 on bad usage, 0 on --help
-        return int(exc.code or 0)
+    args = build_parser().parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
     )

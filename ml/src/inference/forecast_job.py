@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
+from ml.src.cli_parser import OneLineParser
 from ml.src.data.identifiers import IdentifierError, check_symbol, normalise_symbol
 from ml.src.data.identifiers import parse_pair as parse_symbol_pair
 from ml.src.data.store import StoreError, TrainingStore
@@ -76,8 +77,8 @@ def parse_pair(text: str) -> tuple[str, str]:
         raise UsageError(f"--pairs {text!r}: {exc}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
         prog="python -m ml.src.inference.forecast_job",
         description=(
             "Forecast each (symbol, timeframe) with its champion model: read the last bars (feature warm-up plus "
@@ -205,10 +206,9 @@ def table(run: ForecastRun) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
-        return int(exc.code or 0)
+    args = parser.parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
     setup_logging(args.quiet, args.verbose)
     try:
         as_of = parse_as_of(args.as_of) if args.as_of else None

@@ -243,10 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also write the static report (index of pairs with verdicts and flags, a page of charts per pair) "
         "to DIR; open DIR/index.html from disk or serve DIR with any static server",
     )
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = p.parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     quiet_http_clients()
     symbol = None

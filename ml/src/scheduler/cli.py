@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import UTC, datetime
 
@@ -14,7 +13,7 @@ from ml.src.scheduler.jobs import ScheduleError, format_schedule, job_specs
 from ml.src.training.exit_codes import EXIT_OK, EXIT_USAGE
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog="python -m ml.src.scheduler",
         description=(
@@ -42,10 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
-        return int(exc.code or 0)
+    args = parser.parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
     try:
         settings = Settings()
         specs = job_specs(settings)

@@ -48,7 +48,7 @@ def parse_as_of(text: str) -> datetime:
     return ts.to_pydatetime()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog="python -m ml.src.training.ensemble_training_job",
         description=(
@@ -261,10 +261,9 @@ def write_run_report(store: TrainingStore, settings: Settings, report: Any, out_
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
-        return int(exc.code or 0)
+    args = parser.parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
     setup_logging(args.quiet, args.verbose)
     if _pool_likely(args):
         from ml.src.training.executors import start_pool_server

@@ -20,14 +20,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from config.settings import TIMEFRAMES, Settings, settings_error_line
+from config.settings import TIMEFRAMES, Settings
 from ml.src.cli_parser import OneLineParser
 from ml.src.data.identifiers import IdentifierError, check_symbol, normalise_symbol
 from ml.src.data.identifiers import parse_pair as parse_symbol_pair
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
-from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from ml.src.training.job_cli import UsageError, parse_as_of, setup_logging
+from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ml.src.training.job_cli import UsageError, one_line_failure, parse_as_of, setup_logging
 from ml.src.training.stop import install_stop_handlers, stop_requested
 
 log = logging.getLogger("ml.inference")
@@ -210,33 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     setup_logging(args.quiet, args.verbose)
+    t0 = time.perf_counter()
     try:
         as_of = parse_as_of(args.as_of) if args.as_of else None
         if args.pairs:
             for text in args.pairs:
                 parse_pair(text)
         settings = Settings()
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValidationError as exc:
-        print(settings_error_line(exc), file=sys.stderr)
-        return EXIT_USAGE
-    t0 = time.perf_counter()
-    try:
         store = open_store(settings)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (UsageError, ValidationError, StoreError) as exc:
+        return one_line_failure(exc)
     with store:
         try:
             pairs = resolve_pairs(args, settings, store)
-        except UsageError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except StoreError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+        except (UsageError, StoreError) as exc:
+            return one_line_failure(exc)
         restore_signals = install_stop_handlers()
         try:
             run = run_forecasts(store, settings, pairs, as_of=as_of)

@@ -35,6 +35,23 @@ class UsageError(ValueError):
     """Bad flags: exit code 2."""
 
 
+def one_line_failure(exc: Exception) -> int:
+    """Print the one line an error the user can act on deserves and return the exit code its kind means:
+    the store (down, slow, refusing) is a failed run (1); flags, settings and the models directory are
+    usage (2). Shared by the entry points so the same cause always ends the same way."""
+    from pydantic import ValidationError
+
+    from ml.src.data.store import StoreError
+
+    if isinstance(exc, ValidationError):
+        from config.settings import settings_error_line
+
+        print(settings_error_line(exc), file=sys.stderr)
+        return EXIT_USAGE
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_FAILED if isinstance(exc, StoreError) else EXIT_USAGE
+
+
 def parse_as_of(text: str) -> datetime:
     import pandas as pd
 
@@ -271,9 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         start_pool_server()  # imports the learners on another core while this process gets going
     from pydantic import ValidationError
 
-    from config.settings import Settings, settings_error_line
+    from config.settings import Settings
     from ml.src.data.store import StoreError
     from ml.src.data.store_factory import open_store
+    from ml.src.training.artifacts import ArtifactError, ensure_models_dir
     from ml.src.training.stop import install_stop_handlers
 
     try:
@@ -283,34 +301,16 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
         if not args.all:
             resolve_pairs(args, settings, None)  # named pairs are checked before anything is opened
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValidationError as exc:
-        print(settings_error_line(exc), file=sys.stderr)
-        return EXIT_USAGE
-
-    from ml.src.training.artifacts import ArtifactError, ensure_models_dir
-
-    try:  # before any store or compute: a run that cannot save its models must not start
+        # before any store or compute: a run that cannot save its models must not start
         ensure_models_dir(settings.models_dir)
-    except ArtifactError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
         store = open_store(settings)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (UsageError, ValidationError, ArtifactError, StoreError) as exc:
+        return one_line_failure(exc)
     with store:
         try:
             pairs, scope = resolve_pairs(args, settings, store)
-        except UsageError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except StoreError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+        except (UsageError, StoreError) as exc:
+            return one_line_failure(exc)
         from ml.src.training.run_loop import run_job
 
         restore_signals = install_stop_handlers()

@@ -26,19 +26,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def supabase_env(
-    supabase_stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    monkeypatch.setenv("SUPABASE_URL", supabase_stack["SUPABASE_URL"])
-    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", supabase_stack["SUPABASE_SERVICE_ROLE_KEY"])
-    monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("ML_LOCAL_DB", str(tmp_path / "must-not-be-used.sqlite3"))
-    monkeypatch.setenv("ML_WORKERS", "1")
-    monkeypatch.setenv("ML_DB_BACKOFF_S", "0.01")
-    return supabase_stack
-
-
-@pytest.fixture()
 def store(supabase_env: dict[str, str]) -> Any:
     with SupabaseStore(supabase_env["SUPABASE_URL"], supabase_env["SUPABASE_SERVICE_ROLE_KEY"]) as s:
         yield s

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,19 +19,6 @@ from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars, sample_csv
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture()
-def supabase_env(
-    supabase_stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    monkeypatch.setenv("SUPABASE_URL", supabase_stack["SUPABASE_URL"])
-    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", supabase_stack["SUPABASE_SERVICE_ROLE_KEY"])
-    monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("ML_LOCAL_DB", str(tmp_path / "must-not-be-used.sqlite3"))
-    monkeypatch.setenv("ML_WORKERS", "1")
-    monkeypatch.setenv("ML_DB_BACKOFF_S", "0.01")
-    return supabase_stack
 
 
 def test_big_pair_trains_end_to_end_and_every_row_arrives(

@@ -216,6 +216,19 @@ def supabase_stack() -> Iterator[dict[str, str]]:
             raise RuntimeError(f"local_supabase.sh stop {owned.stack_dir} failed:\n{result.stderr[-4000:]}")
 
 
+@pytest.fixture()
+def supabase_env(
+    supabase_stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    monkeypatch.setenv("SUPABASE_URL", supabase_stack["SUPABASE_URL"])
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", supabase_stack["SUPABASE_SERVICE_ROLE_KEY"])
+    monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ML_LOCAL_DB", str(tmp_path / "must-not-be-used.sqlite3"))
+    monkeypatch.setenv("ML_WORKERS", "1")
+    monkeypatch.setenv("ML_DB_BACKOFF_S", "0.01")
+    return supabase_stack
+
+
 def _client(url: str, key: str, headers: dict[str, str] | None = None) -> tuple[Client, httpx.Client]:
     import httpx
     from supabase import ClientOptions, create_client

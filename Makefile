@@ -40,7 +40,7 @@ stack-deps:
 
 # Debian's chromium, the headless browser the report tests open every page in.
 browser-deps:
-	bash scripts/install_browser_deps.sh
+	bash scripts/install_stack_deps.sh browser
 
 # The project's own .pyc files, written once: a process that cannot write them (a read-only checkout, or
 # PYTHONDONTWRITEBYTECODE) would otherwise compile ~50 modules from source at every start, and so would every

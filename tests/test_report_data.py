@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from config.settings import Settings
+from ml.src.features.technical_indicators import FEATURE_COLUMNS
 from ml.src.training.labels import fixed_thresholds, forward_returns, label_codes
-from ml.src.training.report_data import equity_curves, reliability
+from ml.src.training.models import fit_ensemble
+from ml.src.training.pair_result import PairRequest
+from ml.src.training.pipeline import prepare_pair
+from ml.src.training.report_data import equity_curves, feature_importance, reliability
 from ml.src.training.trading_metrics import trading_metrics
 from tests.factories import sample_bars
 
@@ -44,3 +49,18 @@ def test_reliability_bins_count_every_row_once_per_class() -> None:
         assert sum(rel[name]["count"]) == len(codes)
         observed = np.average(rel[name]["observed"], weights=rel[name]["count"])
         assert observed == pytest.approx((codes == k).mean(), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_forest_importance_is_scikit_learns_own(embedded_store) -> None:
+    # the report reads the forest's trees directly (cheaper than its property); the numbers must not move
+    embedded_store.upsert_bars("GOOG", "d1", sample_bars("GOOG", "d1", last=700))
+    settings = Settings(_env_file=None)
+    prep = prepare_pair(embedded_store, PairRequest("GOOG", "d1", target_bars=500), settings)
+    s = prep.split
+    fit = fit_ensemble(prep.x, prep.codes, s.train, s.valid, {}, settings, purge=5)
+    forest = fit.models["rf"]
+    got = feature_importance({"rf": forest}, {"rf": 1.0}, FEATURE_COLUMNS, top=len(FEATURE_COLUMNS))
+    expected = np.asarray(forest.feature_importances_)
+    assert [name for name, _ in got["top"]] == [FEATURE_COLUMNS[i] for i in np.argsort(-expected)]
+    assert [v for _, v in got["top"]] == pytest.approx(sorted(expected, reverse=True), abs=1e-6)

@@ -81,12 +81,25 @@ def reliability(proba: np.ndarray, codes: np.ndarray, bins: int = RELIABILITY_BI
     return out
 
 
+def _forest_importance(forest: Any) -> np.ndarray:
+    """The forest's `feature_importances_`, without the joblib dispatch its property pays per tree.
+
+    Same arithmetic as scikit-learn: each split tree's normalised impurity decrease, averaged (stumps
+    left out); the caller normalises the mean.
+    """
+    trees = [t.tree_ for t in forest.estimators_ if t.tree_.node_count > 1]
+    if not trees:
+        return np.zeros(forest.n_features_in_, dtype="float64")
+    return np.asarray(np.mean([t.compute_feature_importances() for t in trees], axis=0, dtype=np.float64))
+
+
 def _member_importance(model: Any) -> np.ndarray | None:
     booster = getattr(model, "booster_", None)
     if booster is not None:  # LightGBM: total gain, not split counts
         values = np.asarray(booster.feature_importance(importance_type="gain"), dtype="float64")
+    elif getattr(model, "estimators_", None) is not None and hasattr(model, "n_features_in_"):
+        values = _forest_importance(model)
     else:
-        # one read: the forest's property walks every tree, and hasattr() would walk them a second time
         importances = getattr(model, "feature_importances_", None)
         if importances is None:
             return None

@@ -54,6 +54,11 @@ def test_report_cli_writes_an_index_and_a_page_of_charts_per_pair(
     assert "verdict" in index and ('class="flag flag-' in index)
     goog = (out / "pairs" / "GOOG_d1.html").read_text()
     assert "25 realised of 25" in goog  # the template's month of daily forecasts, all past their horizon
+    # every score beside its baselines in the same metric: log loss beside the class-mix prior's
+    assert re.search(
+        r"<th>test log loss</th><td class=\"num\">\d\.\d{3}</td><td>prior \(class mix of train\) \d\.\d{3};",
+        goog,
+    )
     # a rebuild replaces the report whole: no leftovers beside it
     assert report.main(["--html", str(out)]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["site"]

@@ -172,6 +172,7 @@ def _draw(pair: PairData) -> dict[str, Callable[[], Any]]:
 def _numbers_table(pair: PairData) -> str:
     m = pair.result.get("metrics") or {}
     ens, base, pers = m.get("ensemble") or {}, majority_of(m), m.get("persistence") or {}
+    prior, ic = m.get("prior") or {}, m.get("ic") or {}
     trading = m.get("trading") or {}
     net = (trading.get("net") or {}).get("sharpe")
     hold = ((trading.get("buy_and_hold") or {}).get("net") or {}).get("sharpe")
@@ -192,7 +193,16 @@ def _numbers_table(pair: PairData) -> str:
             _fmt(ens.get("test_accuracy")),
             f"majority {_fmt(base.get('test_accuracy'))}, persistence {_fmt(pers.get('test_accuracy'))}",
         ),
-        ("test IC", _fmt((m.get("ic") or {}).get("test")), "0 = no rank information"),
+        (
+            "test log loss",
+            _fmt(ens.get("test_log_loss")),
+            f"prior (class mix of train) {_fmt(prior.get('test_log_loss'))}; lower is better",
+        ),
+        (
+            "test IC",
+            _fmt(ic.get("test")),
+            f"block-permutation p {_fmt(ic.get('test_pvalue'))}; 0 = no rank information",
+        ),
         ("net Sharpe (test)", _fmt(net), f"buy and hold {_fmt(hold)}"),
         (
             "live balanced accuracy",

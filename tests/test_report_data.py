@@ -52,15 +52,17 @@ def test_reliability_bins_count_every_row_once_per_class() -> None:
 
 
 @pytest.mark.slow
-def test_forest_importance_is_scikit_learns_own(embedded_store) -> None:
-    # the report reads the forest's trees directly (cheaper than its property); the numbers must not move
+@pytest.mark.parametrize(("member", "backend"), [("rf", "lightgbm"), ("gb", "sklearn_gb")])
+def test_member_importance_is_scikit_learns_own(embedded_store, member: str, backend: str) -> None:
+    # the report reads the forest's trees directly (cheaper than its property); the numbers must not move,
+    # and scikit-learn's gradient boosting (ML_GB_BACKEND=sklearn_gb) keeps its own property
     embedded_store.upsert_bars("GOOG", "d1", sample_bars("GOOG", "d1", last=700))
-    settings = Settings(_env_file=None)
+    settings = Settings(_env_file=None, gb_backend=backend)
     prep = prepare_pair(embedded_store, PairRequest("GOOG", "d1", target_bars=500), settings)
     s = prep.split
     fit = fit_ensemble(prep.x, prep.codes, s.train, s.valid, {}, settings, purge=5)
-    forest = fit.models["rf"]
-    got = feature_importance({"rf": forest}, {"rf": 1.0}, FEATURE_COLUMNS, top=len(FEATURE_COLUMNS))
-    expected = np.asarray(forest.feature_importances_)
+    model = fit.models[member]
+    got = feature_importance({member: model}, {member: 1.0}, FEATURE_COLUMNS, top=len(FEATURE_COLUMNS))
+    expected = np.asarray(model.feature_importances_)
     assert [name for name, _ in got["top"]] == [FEATURE_COLUMNS[i] for i in np.argsort(-expected)]
     assert [v for _, v in got["top"]] == pytest.approx(sorted(expected, reverse=True), abs=1e-6)

@@ -81,6 +81,13 @@ def reliability(proba: np.ndarray, codes: np.ndarray, bins: int = RELIABILITY_BI
     return out
 
 
+def _is_random_forest(model: Any) -> bool:
+    # by class, not by `estimators_`: scikit-learn's GradientBoostingClassifier has one too (a 2-D array)
+    from sklearn.ensemble import RandomForestClassifier  # loaded already: the model is one of its objects
+
+    return isinstance(model, RandomForestClassifier)
+
+
 def _forest_importance(forest: Any) -> np.ndarray:
     """The forest's `feature_importances_`, without the joblib dispatch its property pays per tree.
 
@@ -97,7 +104,7 @@ def _member_importance(model: Any) -> np.ndarray | None:
     booster = getattr(model, "booster_", None)
     if booster is not None:  # LightGBM: total gain, not split counts
         values = np.asarray(booster.feature_importance(importance_type="gain"), dtype="float64")
-    elif getattr(model, "estimators_", None) is not None and hasattr(model, "n_features_in_"):
+    elif _is_random_forest(model):
         values = _forest_importance(model)
     else:
         importances = getattr(model, "feature_importances_", None)

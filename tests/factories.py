@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -70,6 +71,23 @@ def sample_bars(
 ) -> pd.DataFrame:
     """The shipped file's bars: the `last` N rows, or the `first` N rows, or all."""
     return _slice(_read(sample_csv(symbol, timeframe)), last, first)
+
+
+def fit_sample_pair(store: Any, symbol: str, timeframe: str, settings: Any) -> tuple[Any, Any]:
+    """A shipped pair's last 700 bars in `store`, prepared (500 target bars) and fitted as the job fits them.
+
+    Returns (PreparedPair, EnsembleFit); the members also score the test slice. Imported lazily so the modules
+    that only need bars do not load the learners.
+    """
+    from ml.src.training.models import fit_ensemble
+    from ml.src.training.pair_result import PairRequest
+    from ml.src.training.pipeline import prepare_pair
+
+    store.upsert_bars(symbol, timeframe, sample_bars(symbol, timeframe, last=700))
+    prep = prepare_pair(store, PairRequest(symbol, timeframe, target_bars=500), settings)
+    s = prep.split
+    fit = fit_ensemble(prep.x, prep.codes, s.train, s.valid, {"test": s.test}, settings, purge=5)
+    return prep, fit
 
 
 def ml_test_csv(symbol: str, timeframe: str) -> Path:

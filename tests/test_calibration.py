@@ -10,10 +10,8 @@ import pytest
 from config.settings import Settings
 from ml.src.training.calibration import PriorTemperature, fit_prior_temperature, identity, shrink_to_prior
 from ml.src.training.metrics import decide, log_loss_rows
-from ml.src.training.models import class_weight_vector, fit_ensemble
-from ml.src.training.pair_result import PairRequest
-from ml.src.training.pipeline import prepare_pair
-from tests.factories import sample_bars
+from ml.src.training.models import class_weight_vector
+from tests.factories import fit_sample_pair
 
 P = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
 PRIOR = np.array([0.25, 0.5, 0.25])
@@ -81,11 +79,9 @@ def test_pure_noise_collapses_to_the_prior():
 
 @pytest.mark.slow
 def test_calibrated_members_never_lose_to_the_prior_where_they_are_fitted(embedded_store) -> None:
-    embedded_store.upsert_bars("IBM", "d1", sample_bars("IBM", "d1", last=700))
     settings = Settings(_env_file=None)
-    prep = prepare_pair(embedded_store, PairRequest("IBM", "d1", target_bars=500), settings)
+    prep, fit = fit_sample_pair(embedded_store, "IBM", "d1", settings)
     s = prep.split
-    fit = fit_ensemble(prep.x, prep.codes, s.train, s.valid, {"test": s.test}, settings, purge=5)
     y = prep.codes[s.valid]
     prior_ll = log_loss_rows(y, np.tile(fit.prior, (len(y), 1))).mean()
     raw = fit.probas["valid"]

@@ -8,12 +8,9 @@ import pytest
 from config.settings import Settings
 from ml.src.features.technical_indicators import FEATURE_COLUMNS
 from ml.src.training.labels import fixed_thresholds, forward_returns, label_codes
-from ml.src.training.models import fit_ensemble
-from ml.src.training.pair_result import PairRequest
-from ml.src.training.pipeline import prepare_pair
 from ml.src.training.report_data import equity_curves, feature_importance, reliability
 from ml.src.training.trading_metrics import trading_metrics
-from tests.factories import sample_bars
+from tests.factories import fit_sample_pair, sample_bars
 
 
 @pytest.mark.parametrize("allow_short", [True, False])
@@ -56,11 +53,7 @@ def test_reliability_bins_count_every_row_once_per_class() -> None:
 def test_member_importance_is_scikit_learns_own(embedded_store, member: str, backend: str) -> None:
     # the report reads the forest's trees directly (cheaper than its property); the numbers must not move,
     # and scikit-learn's gradient boosting (ML_GB_BACKEND=sklearn_gb) keeps its own property
-    embedded_store.upsert_bars("GOOG", "d1", sample_bars("GOOG", "d1", last=700))
-    settings = Settings(_env_file=None, gb_backend=backend)
-    prep = prepare_pair(embedded_store, PairRequest("GOOG", "d1", target_bars=500), settings)
-    s = prep.split
-    fit = fit_ensemble(prep.x, prep.codes, s.train, s.valid, {}, settings, purge=5)
+    _, fit = fit_sample_pair(embedded_store, "GOOG", "d1", Settings(_env_file=None, gb_backend=backend))
     model = fit.models[member]
     got = feature_importance({member: model}, {member: 1.0}, FEATURE_COLUMNS, top=len(FEATURE_COLUMNS))
     expected = np.asarray(model.feature_importances_)

@@ -154,7 +154,9 @@ class Settings(BaseSettings):
     artifact_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("ML_ARTIFACT_KEY"))
 
     # --- what to train -----------------------------------------------------------------------------------
-    default_symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["SPY", "QQQ", "AAPL"])
+    # Symbols trained / forecast when no flag selects any. Empty (the default): the universe, i.e. the pairs the
+    # store has bars for, so a fresh checkout's `make run` data is what a flagless run covers.
+    default_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
     timeframes: dict[str, TimeframeSpec] = Field(default_factory=lambda: dict(DEFAULT_TIMEFRAMES))
     threshold_mode: ThresholdMode = "vol"
     threshold_k: float = Field(

@@ -362,3 +362,63 @@ def test_an_unexpected_fit_error_fails_only_that_pair(embedded_store, capsys, mo
     by_tf = {r["timeframe"]: r for r in out["results"]}
     assert by_tf["d1"]["status"] == "failed" and by_tf["d1"]["error"] == "GOOG/d1: fit failed: boom"
     assert by_tf["w1"]["status"] == "succeeded"
+
+
+def test_no_selection_flag_trains_the_universe(embedded_store: SqliteStore, capsys) -> None:
+    """Right after `make run` the flagless job trains what is loaded (it used to train SPY QQQ AAPL: exit 1)."""
+    load(embedded_store, "GOOG", "d1", 600)
+    code, out = run_json(["--timeframes", "d1", "w1", "--target-bars", TARGET], capsys)
+    assert code == 0
+    by_pair = {(r["symbol"], r["timeframe"]): r for r in out["results"]}
+    assert set(by_pair) == {("GOOG", "d1"), ("GOOG", "w1")}
+    assert by_pair[("GOOG", "d1")]["status"] == "succeeded" and by_pair[("GOOG", "d1")]["n_train"] > 0
+    assert by_pair[("GOOG", "w1")]["status"] == "skipped"  # a pair of the universe without bars
+    assert by_pair[("GOOG", "w1")]["error"] == "no bars in the embedded store"
+
+
+def test_no_selection_flag_on_an_empty_store_says_how_to_load(ml_env, capsys) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no active symbols" in err and "make run" in err and "\n" not in err
+
+
+def test_named_pairs_without_bars_name_what_is_loaded(embedded_store: SqliteStore, capsys) -> None:
+    load(embedded_store, "GOOG", "d1", 600)
+    load(embedded_store, "IBM", "w1", 600)
+    assert main(["--symbols", "AAPL", "SPY", "--timeframes", "d1", "w1", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: no bars for AAPL/d1 AAPL/w1 SPY/d1 SPY/w1; the embedded store has bars for GOOG (d1), IBM (w1)"
+        in err
+    )
+
+
+def test_ml_default_symbols_still_names_the_symbols(embedded_store: SqliteStore, capsys, monkeypatch) -> None:
+    load(embedded_store, "GOOG", "d1", 600)
+    monkeypatch.setenv("ML_DEFAULT_SYMBOLS", "AAPL")
+    code, out = run_json(["--timeframes", "d1"], capsys)
+    assert code == 1
+    assert [(r["symbol"], r["status"]) for r in out["results"]] == [("AAPL", "failed")]
+
+
+def test_as_of_in_the_past_after_a_later_training_says_force_retrains(
+    embedded_store: SqliteStore, capsys
+) -> None:
+    load(embedded_store, "GSPC", "d1", 1200)
+    code, out = run_json(["--symbol", "GSPC", "--timeframes", "d1", "--target-bars", TARGET], capsys)
+    assert code == 0 and out["results"][0]["status"] == "succeeded"
+    data_end = out["results"][0]["split"]["data_end"]
+    as_of = "2017-06-30T23:59:59Z"
+    argv = ["--symbol", "GSPC", "--timeframes", "d1", "--target-bars", TARGET, "--as-of", as_of]
+    code, out = run_json(argv, capsys)
+    assert code == 0
+    r = out["results"][0]
+    assert r["status"] == "skipped"
+    assert r["error"] == (
+        "no new bars up to --as-of 2017-06-30T23:59:59+00:00 (latest 2017-06-30T13:30:00+00:00): the pair's "
+        f"latest model was trained on bars up to {pd.Timestamp(data_end).isoformat()}; --force to train as of "
+        "2017-06-30T23:59:59+00:00 anyway"
+    )
+    code, out = run_json([*argv, "--force"], capsys)
+    assert code == 0 and out["results"][0]["status"] == "succeeded"
+    assert pd.Timestamp(out["results"][0]["split"]["data_end"]) <= pd.Timestamp(as_of)

@@ -21,6 +21,7 @@ from ml.src.log_setup import setup_logging
 from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime
 
     from config.settings import Settings
@@ -181,12 +182,16 @@ def resolve_pairs(
     try:
         if args.pairs is not None:
             return named_pairs([parse_pair(p) for p in args.pairs], options), {"selection": "pairs"}
-        if args.all:
+        if selects_universe(args, settings):
             assert store is not None
             symbols = store.list_active_symbols()
             if not symbols:
+                flag = (
+                    "--all" if args.all else "no --symbol/--symbols/--pairs/--all and no ML_DEFAULT_SYMBOLS"
+                )
                 raise UsageError(
-                    "--all: the store has no active symbols (load bars first: python -m ml.src.data.load_bars)"
+                    f"{flag}: the {store.name} store has no active symbols (load bars first: "
+                    "python -m ml.src.data.load_bars ml/sample_data/*.csv, or make run)"
                 )
             return universe_pairs(store, symbols, timeframes, options), {"selection": "all"}
         if args.symbol is not None:
@@ -199,6 +204,17 @@ def resolve_pairs(
     except IdentifierError as exc:
         raise UsageError(str(exc)) from None
     return named_pairs(cross(symbols, timeframes), options), {"selection": "named"}
+
+
+def selects_universe(args: argparse.Namespace, settings: Settings) -> bool:
+    """--all, or no selection flag and no ML_DEFAULT_SYMBOLS (the default): the pairs the store has bars for.
+
+    A flagless run trains what is loaded, so right after `make run` it works on the sample data instead of
+    failing on symbols nobody loaded."""
+    if args.all:
+        return True
+    named = args.pairs is not None or args.symbol is not None or args.symbols is not None
+    return not named and not settings.default_symbols
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -259,6 +275,31 @@ def _progress_line(done: int, total: int, r: PairResult) -> None:
         log.warning("[%d/%d] %s/%s %s: %s", done, total, r.symbol, r.timeframe, r.status, r.error)
 
 
+def missing_bars_note(store: TrainingStore, results: Sequence[Any]) -> str | None:
+    """One line when named pairs failed for want of bars: which they are and what the store does have.
+    `results`: training PairResults (`error`) or forecast results (`reason`)."""
+    from ml.src.data.store import StoreError
+    from ml.src.training.universe import loaded_pairs_line
+
+    failed = [
+        f"{r.symbol}/{r.timeframe}"
+        for r in results
+        if r.status == "failed" and _no_bars(getattr(r, "error", None) or getattr(r, "reason", None))
+    ]
+    if not failed:
+        return None
+    shown = " ".join(failed[:6]) + (f" (+{len(failed) - 6} more)" if len(failed) > 6 else "")
+    try:
+        loaded = loaded_pairs_line(store, TIMEFRAMES)
+    except StoreError as exc:
+        loaded = f"cannot list the loaded symbols: {exc}"
+    return f"error: no bars for {shown}; {loaded}"
+
+
+def _no_bars(error: str | None) -> bool:
+    return bool(error) and ": no bars " in str(error)
+
+
 def write_run_report(store: TrainingStore, settings: Settings, report: Any, out_dir: str) -> int:
     """--report DIR: the HTML report of the run's trained pairs; 0, or EXIT_FAILED when it cannot be written."""
     from pathlib import Path
@@ -268,7 +309,7 @@ def write_run_report(store: TrainingStore, settings: Settings, report: Any, out_
 
     pairs = [(r.symbol, r.timeframe) for r in report.results]
     try:
-        site = write_html_report(store, settings, Path(out_dir), pairs=pairs)
+        site = write_html_report(store, settings, Path(out_dir), pairs=pairs, progress=log.info)
     except (StoreError, OSError) as exc:
         print(f"error: cannot write the report to {out_dir}: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -299,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
         if args.walk_forward is not None:
             settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
-        if not args.all:
+        if not selects_universe(args, settings):
             resolve_pairs(args, settings, None)  # named pairs are checked before anything is opened
         # before any store or compute: a run that cannot save its models must not start
         ensure_models_dir(settings.models_dir)
@@ -343,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         report_code = 0
         if args.report and not report.locked_by:
             report_code = write_run_report(store, settings, report, args.report)
+        missing = missing_bars_note(store, report.results)
 
     if report.locked_by:
         print(f"error: {report.error}; this run ({report.run_id}) is recorded as skipped", file=sys.stderr)
@@ -356,5 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.to_json(), default=str))
     else:
         print(table)
+    if missing:
+        print(missing, file=sys.stderr)
     code = report.exit_code()
     return EXIT_FAILED if code == 0 and report_code else code

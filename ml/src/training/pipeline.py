@@ -588,4 +588,12 @@ def no_new_bars_reason(store: TrainingStore, req: PairRequest) -> str | None:
     latest = store.read_bars(req.symbol, req.timeframe, end=req.as_of, limit=1)
     if latest.empty or latest["ts"].iloc[-1] > pd.Timestamp(last.data_end):
         return None
-    return f"no new bars (latest {latest['ts'].iloc[-1].isoformat()} already trained on; --force to retrain)"
+    bar = latest["ts"].iloc[-1].isoformat()
+    trained_to = pd.Timestamp(last.data_end).isoformat()
+    if req.as_of is not None and latest["ts"].iloc[-1] < pd.Timestamp(last.data_end):
+        # --as-of in the past, after a later training: say that this is why, and how to train as of it anyway
+        return (
+            f"no new bars up to --as-of {req.as_of.isoformat()} (latest {bar}): the pair's latest model was "
+            f"trained on bars up to {trained_to}; --force to train as of {req.as_of.isoformat()} anyway"
+        )
+    return f"no new bars (latest {bar} already trained on; --force to retrain)"

@@ -85,3 +85,28 @@ def universe_pairs(
         else:
             out.append(PlannedPair(req))
     return out
+
+
+def loaded_pairs_line(store: TrainingStore, timeframes: Sequence[str]) -> str:
+    """What the store can train, in one line for an error: `GOOG (d1 w1), IBM (d1)`, or how to load bars.
+
+    Named pairs without bars usually mean a symbol the store does not have (the old SPY/QQQ/AAPL defaults on the
+    sample data): saying what IS loaded turns "no bars" into something the user can act on."""
+    valid: list[str] = []
+    for symbol in store.list_active_symbols():
+        try:
+            valid.append(check_symbol(symbol))
+        except IdentifierError:
+            continue  # an invalid row never has bars the job can read
+    have = store.pairs_with_bars(valid, timeframes) if valid else set()
+    parts = []
+    for symbol in valid:
+        tfs = [tf for tf in timeframes if (symbol, tf) in have]
+        if tfs:
+            parts.append(f"{symbol} ({' '.join(tfs)})")
+    if not parts:
+        return (
+            f"the {store.name} store has no bars yet (load some: python -m ml.src.data.load_bars "
+            "ml/sample_data/*.csv, or make run)"
+        )
+    return f"the {store.name} store has bars for {', '.join(parts)}"

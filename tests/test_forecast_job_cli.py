@@ -106,3 +106,54 @@ def test_the_forecast_step_never_imports_matplotlib() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_no_selection_flag_forecasts_the_universe(
+    trained_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Right after `make run` the flagless step forecasts the loaded pairs (it used to look for SPY QQQ AAPL)."""
+    assert forecast_job.main(["--timeframes", "d1", "w1", "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    by_pair = {(f["symbol"], f["timeframe"]): f["status"] for f in out["forecasts"]}
+    assert set(by_pair) == {("GOOG", "d1"), ("GOOG", "w1"), ("IBM", "d1"), ("IBM", "w1")}
+    assert by_pair[("GOOG", "d1")] == "written" and by_pair[("IBM", "w1")] == "unchanged"
+    assert by_pair[("IBM", "d1")] == "skipped"  # a pair of the universe without bars or champion
+
+
+def test_a_named_pair_without_bars_fails_like_training(
+    trained_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert forecast_job.main(["--pairs", "AAPL:d1", "GOOG:d1"]) == 1
+    captured = capsys.readouterr()
+    assert "AAPL     d1   failed" in captured.out and "AAPL/d1: no bars in the embedded store" in captured.out
+    assert "GOOG     d1   written" in captured.out
+    assert "error: no bars for AAPL/d1; the embedded store has bars for GOOG (d1), IBM (w1)" in captured.err
+    # a named pair WITH bars but no champion yet is still only skipped
+    from ml.src.data.local_db import SqliteStore
+    from tests.factories import sample_bars
+
+    with SqliteStore(trained_store) as store:
+        store.upsert_bars("GOOG", "w1", sample_bars("GOOG", "w1"))
+    assert forecast_job.main(["--pairs", "GOOG:w1"]) == 0
+    assert "GOOG/w1: no champion model yet" in capsys.readouterr().out
+
+
+def test_the_label_rule_and_training_shares_are_shown(
+    trained_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ml.src.training.registry import load_champion
+
+    assert forecast_job.main(["--pairs", "GOOG:d1", "--json"]) == 0
+    captured = capsys.readouterr()
+    f = json.loads(captured.out)["forecasts"][0]
+    prior = load_champion("GOOG", "d1").metadata["decision"]["prior"]
+    assert f["label_rule"] == "prior_ratio"
+    assert [f["training_shares"][c] for c in ("BEARISH", "NEUTRAL", "BULLISH")] == pytest.approx(prior)
+    ratio = {c: f["probabilities"][c] / f["training_shares"][c] for c in f["probabilities"]}
+    assert f["label"] == max(ratio, key=ratio.__getitem__)
+    table = captured.err  # with --json the table goes to stderr
+    assert "sh_bear sh_neu sh_bul" in table
+    assert "label = the class whose probability most exceeds its training share" in table
+    row = next(line for line in table.splitlines() if line.startswith("GOOG     d1"))
+    shares = " ".join(f"{f['training_shares'][c]:>6.3f}" for c in ("BEARISH", "NEUTRAL", "BULLISH"))
+    assert shares in row

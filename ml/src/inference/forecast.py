@@ -41,6 +41,11 @@ class ForecastResult:
     horizon_bars: int | None = None
     label: str | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
+    # How `label` was chosen from `probabilities`: "prior_ratio" = the class whose probability most exceeds its
+    # training share (`training_shares`), which is not always the most probable class; "argmax" for bundles
+    # written before that rule.
+    label_rule: str | None = None
+    training_shares: dict[str, float] | None = None
     direction_score: float | None = None
     model_version_id: int | None = None
     model_trained_at: str | None = None
@@ -58,6 +63,15 @@ def _warmup(model: EnsembleModel, settings: Settings, timeframe: str) -> int:
     return max(int(recorded or 0), settings.timeframes[timeframe].warmup_bars or 0, WARMUP_BARS)
 
 
+def decision_rule(model: EnsembleModel) -> tuple[str, dict[str, float] | None]:
+    """The bundle's rule from probabilities to a label, and the training shares it divides by."""
+    decision = model.metadata.get("decision") or {}
+    if decision.get("rule") == "prior_ratio":
+        shares = {c: float(v) for c, v in zip(model.classes, decision["prior"], strict=True)}
+        return "prior_ratio", shares
+    return "argmax", None
+
+
 def forecast_pair(
     store: TrainingStore,
     settings: Settings,
@@ -66,9 +80,11 @@ def forecast_pair(
     *,
     as_of: datetime | None = None,
     now: datetime | None = None,
+    explicit: bool = False,
 ) -> ForecastResult:
     """Forecast one pair at its latest bar closed by `as_of` (default: now) and write it; never raises for a
-    pair-level problem (the result says what happened)."""
+    pair-level problem (the result says what happened). An `explicit` pair (named by the user) without any bars
+    fails, as the training job fails it; a pair of the universe without a champion is only skipped."""
     t0 = time.perf_counter()
     now = now or datetime.now(UTC)
     clock = as_of or now
@@ -84,6 +100,8 @@ def forecast_pair(
         result.outcomes_realised = fill_outcomes(store, symbol, timeframe)
         row = store.get_champion(symbol, timeframe)
         if row is None:
+            if explicit and not store.pairs_with_bars([symbol], [timeframe]):
+                return done("failed", f"{label}: no bars in the {store.name} store")
             return done("skipped", f"{label}: no champion model yet (train the pair first)")
         try:
             model = load_champion(symbol, timeframe, settings=settings, store=store, now=now)
@@ -160,6 +178,7 @@ def forecast_pair(
     result.horizon_bars = h
     result.label = record.label
     result.probabilities = p
+    result.label_rule, result.training_shares = decision_rule(model)
     result.direction_score = record.direction_score
     result.model_version_id = record.model_version_id
     result.model_trained_at = record.model_trained_at.isoformat()

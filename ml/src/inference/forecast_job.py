@@ -27,7 +27,13 @@ from ml.src.data.identifiers import parse_pair as parse_symbol_pair
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from ml.src.training.job_cli import UsageError, one_line_failure, parse_as_of, setup_logging
+from ml.src.training.job_cli import (
+    UsageError,
+    missing_bars_note,
+    one_line_failure,
+    parse_as_of,
+    setup_logging,
+)
 from ml.src.training.stop import install_stop_handlers, stop_requested
 
 log = logging.getLogger("ml.inference")
@@ -126,13 +132,19 @@ def build_parser() -> OneLineParser:
     return p
 
 
+def selects_universe(args: argparse.Namespace, settings: Settings) -> bool:
+    """--all, or no selection flag and no ML_DEFAULT_SYMBOLS (the default), as for the training job."""
+    return bool(args.all or (not args.pairs and not args.symbols and not settings.default_symbols))
+
+
 def resolve_pairs(
     args: argparse.Namespace, settings: Settings, store: TrainingStore
 ) -> list[tuple[str, str]]:
+    """The pairs to forecast; named ones (--pairs, --symbols, ML_DEFAULT_SYMBOLS) fail without bars."""
     if args.pairs:
         pairs = [parse_pair(t) for t in args.pairs]
         return list(dict.fromkeys(pairs))
-    if args.all:
+    if selects_universe(args, settings):
         symbols = store.list_active_symbols()
         if not symbols:  # nothing trained yet, so nothing to forecast: not an error for the scheduled step
             log.warning("--all: the store has no active symbols: nothing to forecast")
@@ -160,8 +172,10 @@ def run_forecasts(
     *,
     as_of: datetime | None = None,
     now: datetime | None = None,
+    explicit: bool = False,
 ) -> ForecastRun:
-    """Forecast every pair in turn; a pair's problem is its own result, and SIGTERM stops between pairs."""
+    """Forecast every pair in turn; a pair's problem is its own result, and SIGTERM stops between pairs.
+    `explicit`: the user named these pairs, so one without bars fails (see forecast_pair)."""
     from ml.src.inference.forecast import forecast_pair
 
     run = ForecastRun(started_at=datetime.now(UTC), store=store.name, as_of=as_of)
@@ -169,7 +183,7 @@ def run_forecasts(
         if stop_requested():
             run.interrupted = True
             break
-        result = forecast_pair(store, settings, symbol, tf, as_of=as_of, now=now)
+        result = forecast_pair(store, settings, symbol, tf, as_of=as_of, now=now, explicit=explicit)
         run.results.append(result)
         level = logging.WARNING if result.status == "failed" else logging.INFO
         detail = result.reason or f"{result.label} at {result.bar_ts} (model {result.model_version_id})"
@@ -178,24 +192,36 @@ def run_forecasts(
     return run
 
 
+RULE_NOTES = {
+    "prior_ratio": "label = the class whose probability most exceeds its training share (largest p / sh), "
+    "not always the most probable class",
+    "argmax": "label* = the most probable class (a model trained before the training-share rule)",
+}
+
+
+def _three(values: dict[str, float] | None) -> str:
+    if not values:
+        return f"{'-':>6} {'-':>6} {'-':>6}"
+    return f"{values['BEARISH']:>6.3f} {values['NEUTRAL']:>6.3f} {values['BULLISH']:>6.3f}"
+
+
 def table(run: ForecastRun) -> str:
+    """One row per pair: the probabilities, beside them the training shares the label rule divides them by."""
     head = (
         f"{'symbol':<8} {'tf':<4} {'status':<9} {'bar_ts':<25} {'label':<8} {'p_bear':>6} {'p_neu':>6} "
-        f"{'p_bull':>6} {'model':>6} {'real':>4}  reason"
+        f"{'p_bull':>6} {'sh_bear':>6} {'sh_neu':>6} {'sh_bul':>6} {'model':>6} {'real':>4}  reason"
     )
     lines = [head, "-" * len(head)]
     for r in run.results:
-        p = r.probabilities
-        probs = (
-            f"{p['BEARISH']:>6.3f} {p['NEUTRAL']:>6.3f} {p['BULLISH']:>6.3f}"
-            if p
-            else f"{'-':>6} {'-':>6} {'-':>6}"
-        )
+        label = (r.label or "-") + ("*" if r.label_rule == "argmax" else "")
         lines.append(
-            f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.bar_ts or '-':<25} {r.label or '-':<8} {probs} "
+            f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.bar_ts or '-':<25} {label:<8} "
+            f"{_three(r.probabilities)} {_three(r.training_shares)} "
             f"{r.model_version_id if r.model_version_id is not None else '-':>6} {r.outcomes_realised:>4}  "
             f"{r.reason or ''}"
         )
+    for rule in sorted({r.label_rule for r in run.results if r.label_rule}):
+        lines.append(RULE_NOTES.get(rule, f"label rule: {rule}"))
     c = run.counts
     lines.append(
         f"{c['written']} written, {c['unchanged']} unchanged, {c['skipped']} skipped, {c['failed']} failed"
@@ -227,9 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             return one_line_failure(exc)
         restore_signals = install_stop_handlers()
         try:
-            run = run_forecasts(store, settings, pairs, as_of=as_of)
+            explicit = not selects_universe(args, settings)
+            run = run_forecasts(store, settings, pairs, as_of=as_of, explicit=explicit)
         finally:
             restore_signals()
+        missing = missing_bars_note(store, run.results)
     log.info("%d pair(s) in %.1fs", len(pairs), time.perf_counter() - t0)
     text = table(run)
     if args.json:
@@ -237,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run.to_json(), default=str))
     else:
         print(text)
+    if missing:
+        print(missing, file=sys.stderr)
     return run.exit_code()
 
 

@@ -340,8 +340,10 @@ def write_html_report(
     *,
     health: Sequence[PairHealth] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ReportSite:
-    """Write the report for every trained pair (or `pairs`) to out_dir, replacing an earlier report there."""
+    """Write the report for every trained pair (or `pairs`) to out_dir, replacing an earlier report there.
+    `progress` gets one line before the first page and one per pair page (drawing takes ~1 s a pair)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -353,10 +355,18 @@ def write_html_report(
     try:
         folder = tmp / "pairs"
         folder.mkdir()
-        for pair in data:
+        if progress is not None:
+            progress(f"report: drawing {len(data)} pair page(s) for {out_dir}")
+        for i, pair in enumerate(data, 1):
+            t_pair = time.perf_counter()
             page = folder / f"{pair_slug(pair.symbol, pair.timeframe)}.html"
             page.write_text(_pair_page(pair, folder, site), encoding="utf-8")
             site.pages.append(page)
+            if progress is not None:
+                progress(
+                    f"report [{i}/{len(data)}] {pair.symbol}/{pair.timeframe}: page written in "
+                    f"{time.perf_counter() - t_pair:.1f}s"
+                )
         index = tmp / "index.html"
         index.write_text(_index(data, store.name, datetime.now(UTC)), encoding="utf-8")
         site.pages.insert(0, index)

@@ -268,7 +268,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.html:
                 from ml.src.monitoring.html_report import write_html_report
 
-                site = write_html_report(store, settings, Path(args.html), health=rows)
+                site = write_html_report(
+                    store,
+                    settings,
+                    Path(args.html),
+                    health=rows,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True),
+                )
                 print(site.summary_line(), file=sys.stderr)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,13 +20,16 @@ $(BIN)/python:
 
 # --require-hashes: nothing is installed that the lock does not name, byte for byte. The project itself goes in
 # editable without dependencies (they all came from the lock).
+# pip -q prints nothing for the minute or two a fresh install takes, so say what is happening first.
 $(RUN_STAMP): $(LOCK) pyproject.toml | $(BIN)/python
+	@echo "installing $$(grep -c '^[a-z]' $(LOCK)) pinned packages from $(LOCK) into $(VENV) (1-2 minutes on a fresh machine)..."
 	$(BIN)/pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 # The dev lock is the runtime lock (same pins) plus the dev tools, so it satisfies `make run` too.
 $(DEV_STAMP): $(DEV_LOCK) pyproject.toml | $(BIN)/python
+	@echo "installing $$(grep -c '^[a-z]' $(DEV_LOCK)) pinned packages from $(DEV_LOCK) into $(VENV) (1-2 minutes on a fresh machine)..."
 	$(BIN)/pip install -q --require-hashes -r $(DEV_LOCK)
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@ $(RUN_STAMP)
@@ -50,6 +53,7 @@ bytecode: install
 
 # Loads the bundled sample bars into the embedded store (once), then trains every active symbol.
 run: install bytecode
+	@echo "loading the sample bars (ml/sample_data) into the embedded store, then training their d1 and w1 pairs..."
 	$(BIN)/python -m ml.src.data.load_bars --if-missing --quiet ml/sample_data/*.csv
 	$(BIN)/python -m ml.src.training.ensemble_training_job --all --timeframes d1 w1
 

@@ -99,7 +99,10 @@ def build_parser() -> OneLineParser:
     )
     who = p.add_mutually_exclusive_group()
     who.add_argument(
-        "--all", action="store_true", help="every active symbol of the store's symbols table x --timeframes"
+        "--all",
+        action="store_true",
+        help="every active symbol of the store's symbols table x --timeframes (also the default when no flag "
+        "selects pairs, unless ML_DEFAULT_SYMBOLS names symbols)",
     )
     who.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="these symbols x --timeframes")
     who.add_argument(

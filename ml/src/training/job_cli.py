@@ -86,7 +86,8 @@ def build_parser() -> OneLineParser:
         "--all",
         action="store_true",
         help="train the pairs that exist: every active symbol of the store's symbols table x --timeframes, "
-        "where the store has bars (the others are recorded as skipped)",
+        "where the store has bars (the others are recorded as skipped); also what a run with no selection "
+        "flag trains, unless ML_DEFAULT_SYMBOLS names symbols",
     )
     who.add_argument(
         "--pairs",

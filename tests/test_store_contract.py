@@ -634,3 +634,57 @@ def test_monitoring_thresholds_round_trip(store: TrainingStore) -> None:
         assert store.read_monitoring_thresholds() == mine
     finally:
         store.publish_monitoring_thresholds(current)  # the Supabase stack is shared by the session
+
+
+# ---- issue 21: outcomes only from valid bars, recomputed when the bars change ------------------------------------
+
+
+def realised(store: TrainingStore, symbol: str) -> dict:
+    [row] = store.list_forecasts(symbol, "d1")
+    return row
+
+
+def test_outcomes_come_only_from_valid_bars_and_follow_corrections(
+    store: TrainingStore, symbol: str, request: pytest.FixtureRequest
+) -> None:
+    from ml.src.inference.outcomes import fill_outcomes
+
+    bars = sample_bars("IBM", "d1", last=30).reset_index(drop=True)
+    ts, close = bars["ts"], bars["close"].to_numpy(dtype="float64")
+    store.upsert_bars(symbol, "d1", bars.iloc[:20])
+    store.insert_forecast(forecast(symbol, ts.iloc[10].to_pydatetime()))  # h = 5: realised by bar 15
+    set_bar = "update ohlc_bars set close = ?, high = ? where symbol = ? and timeframe = 'd1' and ts = ?"
+
+    # Another tool writes a non-finite close at t + h: no outcome (before: realised_return = inf, BULLISH).
+    other_writer(store, request, set_bar, float("inf"), float("inf"), symbol, ts.iloc[15].to_pydatetime())
+    assert fill_outcomes(store, symbol, "d1") == 0
+    assert realised(store, symbol)["realised_return"] is None
+
+    # The bar corrected: the next fill realises the forecast from it, at the pair's current revision.
+    store.upsert_bars(symbol, "d1", bars.iloc[15:16])
+    assert fill_outcomes(store, symbol, "d1") == 1
+    row = realised(store, symbol)
+    assert row["realised_return"] == close[15] / close[10] - 1.0 and row["realised_close"] == close[15]
+    assert row["realised_revision"] == store.bar_revision(symbol, "d1")
+    assert fill_outcomes(store, symbol, "d1") == 0
+
+    # A new bar changes the revision, not this outcome: re-stamped, not rewritten.
+    store.upsert_bars(symbol, "d1", bars.iloc[20:21])
+    assert fill_outcomes(store, symbol, "d1") == 0
+    again = realised(store, symbol)
+    assert again["realised_revision"] == store.bar_revision(symbol, "d1") != row["realised_revision"]
+    assert again["realised_at"] == row["realised_at"] and again["realised_return"] == row["realised_return"]
+
+    # The realised bar corrected (+5 % on every price): recomputed on the next fill.
+    fixed = bars.iloc[15:16].copy()
+    fixed[["open", "high", "low", "close"]] *= 1.05
+    store.upsert_bars(symbol, "d1", fixed)
+    assert fill_outcomes(store, symbol, "d1") == 1
+    row = realised(store, symbol)
+    assert row["realised_return"] == float(fixed["close"].iloc[0]) / close[10] - 1.0
+
+    # Corrected into an implausible close (1e300, a million times the previous one): the outcome is withdrawn.
+    other_writer(store, request, set_bar, 1e300, 1e300, symbol, ts.iloc[15].to_pydatetime())
+    assert fill_outcomes(store, symbol, "d1") == 1
+    row = realised(store, symbol)
+    assert (row["realised_return"], row["realised_label"], row["realised_close"]) == (None, None, None)

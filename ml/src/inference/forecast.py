@@ -71,7 +71,7 @@ def forecast_pair(
     pair-level problem (the result says what happened)."""
     t0 = time.perf_counter()
     now = now or datetime.now(UTC)
-    clock = as_of or now
+    clock = min(as_of, now) if as_of else now  # a bar after now has not closed: never forecast at it
     label = f"{symbol}/{timeframe}"
     result = ForecastResult(symbol=symbol, timeframe=timeframe, status="failed")
 

@@ -688,3 +688,29 @@ def test_outcomes_come_only_from_valid_bars_and_follow_corrections(
     assert fill_outcomes(store, symbol, "d1") == 1
     row = realised(store, symbol)
     assert (row["realised_return"], row["realised_label"], row["realised_close"]) == (None, None, None)
+
+
+def test_a_bar_after_now_is_refused_on_write_and_never_trained_on(store: TrainingStore, symbol: str) -> None:
+    from freezegun import freeze_time
+
+    from config.settings import Settings
+    from ml.src.training.pair_result import PairRequest
+    from ml.src.training.pipeline import prepare_pair
+
+    bars = sample_bars("GOOG", "d1").reset_index(drop=True)
+    now = bars["ts"].iloc[1499] + pd.Timedelta(hours=20)  # bar 1499 has closed, bar 1500 not yet opened
+    with freeze_time(now):
+        with pytest.raises(StoreError) as exc:
+            store.upsert_bars(symbol, "d1", bars.iloc[1400:1501])
+        assert str(exc.value) == (
+            f"bar at {bars['ts'].iloc[1500].isoformat()} is in the future (now {now.isoformat()}): not written"
+        )
+        assert store.count_bars(symbol, "d1") == 0  # the whole write refused
+    store.upsert_bars(symbol, "d1", bars)  # the real clock: all 2500 bars are history
+
+    # The clock back at bar 1499 (as when another tool had written later bars): training reads up to now only.
+    with freeze_time(now):
+        prep = prepare_pair(store, PairRequest(symbol, "d1"), Settings(_env_file=None))
+    assert (
+        prep.split_info["data_end"] == bars["ts"].iloc[1499].isoformat()
+    )  # before: bar 2499's, in the future

@@ -21,7 +21,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
-from ml.src.cli_parser import OneLineParser
+from ml.src.cli_parser import OneLineParser, timeframe_arg
 from ml.src.data.bar_checks import first_bad_bar, first_future_bar
 from ml.src.data.identifiers import SYMBOL_RE, IdentifierError, normalise_symbol
 from ml.src.data.store import BAR_COLUMNS, StoreError, TrainingStore
@@ -158,7 +158,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("files", nargs="+", type=Path, help="CSV files named SYMBOL_TF.csv (TF: m15 h1 h4 d1 w1)")
     p.add_argument("--symbol", help="symbol for every file (overrides the file name)")
     p.add_argument(
-        "--timeframe", choices=TIMEFRAMES, help="timeframe for every file (overrides the file name)"
+        "--timeframe",
+        type=timeframe_arg,
+        choices=TIMEFRAMES,
+        help="timeframe for every file (overrides the file name)",
     )
     p.add_argument(
         "--if-missing",

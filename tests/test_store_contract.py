@@ -634,3 +634,83 @@ def test_monitoring_thresholds_round_trip(store: TrainingStore) -> None:
         assert store.read_monitoring_thresholds() == mine
     finally:
         store.publish_monitoring_thresholds(current)  # the Supabase stack is shared by the session
+
+
+# ---- issue 21: outcomes only from valid bars, recomputed when the bars change ------------------------------------
+
+
+def realised(store: TrainingStore, symbol: str) -> dict:
+    [row] = store.list_forecasts(symbol, "d1")
+    return row
+
+
+def test_outcomes_come_only_from_valid_bars_and_follow_corrections(
+    store: TrainingStore, symbol: str, request: pytest.FixtureRequest
+) -> None:
+    from ml.src.inference.outcomes import fill_outcomes
+
+    bars = sample_bars("IBM", "d1", last=30).reset_index(drop=True)
+    ts, close = bars["ts"], bars["close"].to_numpy(dtype="float64")
+    store.upsert_bars(symbol, "d1", bars.iloc[:20])
+    store.insert_forecast(forecast(symbol, ts.iloc[10].to_pydatetime()))  # h = 5: realised by bar 15
+    set_bar = "update ohlc_bars set close = ?, high = ? where symbol = ? and timeframe = 'd1' and ts = ?"
+
+    # Another tool writes a non-finite close at t + h: no outcome (before: realised_return = inf, BULLISH).
+    other_writer(store, request, set_bar, float("inf"), float("inf"), symbol, ts.iloc[15].to_pydatetime())
+    assert fill_outcomes(store, symbol, "d1") == 0
+    assert realised(store, symbol)["realised_return"] is None
+
+    # The bar corrected: the next fill realises the forecast from it, at the pair's current revision.
+    store.upsert_bars(symbol, "d1", bars.iloc[15:16])
+    assert fill_outcomes(store, symbol, "d1") == 1
+    row = realised(store, symbol)
+    assert row["realised_return"] == close[15] / close[10] - 1.0 and row["realised_close"] == close[15]
+    assert row["realised_revision"] == store.bar_revision(symbol, "d1")
+    assert fill_outcomes(store, symbol, "d1") == 0
+
+    # A new bar changes the revision, not this outcome: re-stamped, not rewritten.
+    store.upsert_bars(symbol, "d1", bars.iloc[20:21])
+    assert fill_outcomes(store, symbol, "d1") == 0
+    again = realised(store, symbol)
+    assert again["realised_revision"] == store.bar_revision(symbol, "d1") != row["realised_revision"]
+    assert again["realised_at"] == row["realised_at"] and again["realised_return"] == row["realised_return"]
+
+    # The realised bar corrected (+5 % on every price): recomputed on the next fill.
+    fixed = bars.iloc[15:16].copy()
+    fixed[["open", "high", "low", "close"]] *= 1.05
+    store.upsert_bars(symbol, "d1", fixed)
+    assert fill_outcomes(store, symbol, "d1") == 1
+    row = realised(store, symbol)
+    assert row["realised_return"] == float(fixed["close"].iloc[0]) / close[10] - 1.0
+
+    # Corrected into an implausible close (1e300, a million times the previous one): the outcome is withdrawn.
+    other_writer(store, request, set_bar, 1e300, 1e300, symbol, ts.iloc[15].to_pydatetime())
+    assert fill_outcomes(store, symbol, "d1") == 1
+    row = realised(store, symbol)
+    assert (row["realised_return"], row["realised_label"], row["realised_close"]) == (None, None, None)
+
+
+def test_a_bar_after_now_is_refused_on_write_and_never_trained_on(store: TrainingStore, symbol: str) -> None:
+    from freezegun import freeze_time
+
+    from config.settings import Settings
+    from ml.src.training.pair_result import PairRequest
+    from ml.src.training.pipeline import prepare_pair
+
+    bars = sample_bars("GOOG", "d1").reset_index(drop=True)
+    now = bars["ts"].iloc[1499] + pd.Timedelta(hours=20)  # bar 1499 has closed, bar 1500 not yet opened
+    with freeze_time(now):
+        with pytest.raises(StoreError) as exc:
+            store.upsert_bars(symbol, "d1", bars.iloc[1400:1501])
+        assert str(exc.value) == (
+            f"bar at {bars['ts'].iloc[1500].isoformat()} is in the future (now {now.isoformat()}): not written"
+        )
+        assert store.count_bars(symbol, "d1") == 0  # the whole write refused
+    store.upsert_bars(symbol, "d1", bars)  # the real clock: all 2500 bars are history
+
+    # The clock back at bar 1499 (as when another tool had written later bars): training reads up to now only.
+    with freeze_time(now):
+        prep = prepare_pair(store, PairRequest(symbol, "d1"), Settings(_env_file=None))
+    assert (
+        prep.split_info["data_end"] == bars["ts"].iloc[1499].isoformat()
+    )  # before: bar 2499's, in the future

@@ -197,7 +197,8 @@ def test_load_bars_cli_rejects_bad_file_and_writes_nothing(supabase_env, pg, tmp
     bad.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
     assert load_bars.main([str(path)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"load_bars: {path}: line 32: low > min(open, close)"
+    bar = good["ts"].iloc[30].strftime("%Y-%m-%dT%H:%M:%SZ")  # the line and the bar it holds
+    assert err == f"load_bars: {path}: line 32: low > min(open, close) (bar {bar})"
     assert pg.execute("select count(*) from ohlc_bars where symbol='ZZBAD'").fetchone()[0] == 0
     assert load_bars.main([str(sample_csv("GOOG", "w1")), "--quiet"]) == 0
     assert pg.execute("select active from symbols where ticker='GOOG'").fetchone()[0] is True

@@ -8,6 +8,12 @@ from typing import NoReturn
 EXIT_USAGE = 2
 
 
+def timeframe_arg(text: str) -> str:
+    """argparse `type=` for a timeframe flag: `D1` and ` d1` are d1, as in `--pairs IBM:D1` (identifiers.parse_pair);
+    used with `choices=TIMEFRAMES`, which then judges the lower-cased text."""
+    return text.strip().lower()
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`error: ... (see --help)`), like every other bad input."""
 

@@ -2,7 +2,9 @@
 
 A symbol names folders and files under ML_MODELS_DIR (`SYMBOL/TF/SYMBOL_TF_....joblib`), so it must never be
 able to climb out of it: upper-case letters, digits and `. - ^ =` only, starting with a letter or digit, at most
-20 characters (`AAPL`, `BRK.B`, `^GSPC`, `EURUSD=X`). No `/`, `\\`, spaces, control characters or a leading dot.
+20 characters (`AAPL`, `BRK.B`, `EURUSD=X`, `GSPC`; a `^` may appear inside, but a vendor's index name such as
+`^GSPC` is refused: load it as `GSPC`, as the shipped sample bars are). No `/`, `\\`, spaces, control characters or
+a leading dot, `-` or `^`.
 """
 
 from __future__ import annotations

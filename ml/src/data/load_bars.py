@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
-from ml.src.cli_parser import OneLineParser
+from ml.src.cli_parser import OneLineParser, timeframe_arg
+from ml.src.data.bar_checks import first_bad_bar, first_future_bar
 from ml.src.data.identifiers import SYMBOL_RE, IdentifierError, normalise_symbol
 from ml.src.data.store import BAR_COLUMNS, StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
@@ -113,17 +115,15 @@ def read_bar_file(path: Path) -> pd.DataFrame:
         i = int(np.flatnonzero(unsorted)[0])
         raise BarFileError(f"{path}: line {line(i)}: ts {raw['ts'].iloc[i]} is not after the previous row")
 
-    o, h, lo, c, v = (frame[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
-    checks = [
-        ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "a price is zero or negative"),
-        (h < np.maximum(o, c), "high < max(open, close)"),
-        (lo > np.minimum(o, c), "low > min(open, close)"),
-        (v < 0, "negative volume"),
-    ]
-    for mask, problem in checks:
-        if mask.any():
-            i = int(np.flatnonzero(mask)[0])
-            raise BarFileError(f"{path}: line {line(i)}: {problem}")
+    future = first_future_bar(frame["ts"], datetime.now(UTC))
+    if future is not None:
+        raise BarFileError(
+            f"{path}: line {line(future)}: ts {raw['ts'].iloc[future]} is in the future "
+            f"(now {datetime.now(UTC).isoformat(timespec='seconds')}): a bar that has not happened yet"
+        )
+    bad = first_bad_bar(frame)  # the training checks' own per-bar rules (ml.src.data.bar_checks)
+    if bad is not None:
+        raise BarFileError(f"{path}: line {line(bad.index)}: {bad.problem} (bar {raw['ts'].iloc[bad.index]})")
     return frame
 
 
@@ -158,7 +158,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("files", nargs="+", type=Path, help="CSV files named SYMBOL_TF.csv (TF: m15 h1 h4 d1 w1)")
     p.add_argument("--symbol", help="symbol for every file (overrides the file name)")
     p.add_argument(
-        "--timeframe", choices=TIMEFRAMES, help="timeframe for every file (overrides the file name)"
+        "--timeframe",
+        type=timeframe_arg,
+        choices=TIMEFRAMES,
+        help="timeframe for every file (overrides the file name)",
     )
     p.add_argument(
         "--if-missing",

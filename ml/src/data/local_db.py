@@ -228,6 +228,7 @@ create table if not exists ml_forecasts (
     realised_return real,
     realised_label text check (realised_label in ('BEARISH','NEUTRAL','BULLISH')),
     realised_at text,
+    realised_revision integer,
     check (abs(p_bearish + p_neutral + p_bullish - 1) < 1e-6),
     unique (symbol, timeframe, bar_ts, model_version_id)
 );
@@ -240,11 +241,12 @@ _FORECAST_TS_COLUMNS = frozenset(
 )
 
 # Files created by earlier versions: what `create table if not exists` cannot add.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("training_runs", "warnings", "text"),
     ("training_results", "artifact_signature", "text"),
     ("model_versions", "artifact_signature", "text"),
+    ("ml_forecasts", "realised_revision", "integer"),
 )
 _DEFAULT_THRESHOLDS = MonitoringThresholds(
     metric="test_balanced_accuracy",
@@ -718,14 +720,24 @@ class SqliteStore(TrainingStore):
         if unrealised_only:
             sql += " and realised_return is null"
         rows = self._query(sql + " order by symbol, timeframe, bar_ts, id", tuple(params))
-        out = []
-        for r in rows:
-            row = dict(zip(r.keys(), tuple(r), strict=True))
-            for key in _FORECAST_TS_COLUMNS:
-                if row[key] is not None:
-                    row[key] = pd.Timestamp(row[key]).isoformat()
-            out.append(row)
-        return out
+        return [self._forecast_row(r) for r in rows]
+
+    def list_outcome_candidates(self, symbol, timeframe, revision) -> list[dict]:
+        rows = self._query(
+            "select * from ml_forecasts where symbol = ? and timeframe = ?"
+            " and (realised_return is null or (? is not null and realised_revision is not ?))"
+            " order by bar_ts, id",
+            (symbol, timeframe, revision, revision),
+        )
+        return [self._forecast_row(r) for r in rows]
+
+    @staticmethod
+    def _forecast_row(r: sqlite3.Row) -> dict[str, Any]:
+        row = dict(zip(r.keys(), tuple(r), strict=True))
+        for key in _FORECAST_TS_COLUMNS:
+            if row[key] is not None:
+                row[key] = pd.Timestamp(row[key]).isoformat()
+        return row
 
     def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
         if not outcomes:
@@ -738,20 +750,36 @@ class SqliteStore(TrainingStore):
                     for o in outcomes:
                         cur = self._conn.execute(
                             "update ml_forecasts set realised_bar_ts = ?, realised_close = ?, realised_return = ?,"
-                            " realised_label = ?, realised_at = ? where id = ? and realised_return is null",
+                            " realised_label = ?, realised_at = ?, realised_revision = ? where id = ?"
+                            " and (realised_return is null"
+                            "      or (? is not null and (realised_revision is null or realised_revision < ?)))",
                             (
-                                format_ts(o.realised_bar_ts),
+                                None if o.realised_bar_ts is None else format_ts(o.realised_bar_ts),
                                 o.realised_close,
                                 o.realised_return,
                                 o.realised_label,
-                                now,
+                                None if o.realised_return is None else now,
+                                o.realised_revision,
                                 o.forecast_id,
+                                o.realised_revision,
+                                o.realised_revision,
                             ),
                         )
                         changed += cur.rowcount
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot record forecast outcomes: {exc}") from exc
         return changed
+
+    def stamp_outcome_revision(self, forecast_ids, revision) -> int:
+        ids = [int(i) for i in forecast_ids]
+        if not ids:
+            return 0
+        marks = ",".join("?" for _ in ids)
+        return self._write(
+            f"update ml_forecasts set realised_revision = ? where id in ({marks})"
+            " and realised_return is not null and (realised_revision is null or realised_revision < ?)",
+            (int(revision), *ids, int(revision)),
+        )
 
     def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
         cutoff = format_ts(datetime.now(UTC) - timedelta(seconds=ttl_s))

@@ -145,13 +145,16 @@ class ForecastRecord:
 
 @dataclass(frozen=True)
 class ForecastOutcome:
-    """What happened after a forecast: the close h bars after its bar, the return and its label."""
+    """What happened after a forecast: the close h bars after its bar, the return and its label, and the pair's
+    bar revision they were computed from (a later revision recomputes them). All realised_* None clears an
+    outcome whose bars were corrected into ones that determine none (a bar deleted or now refused)."""
 
     forecast_id: int
-    realised_bar_ts: datetime
-    realised_close: float
-    realised_return: float
-    realised_label: str
+    realised_bar_ts: datetime | None
+    realised_close: float | None
+    realised_return: float | None
+    realised_label: str | None
+    realised_revision: int | None = None
 
     def to_row(self) -> dict[str, Any]:
         out = asdict(self)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
+from ml.src.data.bar_checks import first_future_bar
 from ml.src.data.identifiers import IdentifierError, check_pair, check_symbol
 from ml.src.data.records import (
     ForecastOutcome,
@@ -201,8 +202,20 @@ class TrainingStore(ABC):
         """Forecast rows, ascending by (symbol, timeframe, bar_ts, id); optionally only those not yet realised."""
 
     @abstractmethod
+    def list_outcome_candidates(self, symbol: str, timeframe: str, revision: int | None) -> list[dict]:
+        """The pair's forecasts whose outcome the bars may (re)determine: those not yet realised, and (given the
+        pair's bar revision) those realised from another revision. Ascending by (bar_ts, id)."""
+
+    @abstractmethod
     def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
-        """Fill the realised columns of forecasts still unrealised; returns how many rows changed."""
+        """Write the realised columns of forecasts not yet realised, or realised from an older bar revision than
+        the outcome's (a recomputation after a corrected bar); returns how many rows changed. An outcome with no
+        revision fills unrealised rows only."""
+
+    @abstractmethod
+    def stamp_outcome_revision(self, forecast_ids: Sequence[int], revision: int) -> int:
+        """Mark realised outcomes as computed from `revision` (recomputed and found unchanged); returns how many
+        rows changed. Rows already at a newer revision are left alone."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -233,7 +246,8 @@ def normalise_bars(bars: pd.DataFrame) -> pd.DataFrame:
     """Bars with BAR_COLUMNS, float prices, tz-aware UTC ts at microsecond precision, ascending.
 
     Both stores keep timestamps to the microsecond, so a sub-microsecond part is dropped here, and two bars that
-    then share a timestamp are refused (StoreError) rather than silently stored as one.
+    then share a timestamp are refused (StoreError) rather than silently stored as one; so is a bar dated after
+    now.
     """
     frame = bars.loc[:, list(BAR_COLUMNS)].copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.floor("us")
@@ -245,6 +259,13 @@ def normalise_bars(bars: pd.DataFrame) -> pd.DataFrame:
         raise StoreError(
             f"two bars share ts {frame['ts'].iloc[int(np.argmax(dup))].isoformat()} "
             "(timestamps are stored to the microsecond)"
+        )
+    now = datetime.now(UTC)
+    future = first_future_bar(frame["ts"], now)
+    if future is not None:  # a bar that has not happened yet would be trained on and block forecasts
+        raise StoreError(
+            f"bar at {frame['ts'].iloc[future].isoformat()} is in the future "
+            f"(now {now.isoformat(timespec='seconds')}): not written"
         )
     return frame
 

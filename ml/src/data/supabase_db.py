@@ -626,23 +626,75 @@ class SupabaseStore(TrainingStore):
         )
         return sorted(rows, key=lambda r: (r["symbol"], r["timeframe"], pd.Timestamp(r["bar_ts"]), r["id"]))
 
+    def list_outcome_candidates(self, symbol, timeframe, revision) -> list[dict]:
+        filters: list[tuple[str, str, Any]] = [("eq", "symbol", symbol), ("eq", "timeframe", timeframe)]
+        if revision is None:
+            filters.append(("is_", "realised_return", "null"))
+        else:  # postgrest's or_(filters, reference_table): not yet realised, or realised from another revision
+            rev = int(revision)
+            filters.append(
+                (
+                    "or_",
+                    f"realised_return.is.null,realised_revision.is.null,realised_revision.neq.{rev}",
+                    None,
+                )
+            )
+        rows = self._select_keyset(
+            "read forecast outcomes", "ml_forecasts", "*", filters, "id", descending=False, limit=None
+        )
+        return sorted(rows, key=lambda r: (pd.Timestamp(r["bar_ts"]), r["id"]))
+
     def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
         changed = 0
         now = iso(pd.Timestamp.now(tz="UTC"))
         for o in outcomes:
-            row = _jsonable({**o.to_row(), "realised_at": now})
+            row = _jsonable({**o.to_row(), "realised_at": None if o.realised_return is None else now})
+            # Not yet realised, or (with a revision) realised before revisions or from an older one. One plain
+            # filter per call: PostgREST applies an or= filter of a PATCH to the returned rows too, which the
+            # update itself made fail it, so the reply would not say whether a row changed.
+            conditions: list[tuple[str, str, Any]] = [("is_", "realised_return", "null")]
+            if o.realised_revision is not None:
+                conditions += [
+                    ("is_", "realised_revision", "null"),
+                    ("lt", "realised_revision", o.realised_revision),
+                ]
+            for op, col, value in conditions:
 
-            def update(row: dict[str, Any] = row, fid: int = o.forecast_id) -> Any:
-                return (
-                    self._table("ml_forecasts")
-                    .update(row)
-                    .eq("id", fid)
-                    .is_("realised_return", "null")
-                    .execute()
-                )
+                def update(
+                    row: dict[str, Any] = row,
+                    fid: int = o.forecast_id,
+                    op: str = op,
+                    col: str = col,
+                    value: Any = value,
+                ) -> Any:
+                    q = self._table("ml_forecasts").update(row).eq("id", fid)
+                    return getattr(q, op)(col, value).execute()
 
-            res = self._call(f"record forecast outcome {o.forecast_id}", update)
-            changed += len(res.data or [])
+                res = self._call(f"record forecast outcome {o.forecast_id}", update)
+                if res.data:
+                    changed += 1
+                    break
+        return changed
+
+    def stamp_outcome_revision(self, forecast_ids, revision) -> int:
+        ids = [int(i) for i in forecast_ids]
+        rev = int(revision)
+        changed = 0
+        for k in range(0, len(ids), 200):  # ids travel in the URL: bounded batches
+            chunk = ids[k : k + 200]
+            for op, value in (("is_", "null"), ("lt", rev)):  # plain filters: see record_forecast_outcomes
+
+                def stamp(chunk: list[int] = chunk, op: str = op, value: Any = value) -> Any:
+                    q = (
+                        self._table("ml_forecasts")
+                        .update({"realised_revision": rev})
+                        .in_("id", chunk)
+                        .not_.is_("realised_return", "null")
+                    )
+                    return getattr(q, op)("realised_revision", value).execute()
+
+                res = self._call("stamp forecast outcomes", stamp)
+                changed += len(res.data or [])
         return changed
 
     def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:

@@ -87,7 +87,7 @@ def forecast_pair(
     fails, as the training job fails it; a pair of the universe without a champion is only skipped."""
     t0 = time.perf_counter()
     now = now or datetime.now(UTC)
-    clock = as_of or now
+    clock = min(as_of, now) if as_of else now  # a bar after now has not closed: never forecast at it
     label = f"{symbol}/{timeframe}"
     result = ForecastResult(symbol=symbol, timeframe=timeframe, status="failed")
 

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings
-from ml.src.cli_parser import OneLineParser
+from ml.src.cli_parser import OneLineParser, timeframe_arg
 from ml.src.data.identifiers import IdentifierError, check_symbol, normalise_symbol
 from ml.src.data.identifiers import parse_pair as parse_symbol_pair
 from ml.src.data.store import StoreError, TrainingStore
@@ -114,6 +114,7 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "--timeframes",
         nargs="+",
+        type=timeframe_arg,
         choices=TIMEFRAMES,
         default=list(TIMEFRAMES),
         metavar="TF",

@@ -34,7 +34,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
-from ml.src.cli_parser import OneLineParser
+from ml.src.cli_parser import OneLineParser, timeframe_arg
 from ml.src.data.identifiers import IdentifierError, normalise_symbol
 from ml.src.data.records import MonitoringThresholds
 from ml.src.data.store import StoreError, TrainingStore
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "no longer beats its baselines). Exit 0; with --fail-on-flag, 3 when any pair is flagged.",
     )
     p.add_argument("--symbol", help="only this symbol")
-    p.add_argument("--timeframe", choices=TIMEFRAMES, help="only this timeframe")
+    p.add_argument("--timeframe", type=timeframe_arg, choices=TIMEFRAMES, help="only this timeframe")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any pair is flagged")
     p.add_argument(

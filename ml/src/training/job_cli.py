@@ -16,7 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from config.timeframes import TIMEFRAMES
-from ml.src.cli_parser import OneLineParser
+from ml.src.cli_parser import OneLineParser, timeframe_arg
 from ml.src.log_setup import setup_logging
 from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
@@ -98,6 +98,7 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "--timeframes",
         nargs="+",
+        type=timeframe_arg,
         choices=TIMEFRAMES,
         default=None,
         metavar="TF",

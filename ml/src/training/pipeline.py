@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from config.settings import Settings, TimeframeSpec
+from ml.src.data.bar_checks import first_bad_bar
 from ml.src.data.records import ModelVersionRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.features.feature_cache import FeatureError, cache_in_use, features_for_window
@@ -120,10 +121,18 @@ class FittedPair:
 
 
 # --------------------------------------------------------------------------------------------------- prepare
+def read_end(as_of: datetime | None) -> datetime:
+    """The last bar instant a read for training may return: --as-of, but never after now. A bar dated after now
+    (written by another tool, or a vendor's clock) has not closed: it is never trained on."""
+    now = datetime.now(UTC)
+    return now if as_of is None or as_of > now else as_of
+
+
 def _read_window(store: TrainingStore, req: PairRequest, target: int, warmup: int) -> pd.DataFrame:
+    end = read_end(req.as_of)
     if req.lookback_days is None:
-        return store.read_bars(req.symbol, req.timeframe, end=req.as_of, limit=target + warmup)
-    latest = store.read_bars(req.symbol, req.timeframe, end=req.as_of, limit=1)
+        return store.read_bars(req.symbol, req.timeframe, end=end, limit=target + warmup)
+    latest = store.read_bars(req.symbol, req.timeframe, end=end, limit=1)
     if latest.empty:
         return latest
     anchor = latest["ts"].iloc[-1]
@@ -138,18 +147,12 @@ def _read_window(store: TrainingStore, req: PairRequest, target: int, warmup: in
 
 
 def check_bars(bars: pd.DataFrame, label: str, spec: TimeframeSpec) -> None:
-    """Reject bars a model must not learn from: NaN/inf, non-positive prices, holes in the series."""
-    values = bars[["open", "high", "low", "close", "volume"]].to_numpy(dtype="float64")
-    bad = ~np.isfinite(values).all(axis=1)
-    if bad.any():
-        raise PairFailure(
-            f"{label}: bar at {bars['ts'].iloc[int(np.argmax(bad))].isoformat()} has NaN or inf values"
-        )
-    nonpos = (values[:, :4] <= 0).any(axis=1)
-    if nonpos.any():
-        raise PairFailure(
-            f"{label}: bar at {bars['ts'].iloc[int(np.argmax(nonpos))].isoformat()} has a price <= 0"
-        )
+    """Reject bars a model must not learn from or forecast at: every per-bar check the loader runs
+    (ml.src.data.bar_checks: NaN/inf, prices <= 0, high/low not bounding open/close, implausible values), and
+    holes in the series."""
+    bad = first_bad_bar(bars)
+    if bad is not None:
+        raise PairFailure(f"{label}: bar at {bars['ts'].iloc[bad.index].isoformat()} has {bad.problem}")
     gaps = bars["ts"].diff().dt.total_seconds().to_numpy()[1:] / 86400.0
     if gaps.size and np.nanmax(gaps) > spec.max_gap_days:
         i = int(np.nanargmax(gaps))
@@ -585,7 +588,7 @@ def no_new_bars_reason(store: TrainingStore, req: PairRequest) -> str | None:
     revision = store.bar_revision(req.symbol, req.timeframe)
     if revision is not None and revision != last.revision:
         return None  # bars were inserted, corrected or deleted since that training
-    latest = store.read_bars(req.symbol, req.timeframe, end=req.as_of, limit=1)
+    latest = store.read_bars(req.symbol, req.timeframe, end=read_end(req.as_of), limit=1)
     if latest.empty or latest["ts"].iloc[-1] > pd.Timestamp(last.data_end):
         return None
     bar = latest["ts"].iloc[-1].isoformat()

@@ -50,14 +50,42 @@ def test_only_missing_rows_are_computed_and_values_match_a_fresh_computation(emb
     assert len(cached) == 650 and cached["ts"].iloc[0] == old["ts"].iloc[WARMUP_BARS]
 
 
-def test_the_cache_is_used_where_it_pays(embedded_store: SqliteStore) -> None:
-    from ml.src.data.supabase_db import SupabaseStore
+def test_the_cache_is_on_by_default_on_both_stores(monkeypatch) -> None:
+    from config.settings import Settings
     from ml.src.features.feature_cache import cache_in_use
 
-    assert cache_in_use("auto", embedded_store) is True  # measured: cheaper than computing (benchmarks.md)
-    assert SupabaseStore.feature_cache_pays is False  # measured: one PostgREST round trip costs more
-    assert cache_in_use("off", embedded_store) is False
-    assert cache_in_use("on", embedded_store) is True
+    monkeypatch.delenv("ML_FEATURE_CACHE", raising=False)
+    assert Settings(_env_file=None).feature_cache == "on"
+    assert cache_in_use(Settings(_env_file=None).feature_cache) is True  # whichever the store
+    assert cache_in_use("auto") is True  # the old default, kept for existing .env files: now the same as on
+    assert cache_in_use("off") is False
+
+
+def test_a_night_computes_only_the_new_rows_over_their_own_warm_up(embedded_store, monkeypatch) -> None:
+    import ml.src.features.feature_cache as fc
+
+    bars = sample_bars("IBM", "d1", last=2000 + WARMUP_BARS + 1)
+    features_for_window(embedded_store, "IBM", "d1", bars.iloc[:-1])  # last night: its whole window
+    seen: list[int] = []
+
+    def spy(frame: pd.DataFrame) -> pd.DataFrame:
+        seen.append(len(frame))
+        return add_technical_features(frame)
+
+    monkeypatch.setattr(fc, "add_technical_features", spy)
+    got = features_for_window(embedded_store, "IBM", "d1", bars)  # tonight: one new bar
+    assert (got.n_cached, got.n_computed) == (2000, 1)
+    assert seen == [WARMUP_BARS + 1]  # the new bar and its look-back, not the 2,121 fetched bars
+    fresh = add_technical_features(bars).iloc[WARMUP_BARS:].reset_index(drop=True)
+    np.testing.assert_allclose(
+        got.frame[list(FEATURE_COLUMNS)].to_numpy(), fresh[list(FEATURE_COLUMNS)].to_numpy(), rtol=1e-9, atol=1e-11
+    )
+    cached = embedded_store.read_feature_cache(
+        "IBM", "d1", FEATURE_SET_VERSION, bars["ts"].iloc[-1], bars["ts"].iloc[-1]
+    )
+    np.testing.assert_array_equal(  # what the cache holds is what the night used
+        cached[list(FEATURE_COLUMNS)].to_numpy(), got.frame[list(FEATURE_COLUMNS)].iloc[[-1]].to_numpy()
+    )
 
 
 def test_without_the_cache_nothing_is_read_or_written(embedded_store: SqliteStore) -> None:

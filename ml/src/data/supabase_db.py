@@ -102,9 +102,6 @@ def _jsonable(value: Any) -> Any:
 
 class SupabaseStore(TrainingStore):
     name = "supabase"
-    # one PostgREST round trip (~2 ms locally, tens of ms to a hosted project) costs about what computing a
-    # pair's features does (~3 ms): measured in docs/benchmarks.md, so ML_FEATURE_CACHE=auto computes them
-    feature_cache_pays = False
 
     def __init__(
         self,

@@ -4,8 +4,9 @@ Features are computed on the fetched bars (warm-up history included) only when s
 window are missing from the cache; only the missing rows are written back. The returned frame is the same
 set of columns, in the same order, whether the rows came from the cache or were computed now.
 
-Missing rows are computed over the whole fetched history, never over a shorter one, so a window whose cache
-was invalidated from a corrected bar on gets exactly the features a fresh store would compute. The write
+Missing rows are computed from the first missing row's own warm-up on (the features have finite memory and are
+bit-identical whatever the series' start), so a window whose cache was invalidated from a corrected bar on gets
+exactly the features a fresh store would compute, and a night with one new bar computes ~WARMUP_BARS rows. The write
 carries the bar revision read before the bars: if another writer changed the pair's bars meanwhile (and the
 store's triggers invalidated the cache), the features of the replaced bars are not written.
 """
@@ -45,6 +46,20 @@ def _finite_rows(frame: pd.DataFrame) -> np.ndarray:
     return np.isfinite(frame.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")).all(axis=1)
 
 
+def _compute_missing(bars: pd.DataFrame, warmup_bars: int, missing: np.ndarray) -> pd.DataFrame:
+    """`ts` + features of the window rows flagged in `missing` (window = bars[warmup_bars:]).
+
+    Computed over the bars from the first missing row's own look-back on, not the whole history: a feature of row
+    i depends only on rows i - WARMUP_BARS .. i, as the same dot products in the same order wherever the series
+    starts, so the values are bit-identical (test_feature_cache) and a cached night costs a few hundred rows of
+    computing instead of the whole window.
+    """
+    first = int(np.argmax(missing))  # window row of the first missing feature row
+    start = warmup_bars + first - WARMUP_BARS  # >= 0: warmup_bars >= WARMUP_BARS
+    tail = add_technical_features(bars.iloc[start:]).iloc[WARMUP_BARS:].reset_index(drop=True)
+    return tail.loc[missing[first:], ["ts", *FEATURE_COLUMNS]]
+
+
 def features_for_window(
     store: TrainingStore,
     symbol: str,
@@ -81,8 +96,7 @@ def features_for_window(
     n_computed = int(missing.sum())
     parts = [cached]
     if n_computed:
-        computed = add_technical_features(bars).iloc[warmup_bars:].reset_index(drop=True)
-        computed = computed.loc[missing.to_numpy(), ["ts", *FEATURE_COLUMNS]]
+        computed = _compute_missing(bars, warmup_bars, missing.to_numpy())
         bad = ~_finite_rows(computed)
         if bad.any():
             first = computed.loc[bad, "ts"].iloc[0]
@@ -106,16 +120,13 @@ def features_for_window(
     return FeatureFrame(frame=frame, n_cached=len(window) - n_computed, n_computed=n_computed)
 
 
-def cache_in_use(setting: str, store: TrainingStore) -> bool:
-    """ML_FEATURE_CACHE: `on`, `off`, or `auto` = the store's own default (`TrainingStore.feature_cache_pays`).
+def cache_in_use(setting: str) -> bool:
+    """ML_FEATURE_CACHE: the cache is used on every store unless it is `off` (`auto`, the old default, is `on`).
 
-    The default is by measurement (docs/benchmarks.md, scripts/bench_cache.py): for the embedded store reading
-    and writing the cache costs less than computing the features; through PostgREST one round trip already
-    costs more than computing them, so a Supabase deployment computes them unless told otherwise.
+    Measured in docs/benchmarks.md (scripts/bench_cache.py): with only the missing rows computed (over their own
+    warm-up, not the whole history) a cached night costs less than computing every row, on both stores.
     """
-    if setting == "auto":
-        return bool(store.feature_cache_pays)
-    return setting == "on"
+    return setting != "off"
 
 
 def fetch_or_build_features(

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import numpy as np
 import pandas as pd
+import pytest
+from postgrest.exceptions import APIError
+
+from config.settings import Settings
 
 from ml.src.data.local_db import SqliteStore
+from ml.src.data.store import TrainingStore
 from ml.src.features.feature_cache import features_for_window, fetch_or_build_features
 from ml.src.features.technical_indicators import (
     FEATURE_COLUMNS,
@@ -13,6 +21,7 @@ from ml.src.features.technical_indicators import (
     WARMUP_BARS,
     add_technical_features,
 )
+from ml.src.training.pipeline import warmup_bars
 from tests.factories import sample_bars
 
 
@@ -94,3 +103,59 @@ def test_without_the_cache_nothing_is_read_or_written(embedded_store: SqliteStor
     assert (got.n_cached, got.n_computed) == (0, 500)
     rows = embedded_store._query("select count(*) from feature_chunks")[0][0]
     assert rows == 0
+
+
+# ---- the Supabase cache of a default run, readable with SQL; the forecast reads the same cache --------------------------
+
+
+def _ticker() -> str:
+    return "F" + uuid.uuid4().hex[:9].upper()
+
+
+def _window_features(store: TrainingStore, symbol: str, timeframe: str, target: int) -> pd.DataFrame:
+    """The features a run computes for the pair: its own window and code path, cache left alone."""
+    warmup = warmup_bars(Settings().timeframes[timeframe])
+    bars = store.read_bars(symbol, timeframe, limit=target + warmup)
+    return features_for_window(store, symbol, timeframe, bars, warmup, use_cache=False).frame
+
+
+@pytest.mark.slow
+def test_a_default_supabase_run_caches_its_features_and_sql_returns_them(
+    supabase_env, authenticated_client, anon_client, monkeypatch, capsys
+) -> None:
+    from ml.src.data.supabase_db import SupabaseStore
+    from ml.src.training.ensemble_training_job import main
+
+    monkeypatch.delenv("ML_FEATURE_CACHE", raising=False)  # the default
+    symbol = _ticker()
+    with SupabaseStore(supabase_env["SUPABASE_URL"], supabase_env["SUPABASE_SERVICE_ROLE_KEY"]) as store:
+        store.upsert_bars(symbol, "d1", sample_bars("GSPC", "d1", last=1400))
+        # 1,200 rows: more than PostgREST's 1000-row cap on one call
+        assert main(["--symbol", symbol, "--timeframes", "d1", "--target-bars", "1200", "--json", "-q"]) == 0
+        result = json.loads(capsys.readouterr().out)["results"][0]
+        assert result["status"] == "succeeded"
+        expected = _window_features(store, symbol, "d1", 1200)
+
+    # the rows a signed-in user reads with SQL (PostgREST caps a call at 1000 rows: page on ts)
+    rows: list[dict] = []
+    while True:
+        query = authenticated_client.rpc("feature_rows", {"p_symbol": symbol, "p_timeframe": "d1"})
+        if rows:
+            query = query.gt("ts", rows[-1]["ts"])
+        page = query.order("ts").limit(1000).execute().data
+        if not page:
+            break
+        rows.extend(page)
+    assert len(rows) == len(expected) == 1200  # the run's window, without its warm-up rows
+    assert {(r["symbol"], r["timeframe"], r["feature_version"]) for r in rows} == {
+        (symbol, "d1", FEATURE_SET_VERSION)
+    }
+    assert [pd.Timestamp(r["ts"]) for r in rows] == list(expected["ts"])
+    assert pd.Timestamp(rows[-1]["ts"]) == pd.Timestamp(result["split"]["data_end"])
+    assert set(rows[0]["features"]) == set(FEATURE_COLUMNS)
+    got = np.array([[r["features"][c] for c in FEATURE_COLUMNS] for r in rows])
+    np.testing.assert_array_equal(got, expected[list(FEATURE_COLUMNS)].to_numpy())  # bit for bit
+    # anon reads nothing of the cache, as of every other ML table
+    with pytest.raises(APIError) as denied:
+        anon_client.rpc("feature_rows", {"p_symbol": symbol, "p_timeframe": "d1"}).execute()
+    assert denied.value.code == "42501"

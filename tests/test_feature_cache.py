@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -159,3 +160,44 @@ def test_a_default_supabase_run_caches_its_features_and_sql_returns_them(
     with pytest.raises(APIError) as denied:
         anon_client.rpc("feature_rows", {"p_symbol": symbol, "p_timeframe": "d1"}).execute()
     assert denied.value.code == "42501"
+
+
+@pytest.fixture(params=["embedded", "supabase"])
+def any_store(request: pytest.FixtureRequest, ml_env, monkeypatch) -> Iterator[TrainingStore]:
+    from ml.src.data.store_factory import open_store
+
+    if request.param == "supabase":
+        stack = request.getfixturevalue("supabase_env")
+        monkeypatch.setenv("SUPABASE_URL", stack["SUPABASE_URL"])
+    else:
+        monkeypatch.setenv("SUPABASE_URL", "")
+    monkeypatch.delenv("ML_FEATURE_CACHE", raising=False)  # the default
+    with open_store(Settings()) as store:
+        yield store
+
+
+@pytest.mark.slow
+def test_the_forecast_reads_the_features_training_cached(any_store: TrainingStore) -> None:
+    from ml.src.inference.forecast import forecast_pair
+    from ml.src.training.registry import load_champion
+    from ml.src.training.run_loop import run_job
+
+    symbol, settings = _ticker(), Settings()
+    any_store.upsert_bars(symbol, "d1", sample_bars("IBM", "d1", last=700))
+    assert run_job(any_store, settings, [symbol], ["d1"], workers=1).results[0].status == "succeeded"
+    last_ts = any_store.read_bars(symbol, "d1", limit=1)["ts"].iloc[0]
+    cached = any_store.read_feature_cache(symbol, "d1", FEATURE_SET_VERSION, last_ts, last_ts)
+    assert len(cached) == 1  # training cached the newest bar's features
+    # Put a different (finite) row in the cache for that bar: a forecast that reads the cache must use it.
+    altered = cached.copy()
+    altered[list(FEATURE_COLUMNS)] = cached[list(FEATURE_COLUMNS)].to_numpy() * 0.5 + 0.25
+    any_store.upsert_feature_cache(symbol, "d1", FEATURE_SET_VERSION, altered)
+
+    model = load_champion(symbol, "d1", settings=settings, store=any_store)
+    got = forecast_pair(any_store, settings, symbol, "d1")
+    assert got.status == "written", got.reason
+    assert pd.Timestamp(got.bar_ts) == last_ts
+    want = model.predict_proba(altered)[0]
+    computed = model.predict_proba(add_technical_features(any_store.read_bars(symbol, "d1")).iloc[[-1]])[0]
+    assert not np.allclose(want, computed)  # the two sources give different forecasts, so the test can tell
+    np.testing.assert_allclose([got.probabilities[c] for c in model.classes], want, rtol=0, atol=1e-12)

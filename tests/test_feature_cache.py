@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -201,3 +202,39 @@ def test_the_forecast_reads_the_features_training_cached(any_store: TrainingStor
     computed = model.predict_proba(add_technical_features(any_store.read_bars(symbol, "d1")).iloc[[-1]])[0]
     assert not np.allclose(want, computed)  # the two sources give different forecasts, so the test can tell
     np.testing.assert_allclose([got.probabilities[c] for c in model.classes], want, rtol=0, atol=1e-12)
+
+
+class CountingTransport(httpx.BaseTransport):
+    """The real HTTP transport, counting the requests that reach PostgREST."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path.rsplit("/", 1)[-1])
+        return self.inner.handle_request(request)
+
+
+@pytest.mark.slow
+def test_a_cached_night_on_supabase_is_one_read_and_one_append(supabase_env) -> None:
+    from ml.src.data.supabase_db import SupabaseStore
+
+    transport = CountingTransport()
+    symbol = _ticker()
+    bars = sample_bars("GSPC", "d1", last=2000 + WARMUP_BARS + 1)
+    with SupabaseStore(
+        supabase_env["SUPABASE_URL"],
+        supabase_env["SUPABASE_SERVICE_ROLE_KEY"],
+        http_client=httpx.Client(transport=transport, timeout=30),
+    ) as store:
+        store.upsert_bars(symbol, "d1", bars)
+        features_for_window(store, symbol, "d1", bars.iloc[:-1])  # last night: 2,000 rows (> the 1000-row cap)
+        transport.paths.clear()
+        tonight = features_for_window(store, symbol, "d1", bars)
+        assert transport.paths == ["feature_chunks_read", "feature_chunks_put"]
+        assert (tonight.n_cached, tonight.n_computed) == (2000, 1)
+        transport.paths.clear()
+        again = features_for_window(store, symbol, "d1", bars)  # e.g. the forecast after the run
+        assert transport.paths == ["feature_chunks_read"] and again.n_cached == 2001
+        pd.testing.assert_frame_equal(again.frame, tonight.frame)

@@ -13,7 +13,6 @@ import pytest
 from postgrest.exceptions import APIError
 
 from config.settings import Settings
-
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.store import TrainingStore
 from ml.src.features.feature_cache import features_for_window, fetch_or_build_features
@@ -89,7 +88,10 @@ def test_a_night_computes_only_the_new_rows_over_their_own_warm_up(embedded_stor
     assert seen == [WARMUP_BARS + 1]  # the new bar and its look-back, not the 2,121 fetched bars
     fresh = add_technical_features(bars).iloc[WARMUP_BARS:].reset_index(drop=True)
     np.testing.assert_allclose(
-        got.frame[list(FEATURE_COLUMNS)].to_numpy(), fresh[list(FEATURE_COLUMNS)].to_numpy(), rtol=1e-9, atol=1e-11
+        got.frame[list(FEATURE_COLUMNS)].to_numpy(),
+        fresh[list(FEATURE_COLUMNS)].to_numpy(),
+        rtol=1e-9,
+        atol=1e-11,
     )
     cached = embedded_store.read_feature_cache(
         "IBM", "d1", FEATURE_SET_VERSION, bars["ts"].iloc[-1], bars["ts"].iloc[-1]
@@ -229,7 +231,9 @@ def test_a_cached_night_on_supabase_is_one_read_and_one_append(supabase_env) -> 
         http_client=httpx.Client(transport=transport, timeout=30),
     ) as store:
         store.upsert_bars(symbol, "d1", bars)
-        features_for_window(store, symbol, "d1", bars.iloc[:-1])  # last night: 2,000 rows (> the 1000-row cap)
+        features_for_window(
+            store, symbol, "d1", bars.iloc[:-1]
+        )  # last night: 2,000 rows (> the 1000-row cap)
         transport.paths.clear()
         tonight = features_for_window(store, symbol, "d1", bars)
         assert transport.paths == ["feature_chunks_read", "feature_chunks_put"]

@@ -150,7 +150,9 @@ def night(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
         raw = pd.read_csv(path)
         raw["ts"] = pd.to_datetime(raw["ts"], utc=True, format="ISO8601")
         sym, tf = path.stem.split("_")
-        pairs.append((f"N{i:02d}{sym[:6]}", tf, raw.iloc[-(args.bars + WARMUP_BARS + 1) :].reset_index(drop=True)))
+        pairs.append(
+            (f"N{i:02d}{sym[:6]}", tf, raw.iloc[-(args.bars + WARMUP_BARS + 1) :].reset_index(drop=True))
+        )
 
     def timed(fn: Callable[[], Any], setup: Callable[[], Any], server: list[int]) -> dict[str, float]:
         walls, cpus, servers = [], [], []
@@ -215,7 +217,9 @@ def night(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     if "embedded" in args.stores:
         with tempfile.TemporaryDirectory() as tmp:
             store = SqliteStore(Path(tmp) / "bench.sqlite3")
-            result["stores"]["embedded"] = measure(store, lambda: store._write("delete from feature_chunks"), [])
+            result["stores"]["embedded"] = measure(
+                store, lambda: store._write("delete from feature_chunks"), []
+            )
             store.close()
     if "supabase" in args.stores:
         import psycopg
@@ -224,11 +228,13 @@ def night(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
 
         env = start_stack(repo)
         try:
-            with psycopg.connect(env["DATABASE_URL"], autocommit=True) as pg:
-                with SupabaseStore(env["SUPABASE_URL"], env["SUPABASE_SERVICE_ROLE_KEY"]) as store:
-                    result["stores"]["supabase"] = measure(
-                        store, lambda: pg.execute("truncate public.feature_chunks"), stack_pids(env["STACK_DIR"])
-                    )
+            with (
+                psycopg.connect(env["DATABASE_URL"], autocommit=True) as pg,
+                SupabaseStore(env["SUPABASE_URL"], env["SUPABASE_SERVICE_ROLE_KEY"]) as store,
+            ):
+                result["stores"]["supabase"] = measure(
+                    store, lambda: pg.execute("truncate public.feature_chunks"), stack_pids(env["STACK_DIR"])
+                )
         finally:
             subprocess.run(
                 [str(repo / "scripts" / "local_supabase.sh"), "stop", env["STACK_DIR"]],

@@ -68,7 +68,9 @@ def test_the_universe_trains_what_exists_and_a_bad_row_fails_alone(store: Supaba
         "partial",
     )
     # the feature cache is on by default on Supabase too: the trained pair's 500-bar window is cached
-    assert pg.execute("select sum(n_rows) from feature_chunks where symbol = %s", (has_bars,)).fetchone() == (500,)
+    assert pg.execute("select sum(n_rows) from feature_chunks where symbol = %s", (has_bars,)).fetchone() == (
+        500,
+    )
 
 
 # ---- 2. a bar corrected by plain SQL ---------------------------------------------------------------------------------------

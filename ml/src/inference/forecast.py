@@ -99,7 +99,9 @@ def forecast_pair(
         spec = settings.timeframes[timeframe]
         h = spec.horizon_bars
         warmup = _warmup(model, settings, timeframe)
-        revision = store.bar_revision(symbol, timeframe)  # before the bars, as in training (see feature_cache)
+        revision = store.bar_revision(
+            symbol, timeframe
+        )  # before the bars, as in training (see feature_cache)
         bars = store.read_bars(symbol, timeframe, end=clock, limit=warmup + 2)
         if bars.empty:
             return done("failed", f"{label}: no bars up to {clock.isoformat()}")

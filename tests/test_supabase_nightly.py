@@ -67,9 +67,9 @@ def test_the_universe_trains_what_exists_and_a_bad_row_fails_alone(store: Supaba
     assert pg.execute("select status from training_runs where run_id = %s", (report.run_id,)).fetchone() == (
         "partial",
     )
-    # the feature cache is on by default on Supabase too: the trained pair's 500-bar window is cached
+    # the feature cache is on by default on Supabase too: the trained pair's 500 bars less the 120-bar warm-up
     assert pg.execute("select sum(n_rows) from feature_chunks where symbol = %s", (has_bars,)).fetchone() == (
-        500,
+        380,
     )
 
 

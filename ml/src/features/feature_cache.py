@@ -120,13 +120,15 @@ def features_for_window(
     return FeatureFrame(frame=frame, n_cached=len(window) - n_computed, n_computed=n_computed)
 
 
-def cache_in_use(setting: str) -> bool:
-    """ML_FEATURE_CACHE: the cache is used on every store unless it is `off` (`auto`, the old default, is `on`).
+def cache_in_use(setting: str, revision: int | None) -> bool:
+    """Whether to use the cache: ML_FEATURE_CACHE is not `off` (`auto`, the old default, means `on`), on either
+    store, and the store tracks the pair's bar revision (`revision` is not None). Bars exposed through a view named
+    ohlc_bars have no triggers, so a corrected bar would leave stale features in the cache: computed instead.
 
-    Measured in docs/benchmarks.md (scripts/bench_cache.py): with only the missing rows computed (over their own
-    warm-up, not the whole history) a cached night costs less than computing every row, on both stores.
+    Measured in docs/benchmarks.md (scripts/bench_cache.py --night): with only the missing rows computed (over their
+    own warm-up, not the whole history) a cached night costs less than computing every row.
     """
-    return setting != "off"
+    return setting != "off" and revision is not None
 
 
 def fetch_or_build_features(

@@ -131,7 +131,7 @@ def forecast_pair(
                 window,
                 warmup,
                 revision=revision,
-                use_cache=cache_in_use(settings.feature_cache),
+                use_cache=cache_in_use(settings.feature_cache, revision),
             )
         except FeatureError as exc:
             return done("failed", f"{label}: at bar {bar_ts.isoformat()}: {exc}")

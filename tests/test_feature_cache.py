@@ -67,7 +67,9 @@ def test_the_cache_is_on_by_default_on_both_stores(monkeypatch) -> None:
     monkeypatch.delenv("ML_FEATURE_CACHE", raising=False)
     assert Settings(_env_file=None).feature_cache == "on"
     assert cache_in_use(Settings(_env_file=None).feature_cache, 1) is True  # whichever the store
-    assert cache_in_use("auto", 1) is True  # the old default, kept for existing .env files: now the same as on
+    assert (
+        cache_in_use("auto", 1) is True
+    )  # the old default, kept for existing .env files: now the same as on
     assert cache_in_use("off", 1) is False
     # bars without a tracked revision (a view named ohlc_bars: no triggers to drop features of corrected bars)
     assert cache_in_use("on", None) is False

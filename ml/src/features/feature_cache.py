@@ -20,6 +20,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from ml.src.data.feature_chunks import timestamps_to_us
 from ml.src.data.store import TrainingStore
 from ml.src.features.technical_indicators import (
     FEATURE_COLUMNS,
@@ -81,22 +82,28 @@ def features_for_window(
         )
     window = bars.iloc[warmup_bars:].reset_index(drop=True)
     start, end = window["ts"].iloc[0], window["ts"].iloc[-1]
-    cached = (
-        store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
-        if use_cache
-        else pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
-    )
-    if not cached.empty and set(FEATURE_COLUMNS).issubset(cached.columns):
-        cached = cached.loc[_finite_rows(cached), ["ts", *FEATURE_COLUMNS]]
-        cached = cached[cached["ts"].isin(window["ts"])]
-    else:
-        cached = pd.DataFrame(columns=["ts", *FEATURE_COLUMNS])
-    missing = ~window["ts"].isin(cached["ts"])
+    # Cached rows are matched to the window on int64 microseconds with numpy (pandas' isin/concat/sort of two
+    # frames cost about as much as the new row's features)
+    values = np.full((len(window), len(FEATURE_COLUMNS)), np.nan)
+    have = np.zeros(len(window), dtype=bool)
+    if use_cache:
+        cached = store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
+        if not cached.empty and set(FEATURE_COLUMNS).issubset(cached.columns):
+            if not cached["ts"].is_monotonic_increasing:
+                cached = cached.sort_values("ts", kind="stable")
+            cached_us = timestamps_to_us(cached["ts"])
+            window_us = timestamps_to_us(window["ts"])
+            at = np.minimum(np.searchsorted(cached_us, window_us), len(cached_us) - 1)
+            rows = np.flatnonzero(cached_us[at] == window_us)
+            found = cached.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")[at[rows]]
+            usable = np.isfinite(found).all(axis=1)
+            values[rows[usable]] = found[usable]
+            have[rows[usable]] = True
+    missing = ~have
 
     n_computed = int(missing.sum())
-    parts = [cached]
     if n_computed:
-        computed = _compute_missing(bars, warmup_bars, missing.to_numpy())
+        computed = _compute_missing(bars, warmup_bars, missing)
         bad = ~_finite_rows(computed)
         if bad.any():
             first = computed.loc[bad, "ts"].iloc[0]
@@ -105,15 +112,9 @@ def features_for_window(
             )
         if use_cache:
             store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed, revision=revision)
-        parts.append(computed)
-    # The window is non-empty, so at least one part has rows.
-    merged = pd.concat([p for p in parts if not p.empty], ignore_index=True)
-    merged["ts"] = pd.to_datetime(merged["ts"], utc=True)
-    merged = merged.sort_values("ts", kind="stable").reset_index(drop=True)
+        values[missing] = computed.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")
     # One float block built at once: assigning 63 columns one by one cost more than computing the features.
-    frame = pd.DataFrame(
-        merged[list(FEATURE_COLUMNS)].to_numpy(dtype="float64"), columns=list(FEATURE_COLUMNS)
-    )
+    frame = pd.DataFrame(values, columns=list(FEATURE_COLUMNS))
     # the same rows as the window; the bars' own ts dtype whichever part they came from
     frame.insert(0, "ts", window["ts"].array)
     frame.insert(1, "close", window["close"].to_numpy())

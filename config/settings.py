@@ -162,9 +162,9 @@ class Settings(BaseSettings):
     threshold_k: float = Field(
         default=0.5, gt=0, le=3, description="vol mode: a move is |return| > k x std of train horizon returns"
     )
-    # The feature cache: `auto` uses it where it costs less than computing (the embedded store), `on`/`off` force
-    # it. Measured in docs/benchmarks.md (scripts/bench_cache.py).
-    feature_cache: Literal["auto", "on", "off"] = "auto"
+    # The feature cache (both stores): `on` reads cached features and computes only the missing rows, `off` computes
+    # every row and leaves the cache alone. `auto` (the old default) now means `on`. Cost: docs/benchmarks.md.
+    feature_cache: Literal["on", "off", "auto"] = "on"
 
     # --- split ------------------------------------------------------------------------------------------
     train_fraction: float = Field(default=0.6, gt=0, lt=1)

@@ -15,7 +15,15 @@ stack started from the checkout's own scripts/local_supabase.sh and migrations),
            pg_total_relation_size of the cache table, TOAST and indexes included).
 
 Only the public store API is used (read_feature_cache / upsert_feature_cache with the signature both versions
-share), so the same script measures the code before and after a change. Results go to --out as JSON.
+share), so the same script measures the code before and after a change.
+
+`--night` measures instead what a nightly run pays for its features, through the product's own
+`features_for_window` on `--pairs` pairs of `--bars` bars (real bars of every timeframe from ML_TEST_DATA /
+../shared/data, files with enough rows): *recompute* (ML_FEATURE_CACHE=off: every row computed), *first night*
+(an empty cache: every row computed and written), *cached night* (last night's window cached, one new bar: one
+read, the new row computed over its own warm-up, one append). Wall time, this process's CPU time and, for
+Supabase, the CPU time of the stack's processes (PostgreSQL, PostgREST, nginx) for all pairs together.
+Results go to --out as JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bars", type=int, default=500, help="cached bars per pair (the training window)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--stores", nargs="+", default=["embedded", "supabase"], choices=["embedded", "supabase"])
+    p.add_argument("--night", action="store_true", help="measure a night's features_for_window (see above)")
     p.add_argument("--out", type=Path, default=HERE / "bench_results" / "cache.json")
     return p.parse_args(argv)
 
@@ -84,10 +93,170 @@ def start_stack(repo: Path) -> dict[str, str]:
     return env
 
 
+def night_files(n: int, rows: int) -> list[Path]:
+    """n data files (cycled) of any timeframe with at least `rows` bars."""
+    shared = Path(os.environ.get("ML_TEST_DATA") or HERE.parent / "shared" / "data")
+    files = sorted(shared.glob("*.csv")) if shared.is_dir() else []
+    files = files or sorted((HERE / "ml" / "sample_data").glob("*.csv"))
+    with_rows = [f for f in files if sum(1 for _ in f.open()) - 1 >= rows]
+    if not with_rows:
+        raise SystemExit(f"no bar file with {rows} rows (ML_TEST_DATA or ml/sample_data)")
+    return [with_rows[i % len(with_rows)] for i in range(n)]
+
+
+def tree_cpu_s(root_pids: list[int]) -> float:
+    """CPU seconds (user + system, reaped children included) of these processes and all their descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid = int(fields[1])
+        stats[int(d.name)] = (ppid, sum(int(x) for x in fields[11:15]) / tick)
+    keep = set(root_pids)
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in keep and pid not in keep:
+                keep.add(pid)
+                grew = True
+    return sum(cpu for pid, (_, cpu) in stats.items() if pid in keep)
+
+
+def stack_pids(stack_dir: str) -> list[int]:
+    out = []
+    for name in ("postgres.pid", "postgrest.pid", "nginx.pid"):
+        path = Path(stack_dir) / name
+        if path.exists():
+            out.append(int(path.read_text().split()[0]))
+    return out
+
+
+def night(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    from ml.src.data.local_db import SqliteStore
+    from ml.src.features.feature_cache import features_for_window
+    from ml.src.features.technical_indicators import FEATURE_SET_VERSION, WARMUP_BARS
+
+    files = night_files(args.pairs, args.bars + WARMUP_BARS + 1)
+    pairs = []
+    for i, path in enumerate(files):
+        raw = pd.read_csv(path)
+        raw["ts"] = pd.to_datetime(raw["ts"], utc=True, format="ISO8601")
+        sym, tf = path.stem.split("_")
+        pairs.append(
+            (f"N{i:02d}{sym[:6]}", tf, raw.iloc[-(args.bars + WARMUP_BARS + 1) :].reset_index(drop=True))
+        )
+
+    def timed(fn: Callable[[], Any], setup: Callable[[], Any], server: list[int]) -> dict[str, float]:
+        walls, cpus, servers = [], [], []
+        for _ in range(args.repeats):
+            setup()
+            s0, c0, t0 = tree_cpu_s(server) if server else 0.0, time.process_time(), time.perf_counter()
+            fn()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+            servers.append((tree_cpu_s(server) - s0) if server else 0.0)
+        out = {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus)}
+        if server:
+            out["server_cpu_s"] = statistics.median(servers)
+        return out
+
+    def measure(store: Any, clear: Callable[[], None], server: list[int]) -> dict[str, Any]:
+        for symbol, tf, bars in pairs:
+            store.upsert_bars(symbol, tf, bars)
+
+        def run(use_cache: bool, last_night: bool = False) -> Callable[[], None]:
+            def go() -> None:
+                for symbol, tf, bars in pairs:
+                    got = features_for_window(
+                        store, symbol, tf, bars.iloc[:-1] if last_night else bars, use_cache=use_cache
+                    )
+                    assert len(got.frame) == len(bars) - WARMUP_BARS - (1 if last_night else 0)
+
+            return go
+
+        def yesterday() -> None:
+            clear()
+            run(True, last_night=True)()
+
+        out = {
+            "recompute": timed(run(False), clear, server),
+            "first_night": timed(run(True), clear, server),
+            "cached_night": timed(run(True), yesterday, server),
+        }
+        base = out["recompute"]
+        for key in ("first_night", "cached_night"):
+            out[key]["wall_vs_recompute"] = round(out[key]["wall_s"] / base["wall_s"], 3)
+            out[key]["cpu_vs_recompute"] = round(out[key]["cpu_s"] / base["cpu_s"], 3)
+            if server:
+                out[key]["cpu_incl_server_vs_recompute"] = round(
+                    (out[key]["cpu_s"] + out[key]["server_cpu_s"]) / (base["cpu_s"] + base["server_cpu_s"]), 3
+                )
+        return out
+
+    result: dict[str, Any] = {
+        "mode": "night",
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip(),
+        "pairs": len(pairs),
+        "bars_per_pair": args.bars,
+        "repeats": args.repeats,
+        "feature_version": FEATURE_SET_VERSION,
+        "data": [str(p) for p in files],
+        "load_avg_start": os.getloadavg(),
+        "stores": {},
+    }
+    if "embedded" in args.stores:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SqliteStore(Path(tmp) / "bench.sqlite3")
+            result["stores"]["embedded"] = measure(
+                store, lambda: store._write("delete from feature_chunks"), []
+            )
+            store.close()
+    if "supabase" in args.stores:
+        import psycopg
+
+        from ml.src.data.supabase_db import SupabaseStore
+
+        env = start_stack(repo)
+        try:
+            with (
+                psycopg.connect(env["DATABASE_URL"], autocommit=True) as pg,
+                SupabaseStore(env["SUPABASE_URL"], env["SUPABASE_SERVICE_ROLE_KEY"]) as store,
+            ):
+                result["stores"]["supabase"] = measure(
+                    store, lambda: pg.execute("truncate public.feature_chunks"), stack_pids(env["STACK_DIR"])
+                )
+        finally:
+            subprocess.run(
+                [str(repo / "scripts" / "local_supabase.sh"), "stop", env["STACK_DIR"]],
+                cwd=repo,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+    result["load_avg_end"] = os.getloadavg()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     repo = args.repo.resolve()
     sys.path.insert(0, str(repo))  # that checkout's code, not this one's
+    if args.night:
+        result = night(args, repo)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return 0
     import pandas as pd
 
     from ml.src.data.local_db import SqliteStore

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Iterator
+
+import httpx
 import numpy as np
 import pandas as pd
+import pytest
+from postgrest.exceptions import APIError
 
+from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
+from ml.src.data.store import TrainingStore
 from ml.src.features.feature_cache import features_for_window, fetch_or_build_features
 from ml.src.features.technical_indicators import (
     FEATURE_COLUMNS,
@@ -13,6 +22,7 @@ from ml.src.features.technical_indicators import (
     WARMUP_BARS,
     add_technical_features,
 )
+from ml.src.training.pipeline import warmup_bars
 from tests.factories import sample_bars
 
 
@@ -50,14 +60,49 @@ def test_only_missing_rows_are_computed_and_values_match_a_fresh_computation(emb
     assert len(cached) == 650 and cached["ts"].iloc[0] == old["ts"].iloc[WARMUP_BARS]
 
 
-def test_the_cache_is_used_where_it_pays(embedded_store: SqliteStore) -> None:
-    from ml.src.data.supabase_db import SupabaseStore
+def test_the_cache_is_on_by_default_on_both_stores(monkeypatch) -> None:
+    from config.settings import Settings
     from ml.src.features.feature_cache import cache_in_use
 
-    assert cache_in_use("auto", embedded_store) is True  # measured: cheaper than computing (benchmarks.md)
-    assert SupabaseStore.feature_cache_pays is False  # measured: one PostgREST round trip costs more
-    assert cache_in_use("off", embedded_store) is False
-    assert cache_in_use("on", embedded_store) is True
+    monkeypatch.delenv("ML_FEATURE_CACHE", raising=False)
+    assert Settings(_env_file=None).feature_cache == "on"
+    assert cache_in_use(Settings(_env_file=None).feature_cache, 1) is True  # whichever the store
+    assert (
+        cache_in_use("auto", 1) is True
+    )  # the old default, kept for existing .env files: now the same as on
+    assert cache_in_use("off", 1) is False
+    # bars without a tracked revision (a view named ohlc_bars: no triggers to drop features of corrected bars)
+    assert cache_in_use("on", None) is False
+
+
+def test_a_night_computes_only_the_new_rows_over_their_own_warm_up(embedded_store, monkeypatch) -> None:
+    import ml.src.features.feature_cache as fc
+
+    bars = sample_bars("IBM", "d1", last=2000 + WARMUP_BARS + 1)
+    features_for_window(embedded_store, "IBM", "d1", bars.iloc[:-1])  # last night: its whole window
+    seen: list[int] = []
+
+    def spy(frame: pd.DataFrame) -> pd.DataFrame:
+        seen.append(len(frame))
+        return add_technical_features(frame)
+
+    monkeypatch.setattr(fc, "add_technical_features", spy)
+    got = features_for_window(embedded_store, "IBM", "d1", bars)  # tonight: one new bar
+    assert (got.n_cached, got.n_computed) == (2000, 1)
+    assert seen == [WARMUP_BARS + 1]  # the new bar and its look-back, not the 2,121 fetched bars
+    fresh = add_technical_features(bars).iloc[WARMUP_BARS:].reset_index(drop=True)
+    np.testing.assert_allclose(
+        got.frame[list(FEATURE_COLUMNS)].to_numpy(),
+        fresh[list(FEATURE_COLUMNS)].to_numpy(),
+        rtol=1e-9,
+        atol=1e-11,
+    )
+    cached = embedded_store.read_feature_cache(
+        "IBM", "d1", FEATURE_SET_VERSION, bars["ts"].iloc[-1], bars["ts"].iloc[-1]
+    )
+    np.testing.assert_array_equal(  # what the cache holds is what the night used
+        cached[list(FEATURE_COLUMNS)].to_numpy(), got.frame[list(FEATURE_COLUMNS)].iloc[[-1]].to_numpy()
+    )
 
 
 def test_without_the_cache_nothing_is_read_or_written(embedded_store: SqliteStore) -> None:
@@ -66,3 +111,138 @@ def test_without_the_cache_nothing_is_read_or_written(embedded_store: SqliteStor
     assert (got.n_cached, got.n_computed) == (0, 500)
     rows = embedded_store._query("select count(*) from feature_chunks")[0][0]
     assert rows == 0
+
+
+# ---- the Supabase cache of a default run, readable with SQL; the forecast reads the same cache --------------------------
+
+
+def _ticker() -> str:
+    return "F" + uuid.uuid4().hex[:9].upper()
+
+
+def _window_features(store: TrainingStore, symbol: str, timeframe: str, target: int) -> pd.DataFrame:
+    """The features a run computes for the pair: its own window and code path, cache left alone."""
+    warmup = warmup_bars(Settings().timeframes[timeframe])
+    bars = store.read_bars(symbol, timeframe, limit=target + warmup)
+    return features_for_window(store, symbol, timeframe, bars, warmup, use_cache=False).frame
+
+
+@pytest.mark.slow
+def test_a_default_supabase_run_caches_its_features_and_sql_returns_them(
+    supabase_env, authenticated_client, anon_client, monkeypatch, capsys
+) -> None:
+    from ml.src.data.supabase_db import SupabaseStore
+    from ml.src.training.ensemble_training_job import main
+
+    monkeypatch.delenv("ML_FEATURE_CACHE", raising=False)  # the default
+    symbol = _ticker()
+    with SupabaseStore(supabase_env["SUPABASE_URL"], supabase_env["SUPABASE_SERVICE_ROLE_KEY"]) as store:
+        store.upsert_bars(symbol, "d1", sample_bars("GSPC", "d1", last=1400))
+        # 1,200 rows: more than PostgREST's 1000-row cap on one call
+        assert main(["--symbol", symbol, "--timeframes", "d1", "--target-bars", "1200", "--json", "-q"]) == 0
+        result = json.loads(capsys.readouterr().out)["results"][0]
+        assert result["status"] == "succeeded"
+        expected = _window_features(store, symbol, "d1", 1200)
+
+    # the rows a signed-in user reads with SQL (PostgREST caps a call at 1000 rows: page on ts)
+    rows: list[dict] = []
+    while True:
+        query = authenticated_client.rpc("feature_rows", {"p_symbol": symbol, "p_timeframe": "d1"})
+        if rows:
+            query = query.gt("ts", rows[-1]["ts"])
+        page = query.order("ts").limit(1000).execute().data
+        if not page:
+            break
+        rows.extend(page)
+    assert len(rows) == len(expected) == 1200  # the run's window, without its warm-up rows
+    assert {(r["symbol"], r["timeframe"], r["feature_version"]) for r in rows} == {
+        (symbol, "d1", FEATURE_SET_VERSION)
+    }
+    assert [pd.Timestamp(r["ts"]) for r in rows] == list(expected["ts"])
+    assert pd.Timestamp(rows[-1]["ts"]) == pd.Timestamp(result["split"]["data_end"])
+    assert set(rows[0]["features"]) == set(FEATURE_COLUMNS)
+    got = np.array([[r["features"][c] for c in FEATURE_COLUMNS] for r in rows])
+    np.testing.assert_array_equal(got, expected[list(FEATURE_COLUMNS)].to_numpy())  # bit for bit
+    # anon reads nothing of the cache, as of every other ML table
+    with pytest.raises(APIError) as denied:
+        anon_client.rpc("feature_rows", {"p_symbol": symbol, "p_timeframe": "d1"}).execute()
+    assert denied.value.code == "42501"
+
+
+@pytest.fixture(params=["embedded", "supabase"])
+def any_store(request: pytest.FixtureRequest, ml_env, monkeypatch) -> Iterator[TrainingStore]:
+    from ml.src.data.store_factory import open_store
+
+    if request.param == "supabase":
+        stack = request.getfixturevalue("supabase_env")
+        monkeypatch.setenv("SUPABASE_URL", stack["SUPABASE_URL"])
+    else:
+        monkeypatch.setenv("SUPABASE_URL", "")
+    monkeypatch.delenv("ML_FEATURE_CACHE", raising=False)  # the default
+    with open_store(Settings()) as store:
+        yield store
+
+
+@pytest.mark.slow
+def test_the_forecast_reads_the_features_training_cached(any_store: TrainingStore) -> None:
+    from ml.src.inference.forecast import forecast_pair
+    from ml.src.training.registry import load_champion
+    from ml.src.training.run_loop import run_job
+
+    symbol, settings = _ticker(), Settings()
+    any_store.upsert_bars(symbol, "d1", sample_bars("IBM", "d1", last=700))
+    assert run_job(any_store, settings, [symbol], ["d1"], workers=1).results[0].status == "succeeded"
+    last_ts = any_store.read_bars(symbol, "d1", limit=1)["ts"].iloc[0]
+    cached = any_store.read_feature_cache(symbol, "d1", FEATURE_SET_VERSION, last_ts, last_ts)
+    assert len(cached) == 1  # training cached the newest bar's features
+    # Put a different (finite) row in the cache for that bar: a forecast that reads the cache must use it.
+    altered = cached.copy()
+    altered[list(FEATURE_COLUMNS)] = cached[list(FEATURE_COLUMNS)].to_numpy() * 0.5 + 0.25
+    any_store.upsert_feature_cache(symbol, "d1", FEATURE_SET_VERSION, altered)
+
+    model = load_champion(symbol, "d1", settings=settings, store=any_store)
+    got = forecast_pair(any_store, settings, symbol, "d1")
+    assert got.status == "written", got.reason
+    assert pd.Timestamp(got.bar_ts) == last_ts
+    want = model.predict_proba(altered)[0]
+    computed = model.predict_proba(add_technical_features(any_store.read_bars(symbol, "d1")).iloc[[-1]])[0]
+    assert not np.allclose(want, computed)  # the two sources give different forecasts, so the test can tell
+    np.testing.assert_allclose([got.probabilities[c] for c in model.classes], want, rtol=0, atol=1e-12)
+
+
+class CountingTransport(httpx.BaseTransport):
+    """The real HTTP transport, counting the requests that reach PostgREST."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path.rsplit("/", 1)[-1])
+        return self.inner.handle_request(request)
+
+
+@pytest.mark.slow
+def test_a_cached_night_on_supabase_is_one_read_and_one_append(supabase_env) -> None:
+    from ml.src.data.supabase_db import SupabaseStore
+
+    transport = CountingTransport()
+    symbol = _ticker()
+    bars = sample_bars("GSPC", "d1", last=2000 + WARMUP_BARS + 1)
+    with SupabaseStore(
+        supabase_env["SUPABASE_URL"],
+        supabase_env["SUPABASE_SERVICE_ROLE_KEY"],
+        http_client=httpx.Client(transport=transport, timeout=30),
+    ) as store:
+        store.upsert_bars(symbol, "d1", bars)
+        features_for_window(
+            store, symbol, "d1", bars.iloc[:-1]
+        )  # last night: 2,000 rows (> the 1000-row cap)
+        transport.paths.clear()
+        tonight = features_for_window(store, symbol, "d1", bars)
+        assert transport.paths == ["feature_chunks_read", "feature_chunks_put"]
+        assert (tonight.n_cached, tonight.n_computed) == (2000, 1)
+        transport.paths.clear()
+        again = features_for_window(store, symbol, "d1", bars)  # e.g. the forecast after the run
+        assert transport.paths == ["feature_chunks_read"] and again.n_cached == 2001
+        pd.testing.assert_frame_equal(again.frame, tonight.frame)

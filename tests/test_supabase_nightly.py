@@ -67,8 +67,10 @@ def test_the_universe_trains_what_exists_and_a_bad_row_fails_alone(store: Supaba
     assert pg.execute("select status from training_runs where run_id = %s", (report.run_id,)).fetchone() == (
         "partial",
     )
-    # ML_FEATURE_CACHE=auto: through PostgREST the features are computed, not cached (cheaper, measured)
-    assert pg.execute("select count(*) from feature_chunks where symbol = %s", (has_bars,)).fetchone() == (0,)
+    # the feature cache is on by default on Supabase too: the trained pair's 500 bars less the 120-bar warm-up
+    assert pg.execute("select sum(n_rows) from feature_chunks where symbol = %s", (has_bars,)).fetchone() == (
+        380,
+    )
 
 
 # ---- 2. a bar corrected by plain SQL ---------------------------------------------------------------------------------------

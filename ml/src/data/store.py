@@ -51,9 +51,6 @@ class TrainingStore(ABC):
 
     name: str = "store"
     io_seconds: float = 0.0  # wall time spent inside store calls, for the I/O share of a run
-    # Whether reading + writing the feature cache costs less than computing the features (measured per store:
-    # scripts/bench_cache.py); the default of ML_FEATURE_CACHE=auto.
-    feature_cache_pays: bool = True
 
     # --- market data -------------------------------------------------------------------------------
     @abstractmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -21,8 +22,9 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 import pandas as pd
-from postgrest.exceptions import APIError
+from postgrest.exceptions import APIError, APIErrorFromJSON
 from postgrest.types import CountMethod, ReturnMethod
+from pydantic import ValidationError
 
 from ml.src.data.feature_chunks import (
     FeatureChunk,
@@ -86,6 +88,26 @@ def iso(ts: datetime | pd.Timestamp) -> str:
     return t.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_chunk_stream(data: bytes) -> list[FeatureChunk]:
+    """The chunks of a feature_chunks_read result (layout in its migration, 20261210001600)."""
+    out: list[FeatureChunk] = []
+    view, pos = memoryview(data), 0
+    while pos < len(data):
+        if pos + 16 > len(data):
+            raise StoreError("feature cache read: truncated chunk header")
+        start_us, n_rows, n_names = struct.unpack_from(">qii", view, pos)
+        pos += 16
+        columns = bytes(view[pos : pos + n_names]).decode("utf-8").split(",")
+        pos += n_names
+        n_ts, n_values = 8 * n_rows, 8 * n_rows * len(columns)
+        if pos + n_ts + n_values > len(data):
+            raise StoreError("feature cache read: truncated chunk data")
+        ts_data, values_data = view[pos : pos + n_ts], view[pos + n_ts : pos + n_ts + n_values]
+        out.append(FeatureChunk.from_bytes(start_us, columns, bytes(ts_data), bytes(values_data)))
+        pos += n_ts + n_values
+    return out
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime | pd.Timestamp):
         return iso(value)
@@ -102,9 +124,6 @@ def _jsonable(value: Any) -> Any:
 
 class SupabaseStore(TrainingStore):
     name = "supabase"
-    # one PostgREST round trip (~2 ms locally, tens of ms to a hosted project) costs about what computing a
-    # pair's features does (~3 ms): measured in docs/benchmarks.md, so ML_FEATURE_CACHE=auto computes them
-    feature_cache_pays = False
 
     def __init__(
         self,
@@ -345,6 +364,27 @@ class SupabaseStore(TrainingStore):
         return {(str(s), str(tf)) for s, tf in (data or [])}
 
     # --- feature cache ----------------------------------------------------------------------------
+    def _rpc_bytes(self, what: str, fn: str, params: dict[str, Any]) -> bytes:
+        """Call a SQL function returning bytea and take its result as raw bytes (no JSON, no base64).
+
+        The official client's own request (its URL, keys and session), sent with `Accept: application/octet-stream`,
+        which PostgREST answers with the bytea as the body."""
+
+        def call() -> bytes:
+            builder = self.client.rpc(fn, params)
+            builder.request.headers["Accept"] = "application/octet-stream"
+            response = builder.request.send(httpx.Headers())
+            if not response.is_success:
+                try:
+                    raise APIError(dict(APIErrorFromJSON.model_validate_json(response.content)))
+                except ValidationError:
+                    raise APIError(
+                        {"message": response.text[:200], "code": str(response.status_code)}
+                    ) from None
+            return bytes(response.content)
+
+        return self._call(what, call)
+
     def _get_chunks(
         self,
         symbol: str,
@@ -362,16 +402,8 @@ class SupabaseStore(TrainingStore):
             "p_end": iso(end),
             "p_chunk_starts": chunk_starts,
         }
-        data = self._rpc(f"read feature cache {symbol}/{timeframe}", "feature_chunks_get", params) or []
-        return [
-            FeatureChunk.from_bytes(
-                int(timestamps_to_us([pd.Timestamp(c["chunk_start"])])[0]),
-                c["columns"],
-                base64.b64decode(c["ts"]),
-                base64.b64decode(c["values"]),
-            )
-            for c in data
-        ]
+        data = self._rpc_bytes(f"read feature cache {symbol}/{timeframe}", "feature_chunks_read", params)
+        return parse_chunk_stream(data)
 
     def read_feature_cache(self, symbol, timeframe, version, start, end) -> pd.DataFrame:
         chunks = self._get_chunks(symbol, timeframe, version, start, end)

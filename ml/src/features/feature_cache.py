@@ -4,8 +4,9 @@ Features are computed on the fetched bars (warm-up history included) only when s
 window are missing from the cache; only the missing rows are written back. The returned frame is the same
 set of columns, in the same order, whether the rows came from the cache or were computed now.
 
-Missing rows are computed over the whole fetched history, never over a shorter one, so a window whose cache
-was invalidated from a corrected bar on gets exactly the features a fresh store would compute. The write
+Missing rows are computed from the first missing row's own warm-up on (the features have finite memory and are
+bit-identical whatever the series' start), so a window whose cache was invalidated from a corrected bar on gets
+exactly the features a fresh store would compute, and a night with one new bar computes ~WARMUP_BARS rows. The write
 carries the bar revision read before the bars: if another writer changed the pair's bars meanwhile (and the
 store's triggers invalidated the cache), the features of the replaced bars are not written.
 """
@@ -19,6 +20,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from ml.src.data.feature_chunks import timestamps_to_us
 from ml.src.data.store import TrainingStore
 from ml.src.features.technical_indicators import (
     FEATURE_COLUMNS,
@@ -45,6 +47,20 @@ def _finite_rows(frame: pd.DataFrame) -> np.ndarray:
     return np.isfinite(frame.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")).all(axis=1)
 
 
+def _compute_missing(bars: pd.DataFrame, warmup_bars: int, missing: np.ndarray) -> pd.DataFrame:
+    """`ts` + features of the window rows flagged in `missing` (window = bars[warmup_bars:]).
+
+    Computed over the bars from the first missing row's own look-back on, not the whole history: a feature of row
+    i depends only on rows i - WARMUP_BARS .. i, as the same dot products in the same order wherever the series
+    starts, so the values are bit-identical (test_feature_cache) and a cached night costs a few hundred rows of
+    computing instead of the whole window.
+    """
+    first = int(np.argmax(missing))  # window row of the first missing feature row
+    start = warmup_bars + first - WARMUP_BARS  # >= 0: warmup_bars >= WARMUP_BARS
+    tail = add_technical_features(bars.iloc[start:]).iloc[WARMUP_BARS:].reset_index(drop=True)
+    return tail.loc[missing[first:], ["ts", *FEATURE_COLUMNS]]
+
+
 def features_for_window(
     store: TrainingStore,
     symbol: str,
@@ -66,23 +82,28 @@ def features_for_window(
         )
     window = bars.iloc[warmup_bars:].reset_index(drop=True)
     start, end = window["ts"].iloc[0], window["ts"].iloc[-1]
-    cached = (
-        store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
-        if use_cache
-        else pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
-    )
-    if not cached.empty and set(FEATURE_COLUMNS).issubset(cached.columns):
-        cached = cached.loc[_finite_rows(cached), ["ts", *FEATURE_COLUMNS]]
-        cached = cached[cached["ts"].isin(window["ts"])]
-    else:
-        cached = pd.DataFrame(columns=["ts", *FEATURE_COLUMNS])
-    missing = ~window["ts"].isin(cached["ts"])
+    # Cached rows are matched to the window on int64 microseconds with numpy (pandas' isin/concat/sort of two
+    # frames cost about as much as the new row's features)
+    values = np.full((len(window), len(FEATURE_COLUMNS)), np.nan)
+    have = np.zeros(len(window), dtype=bool)
+    if use_cache:
+        cached = store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
+        if not cached.empty and set(FEATURE_COLUMNS).issubset(cached.columns):
+            if not cached["ts"].is_monotonic_increasing:
+                cached = cached.sort_values("ts", kind="stable")
+            cached_us = timestamps_to_us(cached["ts"])
+            window_us = timestamps_to_us(window["ts"])
+            at = np.minimum(np.searchsorted(cached_us, window_us), len(cached_us) - 1)
+            rows = np.flatnonzero(cached_us[at] == window_us)
+            found = cached.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")[at[rows]]
+            usable = np.isfinite(found).all(axis=1)
+            values[rows[usable]] = found[usable]
+            have[rows[usable]] = True
+    missing = ~have
 
     n_computed = int(missing.sum())
-    parts = [cached]
     if n_computed:
-        computed = add_technical_features(bars).iloc[warmup_bars:].reset_index(drop=True)
-        computed = computed.loc[missing.to_numpy(), ["ts", *FEATURE_COLUMNS]]
+        computed = _compute_missing(bars, warmup_bars, missing)
         bad = ~_finite_rows(computed)
         if bad.any():
             first = computed.loc[bad, "ts"].iloc[0]
@@ -91,31 +112,24 @@ def features_for_window(
             )
         if use_cache:
             store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed, revision=revision)
-        parts.append(computed)
-    # The window is non-empty, so at least one part has rows.
-    merged = pd.concat([p for p in parts if not p.empty], ignore_index=True)
-    merged["ts"] = pd.to_datetime(merged["ts"], utc=True)
-    merged = merged.sort_values("ts", kind="stable").reset_index(drop=True)
+        values[missing] = computed.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")
     # One float block built at once: assigning 63 columns one by one cost more than computing the features.
-    frame = pd.DataFrame(
-        merged[list(FEATURE_COLUMNS)].to_numpy(dtype="float64"), columns=list(FEATURE_COLUMNS)
-    )
+    frame = pd.DataFrame(values, columns=list(FEATURE_COLUMNS))
     # the same rows as the window; the bars' own ts dtype whichever part they came from
     frame.insert(0, "ts", window["ts"].array)
     frame.insert(1, "close", window["close"].to_numpy())
     return FeatureFrame(frame=frame, n_cached=len(window) - n_computed, n_computed=n_computed)
 
 
-def cache_in_use(setting: str, store: TrainingStore) -> bool:
-    """ML_FEATURE_CACHE: `on`, `off`, or `auto` = the store's own default (`TrainingStore.feature_cache_pays`).
+def cache_in_use(setting: str, revision: int | None) -> bool:
+    """Whether to use the cache: ML_FEATURE_CACHE is not `off` (`auto`, the old default, means `on`), on either
+    store, and the store tracks the pair's bar revision (`revision` is not None). Bars exposed through a view named
+    ohlc_bars have no triggers, so a corrected bar would leave stale features in the cache: computed instead.
 
-    The default is by measurement (docs/benchmarks.md, scripts/bench_cache.py): for the embedded store reading
-    and writing the cache costs less than computing the features; through PostgREST one round trip already
-    costs more than computing them, so a Supabase deployment computes them unless told otherwise.
+    Measured in docs/benchmarks.md (scripts/bench_cache.py --night): with only the missing rows computed (over their
+    own warm-up, not the whole history) a cached night costs less than computing every row.
     """
-    if setting == "auto":
-        return bool(store.feature_cache_pays)
-    return setting == "on"
+    return setting != "off" and revision is not None
 
 
 def fetch_or_build_features(

@@ -1,4 +1,5 @@
-"""One pair's forecast: its champion, the features of its latest closed bar, one row in `ml_forecasts`.
+"""One pair's forecast: its champion, the features of its latest closed bar (via the feature cache, as in training), one
+row in `ml_forecasts`.
 
 Statuses: `written` (a new row), `unchanged` (this model already forecast this bar: nothing written), `skipped`
 (no usable champion: none, expired, built for another feature set; no closed bar yet; the bar is inside the
@@ -19,7 +20,8 @@ import pandas as pd
 from config.settings import Settings
 from ml.src.data.records import ForecastRecord
 from ml.src.data.store import StoreError, TrainingStore
-from ml.src.features.technical_indicators import WARMUP_BARS, add_technical_features
+from ml.src.features.feature_cache import FeatureError, cache_in_use, features_for_window
+from ml.src.features.technical_indicators import FEATURE_COLUMNS, WARMUP_BARS
 from ml.src.inference.bar_clock import SessionGrid, latest_closed_index, target_ts
 from ml.src.inference.outcomes import fill_outcomes, realised_label
 from ml.src.training.artifacts import ArtifactError
@@ -115,6 +117,9 @@ def forecast_pair(
         spec = settings.timeframes[timeframe]
         h = spec.horizon_bars
         warmup = _warmup(model, settings, timeframe)
+        revision = store.bar_revision(
+            symbol, timeframe
+        )  # before the bars, as in training (see feature_cache)
         bars = store.read_bars(symbol, timeframe, end=clock, limit=warmup + 2)
         if bars.empty:
             return done("failed", f"{label}: no bars up to {clock.isoformat()}")
@@ -135,7 +140,20 @@ def forecast_pair(
             check_bars(window, label, spec)
         except PairFailure as exc:
             return done("failed", str(exc))
-        features = add_technical_features(window).iloc[[-1]]
+        # the same cache as training: the bar's features are read when a run (or an earlier forecast) cached them
+        try:
+            feats = features_for_window(
+                store,
+                symbol,
+                timeframe,
+                window,
+                warmup,
+                revision=revision,
+                use_cache=cache_in_use(settings.feature_cache, revision),
+            )
+        except FeatureError as exc:
+            return done("failed", f"{label}: at bar {bar_ts.isoformat()}: {exc}")
+        features = feats.frame.loc[:, list(FEATURE_COLUMNS)].iloc[[-1]]
         try:
             proba = model.predict_proba(features)[0]
         except MissingFeaturesError as exc:

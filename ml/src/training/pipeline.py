@@ -215,7 +215,7 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
             bars,
             warmup,
             revision=revision,
-            use_cache=cache_in_use(settings.feature_cache, store),
+            use_cache=cache_in_use(settings.feature_cache, revision),
         )
     except FeatureError as exc:
         raise PairFailure(str(exc)) from exc

@@ -277,7 +277,11 @@ class Settings(BaseSettings):
         default=0, ge=0, le=9, description="zlib level of saved bundles; 0 = none (faster, ~2.5x larger)"
     )
     dask_address: str | None = Field(
-        default=None, description="Dask scheduler address (tcp://host:8786): fit pairs on that cluster"
+        default=None, description="Dask scheduler address (tls://host:8786): fit pairs on that cluster"
+    )
+    dask_allow_insecure: bool = Field(
+        default=False,
+        description="accept a plain tcp:// Dask scheduler (no TLS): anyone who can reach it runs code in the job",
     )
     dask_connect_timeout_s: float = Field(default=30.0, gt=0)
     dask_no_worker_timeout_s: float = Field(

@@ -730,7 +730,12 @@ def bench_dask(
 
         pids = (cluster.scheduler.pid, *(p.pid for p in cluster.workers.values()))
         cjob = Job(job.env, job.workdir, job.prepare, extra_pids=pids)
-        dask_cfg = Config("dask", "product defaults on the cluster", {"ML_DASK_ADDRESS": cluster.address}, 0)
+        dask_cfg = Config(
+            "dask",
+            "product defaults on the cluster",
+            {"ML_DASK_ADDRESS": cluster.address, **cluster.client_env},
+            0,
+        )
         raw: dict[str, list[dict[str, Any]]] = {"pool": [], "dask": []}
         for rep in range(repeats):
             raw["pool"].append(run_job(job, PRODUCT, pairs, args, use_pairs_flag))

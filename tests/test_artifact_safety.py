@@ -19,6 +19,7 @@ from ml.src.data.local_db import SqliteStore
 from ml.src.data.records import ModelVersionRecord, ResultRecord, RunRecord
 from ml.src.training.artifacts import (
     ArtifactError,
+    ArtifactIdentity,
     artifact_path,
     load_bundle,
     load_ensemble,
@@ -227,3 +228,83 @@ def test_model_version_rows_carry_the_signature(embedded_store: SqliteStore) -> 
     )
     assert embedded_store.list_model_versions("IBM", "d1")[0]["artifact_signature"] == "cd" * 32
     assert embedded_store.find_result(RUN, "IBM", "d1")["artifact_signature"] == "cd" * 32
+
+
+# ---- issue 21 case 8: a signature vouches for one pair and run; a signed row needs the key ---------------------------
+def copy_artifact(store: SqliteStore, source: dict, into: dict, columns: tuple[str, ...]) -> None:
+    """Someone with write access to the ledger (not the key) points one pair's row at another pair's file."""
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(
+            f"update model_versions set {sets} where id = ?", (*[source[c] for c in columns], into["id"])
+        )
+
+
+@pytest.mark.slow
+def test_a_signature_covers_the_pair_and_run_and_a_signed_row_needs_the_key(
+    embedded_store: SqliteStore, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("ML_ARTIFACT_KEY", KEY)
+    for symbol in ("GOOG", "IBM"):
+        embedded_store.upsert_bars(symbol, "w1", sample_bars(symbol, "w1", last=600))
+    assert main(["--pairs", "GOOG:w1", "IBM:w1", "--target-bars", "400", "--quiet"]) == 0
+    goog, ibm = embedded_store.get_champion("GOOG", "w1"), embedded_store.get_champion("IBM", "w1")
+    assert goog["run_id"] == ibm["run_id"]  # one run: only the pair tells them apart
+    assert load_champion("GOOG", "w1", store=embedded_store).metadata["symbol"] == "GOOG"
+
+    # without the key: a row that carries a signature is refused, in one line naming the key
+    monkeypatch.delenv("ML_ARTIFACT_KEY")
+    with pytest.raises(ArtifactError, match="has a recorded signature but ML_ARTIFACT_KEY is not set") as err:
+        load_champion("GOOG", "w1", store=embedded_store)
+    assert "\n" not in str(err.value)
+
+    # with the key: IBM's path, sha256 and signature copied into GOOG's row are refused before unpickling
+    monkeypatch.setenv("ML_ARTIFACT_KEY", KEY)
+    copy_artifact(embedded_store, ibm, goog, ("artifact_path", "artifact_sha256", "artifact_signature"))
+    with pytest.raises(ArtifactError, match="invalid signature for GOOG/w1"):
+        load_champion("GOOG", "w1", store=embedded_store)
+    # and the forecast job fails that pair (it does not forecast GOOG with IBM's model)
+    from ml.src.inference import forecast_job
+
+    assert forecast_job.main(["--pairs", "GOOG:w1", "--json", "--quiet"]) == 1
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_without_a_key_a_copied_row_is_refused_by_the_bundles_own_pair(embedded_store: SqliteStore) -> None:
+    for symbol in ("GOOG", "IBM"):
+        embedded_store.upsert_bars(symbol, "w1", sample_bars(symbol, "w1", last=600))
+    assert main(["--pairs", "GOOG:w1", "IBM:w1", "--target-bars", "400", "--quiet"]) == 0
+    goog, ibm = embedded_store.get_champion("GOOG", "w1"), embedded_store.get_champion("IBM", "w1")
+    copy_artifact(embedded_store, ibm, goog, ("artifact_path", "artifact_sha256"))
+    with pytest.raises(ArtifactError, match="holds symbol 'IBM', not the requested 'GOOG'"):
+        load_champion("GOOG", "w1", store=embedded_store)
+
+
+def test_a_bundle_signed_for_one_identity_does_not_verify_for_another(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    bundle = {**real_bundle(), "symbol": "IBM", "timeframe": "d1", "run_id": RUN}
+    saved = save_artifact(bundle, models, models / "IBM" / "d1" / "a.joblib", KEY)
+    mine = ArtifactIdentity("IBM", "d1", RUN)
+    assert (
+        load_bundle(saved.path, saved.sha256, signature=saved.signature, key=KEY, identity=mine)["symbol"]
+        == "IBM"
+    )
+    for other in (
+        ArtifactIdentity("GOOG", "d1", RUN),
+        ArtifactIdentity("IBM", "w1", RUN),
+        ArtifactIdentity("IBM", "d1", "x" * 36),
+    ):
+        with pytest.raises(ArtifactError, match="invalid signature"):
+            load_bundle(saved.path, saved.sha256, signature=saved.signature, key=KEY, identity=other)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_bundles_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    previous = os.umask(umask)
+    try:
+        path = tmp_path / "IBM_d1.joblib"
+        save_bundle(real_bundle(), path)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == mode

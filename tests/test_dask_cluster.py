@@ -38,9 +38,14 @@ TARGET = "450"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # debug logging on the workers: whatever a task carries has every chance to reach their logs
-    with local_cluster(
-        tmp_path_factory.mktemp("dask"), 2, worker_env={"DASK_LOGGING__DISTRIBUTED": "debug"}
-    ) as c:
+    import dask.config
+
+    with (
+        local_cluster(
+            tmp_path_factory.mktemp("dask"), 2, worker_env={"DASK_LOGGING__DISTRIBUTED": "debug"}
+        ) as c,
+        dask.config.set(c.client_config),  # the job's side of mutual TLS, through Dask's own settings
+    ):
         yield c
 
 
@@ -148,7 +153,7 @@ def kill_a_busy_worker(cluster: LocalCluster, job: subprocess.Popen[str], timeou
     from distributed import Client
 
     deadline = time.monotonic() + timeout_s
-    with Client(cluster.address, set_as_default=False) as client:
+    with Client(cluster.address, set_as_default=False, security=cluster.security()) as client:
         while time.monotonic() < deadline and job.poll() is None:
             names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
             for addr, keys in client.processing().items():
@@ -181,7 +186,7 @@ def test_a_worker_killed_mid_pair_is_retried_on_the_other(ml_env, embedded_store
     load_pairs(embedded_store, pairs)
     with local_cluster(tmp_path / "dask", 2) as cluster:
         args = [*pair_args(pairs), "--target-bars", TARGET, "--walk-forward", "3", "--dask", cluster.address]
-        job = run_job_process(job_env(ml_env), args)
+        job = run_job_process({**job_env(ml_env), **cluster.client_env}, args)
         killed = threading.Thread(target=lambda: kill_a_busy_worker(cluster, job), daemon=True)
         killed.start()
         stdout, stderr = job.communicate(timeout=900)
@@ -204,7 +209,7 @@ def test_a_worker_death_past_allowed_failures_fails_that_pair_in_one_line(ml_env
     env = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
     with local_cluster(tmp_path / "dask", 2, scheduler_env=env) as cluster:
         args = [*pair_args(pairs), "--target-bars", TARGET, "--walk-forward", "3", "--dask", cluster.address]
-        job = run_job_process(job_env(ml_env), args)
+        job = run_job_process({**job_env(ml_env), **cluster.client_env}, args)
         box: dict[str, str] = {}
         killer = threading.Thread(
             target=lambda: box.update(key=kill_a_busy_worker(cluster, job)), daemon=True
@@ -237,3 +242,79 @@ def test_a_worker_death_past_allowed_failures_fails_that_pair_in_one_line(ml_env
     models = ml_env / "models"
     assert len(list(models.rglob("*.joblib"))) == len(succeeded)
     assert no_half_written_artifacts(models) == []
+
+
+# ------------------------------------------------------------------------------------------ trust boundary
+def test_training_through_a_mutual_tls_cluster_and_a_rogue_client_is_refused(
+    cluster, ml_env, embedded_store, tmp_path, capsys
+) -> None:
+    """The module's cluster speaks mutual TLS (certificates made by the test): a run through it trains; a
+    client holding a certificate of another CA is refused by the scheduler."""
+    from distributed import Client
+    from distributed.security import Security
+
+    from tests.plugins.dask_cluster import make_certs
+
+    assert cluster.address.startswith("tls://")
+    pairs = (("IBM", "w1", 679),)
+    load_pairs(embedded_store, pairs)
+    code, out = job_json([*pair_args(pairs), "--target-bars", TARGET, "--dask", cluster.address], capsys)
+    assert code == 0, out
+    assert out["executor"]["kind"] == "dask" and out["executor"]["address"] == cluster.address
+    assert [r["status"] for r in out["results"]] == ["succeeded"]
+    rogue = make_certs(tmp_path / "rogue", ("client",))
+    security = Security(
+        tls_ca_file=str(rogue / "ca.pem"),
+        tls_client_cert=str(rogue / "client.pem"),
+        tls_client_key=str(rogue / "client.key"),
+        require_encryption=True,
+    )
+    with pytest.raises(OSError, match=r"TLS|certificate|SSL"):
+        Client(cluster.address, security=security, timeout=5, set_as_default=False)
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "127.0.0.1:8786", "ws://127.0.0.1:8786"])
+def test_a_plain_tcp_scheduler_is_refused_before_anything_is_opened(
+    address, ml_env, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("ML_LOCAL_DB", str(ml_env / "never.sqlite3"))
+    code = main(["--symbol", "IBM", "--timeframes", "w1", "--dask", address, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: Dask address") and "not TLS" in err[0]
+    assert "ML_DASK_ALLOW_INSECURE=1" in err[0]
+    assert not (ml_env / "never.sqlite3").exists()  # no store was opened
+    # the same from the environment (the nightly scheduler's way)
+    monkeypatch.setenv("ML_DASK_ADDRESS", address)
+    assert main(["--symbol", "IBM", "--timeframes", "w1", "--quiet"]) == 2
+    assert "not TLS" in capsys.readouterr().err
+
+
+def test_tls_without_the_jobs_certificate_is_refused_in_one_line(ml_env, monkeypatch, capsys) -> None:
+    import dask.config
+
+    monkeypatch.setenv("ML_LOCAL_DB", str(ml_env / "never.sqlite3"))
+    no_certs = {"distributed.comm.tls.ca-file": None, "distributed.comm.tls.client.cert": None}
+    with dask.config.set(no_certs):  # whatever another test of the module configured
+        code = main(["--symbol", "IBM", "--timeframes", "w1", "--dask", "tls://127.0.0.1:8786", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "distributed.comm.tls.ca-file" in err[0] and "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" in err[0]
+    assert not (ml_env / "never.sqlite3").exists()
+
+
+def test_allow_insecure_lets_a_plain_tcp_cluster_train(ml_env, embedded_store, tmp_path, capsys, monkeypatch):
+    import dask.config
+
+    pairs = (("IBM", "w1", 679),)
+    load_pairs(embedded_store, pairs)
+    with (
+        dask.config.set({"distributed.comm.require-encryption": False}),
+        local_cluster(tmp_path / "dask", 1, tls=False) as plain,
+    ):
+        assert plain.address.startswith("tcp://")
+        assert main([*pair_args(pairs), "--target-bars", TARGET, "--dask", plain.address, "--quiet"]) == 2
+        capsys.readouterr()
+        monkeypatch.setenv("ML_DASK_ALLOW_INSECURE", "1")
+        code, out = job_json([*pair_args(pairs), "--target-bars", TARGET, "--dask", plain.address], capsys)
+    assert code == 0 and out["executor"]["kind"] == "dask"

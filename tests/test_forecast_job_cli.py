@@ -32,6 +32,10 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     ):
         assert flag in out
     assert "Exit codes" in out and "CLOSED bar" in out
+    # what --help promises matches what the job does: an unusable champion fails, it is not skipped
+    flat = " ".join(out.split())
+    assert "missing, corrupt or wrongly signed fails the pair" in flat
+    assert "without a usable champion are skipped" not in flat
 
 
 @pytest.mark.parametrize(

@@ -197,3 +197,32 @@ def test_a_run_left_running_without_leases_is_abandoned_by_the_next_run(embedded
     run = embedded_store.get_run(dead)
     assert run["status"] == "abandoned" and report.run_id in run["error"] and "no heartbeat" in run["error"]
     assert embedded_store.get_run(report.run_id)["status"] == "succeeded"
+
+
+# ---- issue 21 case 10: a bundle renamed into place whose row never landed is collected ----------------------------
+def test_the_start_sweep_removes_old_bundles_no_row_names_and_says_how_many(
+    embedded_store: SqliteStore, ml_env: Path, caplog
+) -> None:
+    import logging
+    import os
+
+    embedded_store.upsert_bars("IBM", "w1", sample_bars("IBM", "w1", last=600))
+    settings = Settings()
+    first = run_job(embedded_store, settings, ["IBM"], ["w1"], target_bars=400, workers=1)
+    kept = Path(first.results[0].artifact_file)
+    folder = kept.parent
+    # what a kill between the rename and the ledger commit leaves: a complete bundle that no row names
+    old_orphan = folder / "IBM_w1_20260101T000000Z_deadbeef.joblib"
+    young_orphan = folder / "IBM_w1_20260102T000000Z_cafef00d.joblib"
+    other_file = folder / "notes.joblib"  # not named the way the job names bundles: never touched
+    for path in (old_orphan, young_orphan, other_file):
+        path.write_bytes(kept.read_bytes())
+    long_ago = datetime.now(UTC).timestamp() - settings.lease_ttl_s - 60
+    for path in (old_orphan, other_file, kept):  # the named bundle is as old: a row names it, it stays
+        os.utime(path, (long_ago, long_ago))
+    with caplog.at_level(logging.WARNING, logger="ml.training"):
+        run_job(embedded_store, settings, ["IBM"], ["w1"], target_bars=400, workers=1, force=True)
+    assert not old_orphan.exists()
+    assert kept.exists() and young_orphan.exists() and other_file.exists()
+    lines = [r.getMessage() for r in caplog.records if "orphan bundle" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("removed 1 orphan bundle(s) under ")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,9 +17,11 @@ from freezegun import freeze_time
 from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.records import RunRecord
+from ml.src.data.store import StoreUnavailable
 from ml.src.data.supabase_db import SupabaseStore
 from ml.src.training import stop
 from ml.src.training.ensemble_training_job import main
+from ml.src.training.leases import holder_name
 from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars
 
@@ -148,3 +152,100 @@ def test_two_processes_at_once_exactly_one_trains(supabase_stack, pg, tmp_path) 
     ).fetchall()
     assert dict(runs) == {"succeeded": 1, "skipped": 1}
     assert pg.execute("select count(*) from job_leases where name = 'train:GOOG:d1'").fetchone()[0] == 0
+
+
+# ---- issue 21: leases that outlive their run (case 5, and a crash on this host), on both stores ----------------------
+@pytest.fixture(params=["embedded", "supabase"])
+def any_store(request: pytest.FixtureRequest, ml_env: Path):
+    if request.param == "embedded":
+        s = SqliteStore(ml_env / "both.sqlite3")
+    else:
+        stack = request.getfixturevalue("supabase_stack")
+        s = SupabaseStore(
+            stack["SUPABASE_URL"], stack["SUPABASE_SERVICE_ROLE_KEY"], max_retries=1, backoff_s=0.01
+        )
+    yield s
+    s.close()
+
+
+def unique_pair(store) -> str:
+    # the Supabase stack is shared by the session: a symbol of its own, with a shipped pair's real bars
+    symbol = "L" + uuid.uuid4().hex[:7].upper()
+    store.upsert_bars(symbol, "w1", sample_bars("IBM", "w1", last=679))
+    return symbol
+
+
+def release_fails(store, times: int) -> dict[str, int]:
+    """Fault injection: the store's next `times` lease releases fail as a database that is down would."""
+    calls = {"n": 0}
+    base = type(store)
+
+    class DownAtRelease(base):  # type: ignore[misc, valid-type]
+        def release_leases(self, names, holder):
+            calls["n"] += 1
+            if calls["n"] <= times:
+                raise StoreUnavailable("release leases failed after 2 attempts: 503 (database down)")
+            return super().release_leases(names, holder)
+
+    store.__class__ = DownAtRelease
+    return calls
+
+
+def train(store, symbol: str, **kw):
+    return run_job(store, Settings(), [symbol], ["w1"], target_bars=400, workers=1, force=True, **kw)
+
+
+def test_a_failed_release_is_retried_once_the_final_status_is_written(any_store) -> None:
+    symbol = unique_pair(any_store)
+    calls = release_fails(any_store, 1)
+    report = train(any_store, symbol)
+    assert [r.status for r in report.results] == ["succeeded"] and calls["n"] == 2
+    run = any_store.get_run(report.run_id)
+    assert run["status"] == "succeeded"
+    assert any("could not release the run's leases" in w for w in run["warnings"])
+    # released on the second try: the holder has nothing left to renew
+    assert any_store.renew_leases([f"train:{symbol}:w1"], holder_name(report.run_id), 60) == 0
+
+
+def test_a_release_that_never_lands_does_not_block_the_next_run(any_store) -> None:
+    symbol = unique_pair(any_store)
+    release_fails(any_store, 10)
+    first = train(any_store, symbol)
+    assert any_store.renew_leases([f"train:{symbol}:w1"], holder_name(first.run_id), 900) == 1  # still held
+    any_store.__class__ = type(any_store).__mro__[1]  # the database is back
+    second = train(any_store, symbol)
+    assert second.locked_by is None and second.exit_code() == 0, second.error
+    assert [r.status for r in second.results] == ["succeeded"]
+    assert any_store.get_run(first.run_id)["status"] == "succeeded"  # the finished run keeps its status
+
+
+def dead_pid() -> int:
+    """A pid on this host whose process has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_crashed_run_on_this_host_is_taken_over_at_once(any_store) -> None:
+    symbol = unique_pair(any_store)
+    crashed = str(uuid.uuid4())
+    any_store.start_run(RunRecord(run_id=crashed, started_at=datetime.now(UTC)))
+    name = f"train:{symbol}:w1"
+    any_store.acquire_leases([name], f"{socket.gethostname()}:{dead_pid()}:{crashed}", 900, crashed)
+    report = train(any_store, symbol)
+    assert report.locked_by is None and [r.status for r in report.results] == ["succeeded"]
+    run = any_store.get_run(crashed)
+    assert (
+        run["status"] == "abandoned" and "process is gone" in run["error"] and report.run_id in run["error"]
+    )
+
+
+def test_a_live_holder_on_this_host_still_holds(any_store) -> None:
+    symbol = unique_pair(any_store)
+    live = str(uuid.uuid4())
+    any_store.start_run(RunRecord(run_id=live, started_at=datetime.now(UTC)))
+    holder = f"{socket.gethostname()}:{os.getppid()}:{live}"  # pytest's parent: alive
+    any_store.acquire_leases([f"train:{symbol}:w1"], holder, 900, live)
+    report = train(any_store, symbol)
+    assert report.locked_by is not None and holder in report.locked_by and report.exit_code() == 75
+    assert any_store.get_run(live)["status"] == "running"

@@ -267,6 +267,66 @@ def test_expired_lease_is_taken_over_and_its_run_abandoned(
     store.release_leases([name], "host-b:2:live")
 
 
+def test_a_lease_whose_run_has_a_final_status_is_taken_over(store: TrainingStore, symbol: str) -> None:
+    """Issue 21 case 5: the run ended (recorded `failed`) but its release never landed: nobody will renew the
+    lease, so the next run must not wait out its TTL."""
+    name = f"train:{symbol}:d1"
+    run = new_run(store)
+    assert store.acquire_leases([name], "host-a:1:" + run, 900, run).acquired
+    assert not store.acquire_leases([name], "host-b:2:next", 900, None).acquired  # still running: held
+    store.finish_run(run, RunOutcome(status="failed", finished_at=datetime.now(UTC), error="db down"))
+    grant = store.acquire_leases([name], "host-b:2:next", 900, None)
+    assert grant.acquired
+    assert [(t["holder"], t["run_id"], t["reason"]) for t in grant.taken_over] == [
+        ("host-a:1:" + run, run, "finished")
+    ]
+    assert store.get_run(run)["status"] == "failed"  # its final status stands
+    assert store.renew_leases([name], "host-a:1:" + run, 900) == 0
+    store.release_leases([name], "host-b:2:next")
+
+
+def test_a_lease_of_a_holder_proved_gone_is_reclaimed_and_only_that_one(
+    store: TrainingStore, symbol: str
+) -> None:
+    x, y = f"train:{symbol}:d1", f"train:{symbol}:w1"
+    run = new_run(store)
+    dead = "host-a:1:" + run
+    assert store.acquire_leases([x], dead, 900, run).acquired
+    assert store.acquire_leases([y], "host-c:3:live", 900, None).acquired
+    # naming a dead holder frees only its lease: a live holder still refuses the whole set, and nothing moves
+    refused = store.acquire_leases([x, y], "host-b:2:next", 900, None, reclaim=[dead])
+    assert not refused.acquired and refused.name == y and refused.holder == "host-c:3:live"
+    assert store.renew_leases([x], dead, 900) == 1
+    grant = store.acquire_leases([x], "host-b:2:next", 900, None, reclaim=[dead])
+    assert grant.acquired
+    assert [(t["run_id"], t["reason"]) for t in grant.taken_over] == [(run, "holder gone")]
+    assert store.renew_leases([x], dead, 900) == 0
+    store.release_leases([x], "host-b:2:next")
+    store.release_leases([y], "host-c:3:live")
+
+
+def test_artifact_paths_are_every_path_the_ledger_names(store: TrainingStore, symbol: str) -> None:
+    run = new_run(store)
+    path = f"{symbol}/d1/{symbol}_d1_20260102T030405Z_{run[:8]}.joblib"
+    version = ModelVersionRecord(
+        symbol=symbol,
+        timeframe="d1",
+        run_id=run,
+        artifact_path=path,
+        artifact_sha256=SHA,
+        feature_version="ta-v1",
+        trained_at=datetime.now(UTC),
+        weights={"rf": 1.0},
+    )
+    result = ResultRecord(
+        run_id=run, symbol=symbol, timeframe="d1", status="succeeded", artifact_path=path, artifact_sha256=SHA
+    )
+    store.record_result(result, version)
+    store.record_result(ResultRecord(run_id=run, symbol=symbol, timeframe="w1", status="failed", error="x"))
+    paths = store.artifact_paths()
+    assert path in paths and None not in paths and "" not in paths
+
+
 # ---- forecasts -----------------------------------------------------------------------------------------------------
 
 

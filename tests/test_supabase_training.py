@@ -223,3 +223,22 @@ def test_slow_database_times_out_with_bounded_retries(supabase_env, supabase_sta
         ):
             store.read_bars("SPY", "d1", limit=5)
         locker.rollback()
+
+
+# ---- issue 21 case 9: a request in flight when its database connection dies is retried, with a reason ----------------
+@pytest.mark.parametrize(
+    ("code", "message", "transient", "reason"),
+    [
+        ("", "", True, "PostgREST answered an error without a code (its database connection was lost?)"),
+        ("57P01", "terminating connection due to administrator command", True, "SQLSTATE 57P01: terminating"),
+        ("57P02", "terminating connection due to crash of another server process", True, "SQLSTATE 57P02: "),
+        ("57P03", "the database system is starting up", True, "SQLSTATE 57P03: the database"),
+        ("23505", "duplicate key", False, "SQLSTATE 23505: duplicate key"),
+        ("22023", "", False, "SQLSTATE 22023 (no message)"),
+    ],
+)
+def test_postgrest_errors_are_classified_and_always_carry_a_reason(code, message, transient, reason) -> None:
+    from ml.src.data.supabase_db import classify_api_error
+
+    got_transient, got_reason = classify_api_error(code, message)
+    assert got_transient is transient and got_reason.startswith(reason) and got_reason.strip()

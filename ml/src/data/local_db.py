@@ -657,6 +657,13 @@ class SqliteStore(TrainingStore):
                 raise StoreError(f"cannot prune model versions {symbol}/{timeframe}: {exc}") from exc
         return rows
 
+    def artifact_paths(self) -> set[str]:
+        rows = self._query(
+            "select artifact_path from model_versions where artifact_path is not null"
+            " union select artifact_path from training_results where artifact_path is not null"
+        )
+        return {str(r["artifact_path"]) for r in rows}
+
     def results_history(self, symbol=None, timeframe=None) -> list[dict]:
         sql = (
             "select r.*, t.started_at from training_results r join training_runs t on t.run_id = r.run_id"
@@ -851,8 +858,9 @@ class SqliteStore(TrainingStore):
                 if previous is not None:
                     self._conn.execute(f"pragma synchronous = {int(previous)}")
 
-    def acquire_leases(self, names, holder, ttl_s, run_id=None) -> LeaseGrant:
+    def acquire_leases(self, names, holder, ttl_s, run_id=None, reclaim=()) -> LeaseGrant:
         wanted = sorted(set(names))
+        gone = set(reclaim)
         now = datetime.now(UTC)
         expires = now + timedelta(seconds=ttl_s)
         taken_over: list[dict[str, Any]] = []
@@ -863,9 +871,18 @@ class SqliteStore(TrainingStore):
                     f"select * from job_leases where name in ({','.join('?' for _ in wanted)})", wanted
                 ).fetchall()
             }
+            reasons: dict[str, str] = {}
             for name in wanted:
                 row = rows.get(name)
-                if row is not None and row["holder"] != holder and _lease_ts(row["expires_at"]) > now:
+                if row is None or row["holder"] == holder:
+                    continue
+                if _lease_ts(row["expires_at"]) <= now:
+                    reasons[name] = "expired"
+                elif self._run_is_final(conn, row["run_id"]):
+                    reasons[name] = "finished"  # the run ended but its release never landed
+                elif row["holder"] in gone:
+                    reasons[name] = "holder gone"
+                else:
                     return LeaseGrant(
                         acquired=False,
                         name=name,
@@ -874,8 +891,15 @@ class SqliteStore(TrainingStore):
                     )
             for name in wanted:
                 row = rows.get(name)
-                if row is not None and row["holder"] != holder:
-                    taken_over.append({"name": name, "holder": row["holder"], "run_id": row["run_id"]})
+                if row is not None and name in reasons:
+                    taken_over.append(
+                        {
+                            "name": name,
+                            "holder": row["holder"],
+                            "run_id": row["run_id"],
+                            "reason": reasons[name],
+                        }
+                    )
                 keep_acquired = (
                     row is not None and row["holder"] == holder and _lease_ts(row["expires_at"]) > now
                 )
@@ -897,6 +921,13 @@ class SqliteStore(TrainingStore):
             expires_at=expires,
             taken_over=tuple(taken_over),
         )
+
+    @staticmethod
+    def _run_is_final(conn: sqlite3.Connection, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        row = conn.execute("select status from training_runs where run_id = ?", (run_id,)).fetchone()
+        return row is not None and row["status"] != "running"
 
     def renew_leases(self, names, holder, ttl_s) -> int:
         wanted = sorted(set(names))

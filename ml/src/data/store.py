@@ -143,6 +143,10 @@ class TrainingStore(ABC):
         """Delete non-champion versions beyond the newest `keep`; returns the deleted rows (for their files)."""
 
     @abstractmethod
+    def artifact_paths(self) -> set[str]:
+        """Every artifact path a ledger row names (model versions and results), as recorded."""
+
+    @abstractmethod
     def results_history(self, symbol: str | None = None, timeframe: str | None = None) -> list[dict]:
         """Succeeded results (with their run's started_at), oldest first; optionally for one pair."""
 
@@ -176,9 +180,17 @@ class TrainingStore(ABC):
     # --- leases: one run at a time per (symbol, timeframe) ------------------------------------------
     @abstractmethod
     def acquire_leases(
-        self, names: Sequence[str], holder: str, ttl_s: int, run_id: str | None = None
+        self,
+        names: Sequence[str],
+        holder: str,
+        ttl_s: int,
+        run_id: str | None = None,
+        reclaim: Sequence[str] = (),
     ) -> LeaseGrant:
-        """Take every named lease or none. A lease is free if absent, expired, or already held by `holder`."""
+        """Take every named lease or none. A lease is free if absent, expired, already held by `holder`, held
+        for a run that already has a final status (its release was lost), or held by one of `reclaim` (holders
+        the caller proved dead). `taken_over` lists the others' leases taken, each with its `reason`:
+        'expired', 'finished' or 'holder gone'."""
 
     @abstractmethod
     def renew_leases(self, names: Sequence[str], holder: str, ttl_s: int) -> int:

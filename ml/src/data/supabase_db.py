@@ -63,13 +63,17 @@ T = TypeVar("T")
 PAGE_SIZE = 1000  # hosted Supabase's default max_rows; a lower server cap still pages correctly
 WRITE_BATCH = 1000  # well under nginx/Kong body limits (~7000 bar rows break a 1 MB limit)
 TRANSIENT_HTTP = frozenset({"408", "425", "429", "500", "502", "503", "504", "520", "522", "524"})
-# SQLSTATEs worth another try: serialization failure, deadlock, too many connections, statement timeout
+# SQLSTATEs worth another try: serialization failure, deadlock, too many connections, statement timeout,
+# the server shutting down or restarting under the request (admin/crash shutdown, cannot connect now)
 TRANSIENT_SQLSTATE = frozenset(
     {
         "40001",
         "40P01",
         "53300",
         "57014",
+        "57P01",
+        "57P02",
+        "57P03",
         "08000",
         "08003",
         "08006",
@@ -79,6 +83,23 @@ TRANSIENT_SQLSTATE = frozenset(
         "PGRST003",
     }
 )
+
+
+def classify_api_error(code: str, message: object, details: object = None) -> tuple[bool, str]:
+    """(worth another try, the one-line reason) for an error PostgREST answered.
+
+    An empty code is PostgREST losing its database connection under an in-flight request (a Postgres
+    restart answers `400 {"code": ""}` with no message): transient, and the reason says so, since the
+    line would otherwise be empty.
+    """
+    text = " ".join(str(message or "").split())
+    if not code:
+        return True, text or "PostgREST answered an error without a code (its database connection was lost?)"
+    transient = code in TRANSIENT_HTTP or code in TRANSIENT_SQLSTATE
+    reason = f"SQLSTATE {code}: {text}" if text else f"SQLSTATE {code} (no message)"
+    if details and not transient:
+        reason += f" ({details})"
+    return transient, reason
 
 
 def iso(ts: datetime | pd.Timestamp) -> str:
@@ -192,16 +213,14 @@ class SupabaseStore(TrainingStore):
                 if on_retry_conflict_ok and attempt > 0 and code == "23505":
                     # an earlier attempt landed before its response was lost: the write is done
                     return None  # type: ignore[return-value]
-                transient = code in TRANSIENT_HTTP or code in TRANSIENT_SQLSTATE
-                reason = f"SQLSTATE {code}: {exc.message}" if code else str(exc.message)
-                if exc.details and not transient:
-                    reason += f" ({exc.details})"
+                transient, reason = classify_api_error(code, exc.message, exc.details)
                 if not transient or attempt >= self.max_retries:
                     cls = StoreUnavailable if transient else StoreError
                     tries = f" after {attempt + 1} attempts" if attempt else ""
                     raise cls(self._clean(f"supabase {what} failed{tries}: {reason}")) from None
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                text = " ".join(str(exc).split())
+                reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
                 if attempt >= self.max_retries:
                     raise StoreUnavailable(
                         self._clean(f"supabase {what} failed after {attempt + 1} attempts: {reason}")
@@ -564,6 +583,21 @@ class SupabaseStore(TrainingStore):
         data = self._rpc(f"prune model versions {symbol}/{timeframe}", "prune_model_versions", params)
         return list(data or [])
 
+    def artifact_paths(self) -> set[str]:
+        paths: set[str] = set()
+        for table in ("model_versions", "training_results"):
+            rows = self._select_keyset(
+                f"read artifact paths of {table}",
+                table,
+                "id,artifact_path",
+                [("like", "artifact_path", "%")],  # non-null paths only
+                "id",
+                descending=False,
+                limit=None,
+            )
+            paths.update(str(r["artifact_path"]) for r in rows if r.get("artifact_path"))
+        return paths
+
     def results_history(self, symbol=None, timeframe=None) -> list[dict]:
         filters: list[tuple[str, str, Any]] = [("eq", "status", "succeeded")]
         if symbol is not None:
@@ -751,13 +785,15 @@ class SupabaseStore(TrainingStore):
         self._write_batches("publish monitoring settings", "monitoring_settings", [row], "id")
 
     # --- leases: SQL functions, the database clock decides expiry -------------------------------------
-    def acquire_leases(self, names, holder, ttl_s, run_id=None) -> LeaseGrant:
-        params = {
+    def acquire_leases(self, names, holder, ttl_s, run_id=None, reclaim=()) -> LeaseGrant:
+        params: dict[str, Any] = {
             "p_names": sorted(set(names)),
             "p_holder": holder,
             "p_ttl_seconds": int(ttl_s),
             "p_run_id": run_id,
         }
+        if reclaim:
+            params["p_reclaim"] = sorted(set(reclaim))
         data = self._rpc("acquire leases", "acquire_leases", params)
         expires = pd.Timestamp(data["expires_at"]).to_pydatetime() if data.get("expires_at") else None
         if not data.get("acquired"):

@@ -90,7 +90,9 @@ def build_parser() -> OneLineParser:
             "Forecast each (symbol, timeframe) with its champion model: read the last bars (feature warm-up plus "
             "one), compute the features of the latest CLOSED bar, predict BEARISH / NEUTRAL / BULLISH and write "
             "one row to ml_forecasts (once per bar and model version). Earlier forecasts whose horizon has "
-            "passed get their realised return and label first. Pairs without a usable champion are skipped."
+            "passed get their realised return and label first. A pair with no champion yet, an expired one or "
+            "one built for another feature set is skipped; a champion whose file is missing, corrupt or wrongly "
+            "signed fails the pair (exit 1)."
         ),
         epilog=(
             "Exit codes: 0 every pair written, unchanged or skipped; 1 a pair or the store failed; 2 bad usage "

@@ -6,6 +6,9 @@
 - Loading reads the file once, checks its sha256 against the expected one (required) and, when an artifact key
   is configured (ML_ARTIFACT_KEY), its HMAC-SHA256 signature against the recorded one (required), and only then
   unpickles those same bytes. Any file that cannot be unpickled raises ArtifactError, whatever the cause.
+- The signature covers the bundle's identity (symbol, timeframe, run) as well as its bytes, and a loader checks
+  it against the identity it asked for: another pair's path, sha256 and signature copied into a row are refused.
+- A recorded signature without a key is refused: removing the key must not switch signing off.
 """
 
 from __future__ import annotations
@@ -79,21 +82,38 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def sign_bytes(data: bytes, key: Key | _FromSettings) -> str | None:
-    """HMAC-SHA256 of the bytes under the key (hex), or None without a key."""
-    raw = _key_bytes(key)
-    return hmac.new(raw, data, hashlib.sha256).hexdigest() if raw is not None else None
+@dataclass(frozen=True)
+class ArtifactIdentity:
+    """Whose model a bundle is: what its signature vouches for besides its bytes."""
+
+    symbol: str
+    timeframe: str
+    run_id: str
+
+    def header(self) -> bytes:
+        return f"swiftbolt-artifact/2\n{self.symbol}\n{self.timeframe}\n{self.run_id}\n".encode()
 
 
-def sign_file(path: str | Path, key: Key | _FromSettings) -> str | None:
-    raw = _key_bytes(key)
-    if raw is None:
-        return None
-    mac = hmac.new(raw, digestmod=hashlib.sha256)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            mac.update(chunk)
+NO_IDENTITY = ArtifactIdentity("", "", "")  # a bundle signed for nobody verifies only as nobody's
+
+
+def _mac(raw: bytes, data: bytes, identity: ArtifactIdentity | None) -> str:
+    mac = hmac.new(raw, (identity or NO_IDENTITY).header(), hashlib.sha256)
+    mac.update(data)
     return mac.hexdigest()
+
+
+def sign_bytes(data: bytes, key: Key | _FromSettings, identity: ArtifactIdentity | None = None) -> str | None:
+    """HMAC-SHA256 (hex) of the identity and the bytes under the key, or None without a key."""
+    raw = _key_bytes(key)
+    return _mac(raw, data, identity) if raw is not None else None
+
+
+def sign_file(
+    path: str | Path, key: Key | _FromSettings, identity: ArtifactIdentity | None = None
+) -> str | None:
+    raw = _key_bytes(key)
+    return _mac(raw, Path(path).read_bytes(), identity) if raw is not None else None
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -181,6 +201,47 @@ def sweep_temp_files(models_dir: str | Path, older_than_s: float) -> tuple[list[
     return removed, errors
 
 
+BUNDLE_NAME_RE = re.compile(r"^[^/]+_[a-z0-9]+_\d{8}T\d{6}Z_[0-9A-Za-z\-]{8}\.joblib$")  # artifact_path's
+
+
+def sweep_orphan_bundles(
+    models_dir: str | Path, named: set[str], older_than_s: float
+) -> tuple[list[Path], list[str]]:
+    """Delete bundles no ledger row names (`named`: the ledger's artifact paths) older than `older_than_s`.
+
+    Such a file was renamed into place by a process killed before its row was committed. Younger ones may
+    belong to a run recording its row right now. Only files named the way artifact_path names bundles, at
+    SYMBOL/TF/, are candidates. Returns (removed, errors).
+    """
+    root = models_root(models_dir)
+    removed: list[Path] = []
+    errors: list[str] = []
+    if not root.is_dir():
+        return removed, errors
+    keep: set[Path] = set()
+    for stored in named:
+        try:
+            keep.add(resolve_artifact(root, stored))
+        except ArtifactError:
+            continue  # a row naming a file outside the models directory protects nothing here
+    cutoff = time.time() - older_than_s
+    for path in root.glob("*/*/*.joblib"):
+        try:
+            if (
+                not BUNDLE_NAME_RE.fullmatch(path.name)
+                or path.is_symlink()
+                or not path.is_file()
+                or path.resolve() in keep
+                or path.stat().st_mtime >= cutoff
+            ):
+                continue
+            path.unlink()
+            removed.append(path)
+        except OSError as exc:
+            errors.append(f"cannot remove orphan bundle {path}: {exc.strerror or type(exc).__name__}")
+    return removed, errors
+
+
 # ------------------------------------------------------------------------------------------- save / load
 @dataclass(frozen=True)
 class SavedArtifact:
@@ -204,6 +265,19 @@ def pack_bundle(bundle: dict[str, Any], compress: int = 0) -> bytes:
     return zlib.compress(data, max(0, min(9, compress)))
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where the kernel shows it (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_artifact(data: bytes, path: Path) -> str:
     """Write `data` to `path` atomically (temp file in the same folder, fdatasync, rename); its sha256.
 
@@ -215,6 +289,9 @@ def write_artifact(data: bytes, path: Path) -> str:
     digest = hashlib.sha256(data).hexdigest()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; a bundle gets the mode any new file would (0666 less the umask), so a
+        # reader running as another user of the group can load it
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -232,15 +309,19 @@ def save_bundle(bundle: dict[str, Any], path: Path, compress: int = 0) -> str:
 
 
 def save_artifact_bytes(
-    data: bytes, models_dir: Path, path: Path, key: Key | _FromSettings = None
+    data: bytes,
+    models_dir: Path,
+    path: Path,
+    key: Key | _FromSettings = None,
+    identity: ArtifactIdentity | None = None,
 ) -> SavedArtifact:
     """A packed bundle (pack_bundle, e.g. from a worker) written inside the models directory, with its
-    ledger path and (with a key) its signature, computed here from the same bytes: the key never leaves
-    the job's process."""
+    ledger path and (with a key) its signature over `identity` and the bytes, computed here: the key never
+    leaves the job's process, and the identity is the pair the job asked for, not what the bytes claim."""
     path = inside_models_dir(models_dir, path)
     sha = write_artifact(data, path)
     try:
-        signature = sign_bytes(data, key)
+        signature = sign_bytes(data, key, identity)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -250,8 +331,15 @@ def save_artifact_bytes(
 def save_artifact(
     bundle: dict[str, Any], models_dir: Path, path: Path, key: Key | _FromSettings = None
 ) -> SavedArtifact:
-    """save_bundle inside the models directory, plus its ledger path and (with a key) its signature."""
-    return save_artifact_bytes(pack_bundle(bundle), models_dir, path, key)
+    """save_bundle inside the models directory, plus its ledger path and (with a key) its signature over the
+    bundle's own symbol, timeframe and run (when it names them)."""
+    return save_artifact_bytes(pack_bundle(bundle), models_dir, path, key, bundle_identity(bundle))
+
+
+def bundle_identity(bundle: dict[str, Any]) -> ArtifactIdentity | None:
+    if all(bundle.get(k) for k in ("symbol", "timeframe", "run_id")):
+        return ArtifactIdentity(str(bundle["symbol"]), str(bundle["timeframe"]), str(bundle["run_id"]))
+    return None
 
 
 class LibraryVersionWarning(UserWarning):
@@ -290,7 +378,11 @@ def check_library_versions(path: str | Path, recorded: dict[str, Any] | None) ->
 
 
 def _read_verified(
-    path: Path, expected_sha256: str | None, signature: str | None, key: Key | _FromSettings
+    path: Path,
+    expected_sha256: str | None,
+    signature: str | None,
+    key: Key | _FromSettings,
+    identity: ArtifactIdentity | None,
 ) -> bytes:
     if not expected_sha256:
         raise ArtifactError(
@@ -308,15 +400,33 @@ def _read_verified(
             f"artifact {path} has sha256 {actual}, expected {expected_sha256}: refusing to load"
         )
     raw_key = _key_bytes(key)
-    if raw_key is not None:
-        if not signature:
+    if raw_key is None:
+        if signature:
             raise ArtifactError(
-                f"artifact {path} has no recorded signature and ML_ARTIFACT_KEY is set: refusing to load"
+                f"artifact {path} has a recorded signature but ML_ARTIFACT_KEY is not set: refusing to load "
+                "(set the key it was signed with)"
             )
-        expected = hmac.new(raw_key, data, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, str(signature).lower()):
-            raise ArtifactError(f"artifact {path} has an invalid signature: refusing to load")
+        return data
+    if not signature:
+        raise ArtifactError(
+            f"artifact {path} has no recorded signature and ML_ARTIFACT_KEY is set: refusing to load"
+        )
+    if not hmac.compare_digest(_mac(raw_key, data, identity), str(signature).lower()):
+        whose = f" for {identity.symbol}/{identity.timeframe} run {identity.run_id}" if identity else ""
+        raise ArtifactError(f"artifact {path} has an invalid signature{whose}: refusing to load")
     return data
+
+
+def _check_identity(path: Path, bundle: dict[str, Any], identity: ArtifactIdentity | None) -> None:
+    """The unpickled bundle is the model asked for (also without a key, where only the sha256 vouches)."""
+    if identity is None:
+        return
+    for field_name in ("symbol", "timeframe", "run_id"):
+        held, wanted = bundle.get(field_name), getattr(identity, field_name)
+        if held is not None and str(held) != wanted:
+            raise ArtifactError(
+                f"artifact {path} holds {field_name} {held!r}, not the requested {wanted!r}: refusing to use it"
+            )
 
 
 def load_bundle(
@@ -325,17 +435,20 @@ def load_bundle(
     *,
     signature: str | None = None,
     key: Key | _FromSettings = FROM_SETTINGS,
+    identity: ArtifactIdentity | None = None,
 ) -> dict[str, Any]:
     """The raw bundle dict, from bytes verified before they are unpickled.
 
     Refuses (ArtifactError) without an expected sha256 or when it differs; when a key is given (default:
-    ML_ARTIFACT_KEY from the settings), without a valid HMAC-SHA256 `signature`. A verified file that still
-    cannot be unpickled (truncated, flipped byte, zlib or pickle error, wrong format) is an ArtifactError too.
+    ML_ARTIFACT_KEY from the settings), without a valid HMAC-SHA256 `signature` over `identity` (the pair and
+    run asked for) and the bytes; without a key, when a signature is recorded. A verified file that still
+    cannot be unpickled (truncated, flipped byte, zlib or pickle error, wrong format), or that holds another
+    pair or run than `identity`, is an ArtifactError too.
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
-    data = _read_verified(path, expected_sha256, signature, key)
+    data = _read_verified(path, expected_sha256, signature, key, identity)
     try:
         bundle = joblib.load(io.BytesIO(data))
     except Exception as exc:  # zlib.error, UnpicklingError, EOFError, ValueError, ...: all mean "corrupt"
@@ -345,6 +458,7 @@ def load_bundle(
         ) from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise ArtifactError(f"artifact {path} is not a bundle of format {BUNDLE_FORMAT}")
+    _check_identity(path, bundle, identity)
     check_library_versions(path, bundle.get("library_versions"))
     return bundle
 
@@ -369,10 +483,13 @@ def load_ensemble(
     *,
     signature: str | None = None,
     key: Key | _FromSettings = FROM_SETTINGS,
+    identity: ArtifactIdentity | None = None,
 ) -> EnsembleModel:
     """Load a verified ensemble: `.classes`, `.feature_names`, `.predict_proba(features)`.
 
     `expected_sha256` is required (the ledger's artifact_sha256); with ML_ARTIFACT_KEY set, so is `signature`
-    (the ledger's artifact_signature).
+    (the ledger's artifact_signature), checked for `identity` (the requested pair and the row's run).
     """
-    return ensemble_from_bundle(load_bundle(path, expected_sha256, signature=signature, key=key))
+    return ensemble_from_bundle(
+        load_bundle(path, expected_sha256, signature=signature, key=key, identity=identity)
+    )

@@ -6,6 +6,12 @@ What crosses the wire: the prepared pair (feature matrix, labels, split; no cred
 settings went through `worker.secret_free`; back comes a PackedFit (metrics and the artifact's bytes). The
 store stays in this process, so a worker never needs, holds or logs the store's service key.
 
+Trust: a worker runs inside the trust boundary. Its results are unpickled in this process, which holds the
+store's service key and ML_ARTIFACT_KEY, and the bundle bytes it returns are signed here. So the job only
+talks to a scheduler over `tls://` with mutual TLS configured through Dask's own settings
+(`distributed.comm.tls.ca-file`, `.client.cert`, `.client.key`, `distributed.comm.require-encryption`), and
+refuses a plain `tcp://` address (or a bare host:port) unless ML_DASK_ALLOW_INSECURE=1 (`check_dask_address`).
+
 A worker that dies mid-task: the scheduler reschedules its tasks on the other workers (up to
 `distributed.scheduler.allowed-failures` deaths per task, default 3; past that the pair fails with
 `KilledWorker` in one line). If no worker is left for `dask_no_worker_timeout_s`, the pairs still waiting fail
@@ -33,6 +39,45 @@ log = logging.getLogger("ml.training")
 T = TypeVar("T")
 
 
+class InsecureDaskAddress(ValueError):
+    """A Dask address the job must not use: plain TCP without ML_DASK_ALLOW_INSECURE, or TLS without certs."""
+
+
+TLS_SETTINGS = (
+    "distributed.comm.tls.ca-file",
+    "distributed.comm.tls.client.cert",
+)
+
+
+def check_dask_address(address: str, allow_insecure: bool = False) -> str:
+    """The address, stripped, if the job may send work there; InsecureDaskAddress (one line) otherwise.
+
+    `tls://` needs the client's certificate and the CA in Dask's settings (mutual TLS). Anything else
+    (`tcp://`, `ws://`, a bare host:port, which Dask reads as tcp) is refused unless `allow_insecure`.
+    """
+    address = address.strip()
+    scheme = address.split("://", 1)[0].lower() if "://" in address else "tcp"
+    if scheme != "tls":
+        if allow_insecure:
+            log.warning("Dask scheduler %s without TLS (ML_DASK_ALLOW_INSECURE=1)", address)
+            return address
+        raise InsecureDaskAddress(
+            f"Dask address {address!r} is not TLS: whoever reaches a plain {scheme}:// scheduler can run code in "
+            "this job and get its bytes signed; use tls:// with mutual TLS (distributed.comm.tls.* settings, "
+            "see README 'Scaling out on Dask'), or set ML_DASK_ALLOW_INSECURE=1 on a trusted network"
+        )
+    import dask.config
+
+    missing = [name for name in TLS_SETTINGS if not dask.config.get(name, None)]
+    if missing:
+        env = ", ".join("DASK_" + n.upper().replace(".", "__").replace("-", "_") for n in missing)
+        raise InsecureDaskAddress(
+            f"Dask address {address!r} is TLS but {', '.join(missing)} is not set ({env}): mutual TLS needs the "
+            "CA and this job's certificate"
+        )
+    return address
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
@@ -42,12 +87,23 @@ class DaskPairExecutor(PairExecutor):
     kind = "dask"
 
     def __init__(self, address: str, settings: Settings) -> None:
+        try:
+            address = check_dask_address(address, settings.dask_allow_insecure)
+        except InsecureDaskAddress as exc:
+            raise ExecutorError(str(exc)) from None
         from distributed import Client
+        from distributed.security import Security
 
         self.address = address
         self._no_worker_timeout_s = settings.dask_no_worker_timeout_s
         try:
-            self._client = Client(address, timeout=settings.dask_connect_timeout_s, set_as_default=False)
+            # Security() reads distributed.comm.tls.* and require-encryption from Dask's settings
+            self._client = Client(
+                address,
+                timeout=settings.dask_connect_timeout_s,
+                set_as_default=False,
+                security=Security(),
+            )
         except (OSError, TimeoutError) as exc:
             raise ExecutorError(f"cannot reach the Dask scheduler at {address}: {_one_line(exc)}") from exc
         try:

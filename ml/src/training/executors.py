@@ -79,9 +79,24 @@ class InProcessExecutor(PairExecutor):
         return fut
 
 
-def _ignore_sigint() -> None:
+# What the fork server imports before forking workers: the learners, and the guard that ends it with the job.
+ORPHAN_GUARD = "ml.src.training.orphan_guard"
+
+
+def _forkserver_preload() -> list[str]:
+    from ml.src.training.worker import PRELOAD_MODULES
+
+    return [*PRELOAD_MODULES, ORPHAN_GUARD]
+
+
+def _init_worker(job_pid: int) -> None:
+    """Pool worker start: ignore Ctrl-C, and exit when the job (or the fork server) dies (see orphan_guard)."""
+    from ml.src.training.orphan_guard import die_with_parent, watch_process
+
     # Ctrl-C goes to the whole process group: the parent decides (finish the pair, then stop), not the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    watch_process(job_pid)
 
 
 def _chain(inner: Future[T], outer: Future[T]) -> None:
@@ -107,15 +122,15 @@ class ProcessPoolPairExecutor(PairExecutor):
     kind = "process-pool"
 
     def __init__(self, workers: int) -> None:
-        from ml.src.training.worker import PRELOAD_MODULES, warm_up
+        from ml.src.training.worker import warm_up
 
         self._workers = max(1, workers)
         ctx = None
         if sys.platform != "win32":
             ctx = get_context("forkserver")
-            ctx.set_forkserver_preload(list(PRELOAD_MODULES))
+            ctx.set_forkserver_preload(_forkserver_preload())
         self._pool = ProcessPoolExecutor(
-            max_workers=self._workers, mp_context=ctx, initializer=_ignore_sigint
+            max_workers=self._workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
         )
         self._lock = threading.Lock()
         self._ready = False
@@ -180,9 +195,7 @@ def start_pool_server() -> None:
         return
     from multiprocessing import forkserver
 
-    from ml.src.training.worker import PRELOAD_MODULES
-
-    get_context("forkserver").set_forkserver_preload(list(PRELOAD_MODULES))
+    get_context("forkserver").set_forkserver_preload(_forkserver_preload())
     forkserver.ensure_running()
 
 

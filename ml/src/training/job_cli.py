@@ -142,7 +142,8 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "--dask",
         metavar="ADDRESS",
-        help="fit the pairs on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "
+        help="fit the pairs on the Dask cluster whose scheduler is at ADDRESS (tls://host:8786, mutual TLS "
+        "from Dask's distributed.comm.tls.* settings; plain tcp:// is refused unless ML_DASK_ALLOW_INSECURE=1); "
         "default: ML_DASK_ADDRESS, else local processes",
     )
     p.add_argument(
@@ -233,7 +234,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.as_of is not None:
         parse_as_of(args.as_of)
     if args.dask is not None and not args.dask.strip():
-        raise UsageError("--dask needs a scheduler address, e.g. tcp://scheduler:8786")
+        raise UsageError("--dask needs a scheduler address, e.g. tls://scheduler:8786")
 
 
 def _pool_likely(args: argparse.Namespace) -> bool:
@@ -344,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
         if not selects_universe(args, settings):
             resolve_pairs(args, settings, None)  # named pairs are checked before anything is opened
+        dask_address = args.dask or settings.dask_address
+        if dask_address:
+            from ml.src.training.dask_executor import InsecureDaskAddress, check_dask_address
+
+            try:  # a worker can run code in this process: no cluster without TLS (before anything is opened)
+                check_dask_address(dask_address, settings.dask_allow_insecure)
+            except InsecureDaskAddress as exc:
+                raise UsageError(str(exc)) from None
         # before any store or compute: a run that cannot save its models must not start
         ensure_models_dir(settings.models_dir)
         store = open_store(settings)

@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 
+from ml.src.data.records import LeaseGrant
 from ml.src.data.store import StoreError, TrainingStore
 
 log = logging.getLogger("ml.leases")
@@ -20,6 +21,49 @@ def lease_name(symbol: str, timeframe: str) -> str:
 def holder_name(run_id: str) -> str:
     """Who holds a lease: enough to find the process (host, pid) and its ledger row (run id)."""
     return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
+
+
+def holder_gone_here(holder: str | None) -> bool:
+    """True when `holder` (host:pid:run) names this host and a process that no longer exists.
+
+    Only a holder on this host can be checked (its pid means nothing elsewhere); a pid that is alive, or that
+    this process cannot signal (another user's), counts as alive. A reused pid keeps the lease until its TTL,
+    which is the safe side. Hosts that share a hostname but not a pid namespace (containers given the same
+    hostname) must not share a store.
+    """
+    parts = (holder or "").split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid in (0, os.getpid()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive under another user
+        return False
+    return False
+
+
+def acquire_run_leases(
+    store: TrainingStore, names: Sequence[str], holder: str, ttl_s: int, run_id: str | None
+) -> LeaseGrant:
+    """acquire_leases, taking over the leases of holders on this host whose process is gone.
+
+    The store names one conflicting holder per refusal: each dead one is added to `reclaim` and the call
+    repeated, at most once per distinct holder, so a live holder anywhere still refuses the whole set.
+    """
+    reclaim: list[str] = []
+    grant = store.acquire_leases(names, holder, ttl_s, run_id)
+    while not grant.acquired and grant.holder not in reclaim and holder_gone_here(grant.holder):
+        assert grant.holder is not None
+        log.warning(
+            "lease %s: its holder %s is gone from this host; taking it over", grant.name, grant.holder
+        )
+        reclaim.append(grant.holder)
+        grant = store.acquire_leases(names, holder, ttl_s, run_id, reclaim=reclaim)
+    return grant
 
 
 class LeaseRenewer:

@@ -515,7 +515,8 @@ def persist_pair(
     t0 = time.perf_counter()
     trained_at = fitted.trained_at
     path = artifacts.artifact_path(models_dir, req.symbol, req.timeframe, run_id, trained_at)
-    saved = artifacts.save_artifact_bytes(fitted.artifact, models_dir, path, artifact_key)
+    identity = artifacts.ArtifactIdentity(req.symbol, req.timeframe, run_id)
+    saved = artifacts.save_artifact_bytes(fitted.artifact, models_dir, path, artifact_key, identity)
     timings = {**prep.timings, **fitted.timings, "save": time.perf_counter() - t0}
     result = PairResult(
         symbol=req.symbol,

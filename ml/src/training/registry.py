@@ -30,7 +30,7 @@ from ml.src.data.identifiers import IdentifierError, check_pair
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from ml.src.training.artifacts import ArtifactError, load_ensemble, resolve_artifact
+from ml.src.training.artifacts import ArtifactError, ArtifactIdentity, load_ensemble, resolve_artifact
 from ml.src.training.ensemble import EnsembleModel
 from ml.src.training.metrics import balanced_accuracy_rows, majority_class
 from ml.src.training.stats import PairedDifference, block_length, paired_difference
@@ -67,15 +67,24 @@ def _secret(settings: Settings) -> str | None:
     return settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
 
 
-def load_recorded(row: dict[str, Any], settings: Settings) -> EnsembleModel:
+def load_recorded(
+    row: dict[str, Any], settings: Settings, symbol: str | None = None, timeframe: str | None = None
+) -> EnsembleModel:
     """The model a model_versions row names: its path resolved inside ML_MODELS_DIR, its sha256 (and, with
-    ML_ARTIFACT_KEY, its signature) checked before anything is unpickled."""
+    ML_ARTIFACT_KEY, its signature over the requested pair and the row's run) checked before anything is
+    unpickled; a bundle of another pair or run is refused."""
     path = resolve_artifact(settings.models_dir, row["artifact_path"])
+    identity = ArtifactIdentity(
+        symbol or str(row.get("symbol") or ""),
+        timeframe or str(row.get("timeframe") or ""),
+        str(row.get("run_id") or ""),
+    )
     return load_ensemble(
         path,
         expected_sha256=row["artifact_sha256"],
         signature=row.get("artifact_signature"),
         key=_secret(settings),
+        identity=identity,
     )
 
 
@@ -127,7 +136,7 @@ def decide_promotion(
         return PromotionDecision(True, "first version of the pair", metric)
     cid = current.get("id")
     try:
-        champion = load_recorded(current, settings)
+        champion = load_recorded(current, settings, req.symbol, req.timeframe)
     except (ArtifactError, OSError) as exc:
         return PromotionDecision(
             True, f"current champion is unusable ({exc})", metric, champion_version_id=cid
@@ -302,7 +311,7 @@ def load_champion(
             f"{symbol}/{timeframe}: champion trained {trained.isoformat()} is older than "
             f"{max_age.days} days (max_model_age_days); retrain it"
         )
-    model = load_recorded(row, settings)
+    model = load_recorded(row, settings, symbol, timeframe)
     if not uses_current_feature_set(model):
         raise ChampionError(
             f"{symbol}/{timeframe}: champion was trained on a different feature list or version "

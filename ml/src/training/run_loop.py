@@ -27,9 +27,9 @@ from ml.src.data.records import RunOutcome, RunRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.inference.outcomes import fill_outcomes_quietly
 from ml.src.monitoring.thresholds import thresholds_from_settings
-from ml.src.training.artifacts import ArtifactError, ensure_models_dir, sweep_temp_files
+from ml.src.training.artifacts import ArtifactError, ensure_models_dir, sweep_orphan_bundles, sweep_temp_files
 from ml.src.training.executors import ExecutorError, PairExecutor, open_executor, worker_count
-from ml.src.training.leases import LeaseRenewer, holder_name, lease_name
+from ml.src.training.leases import LeaseRenewer, acquire_run_leases, holder_name, lease_name
 from ml.src.training.pair_result import PairRequest, PairResult, failed_result, skipped_result
 from ml.src.training.pipeline import (
     NotEnoughHistory,
@@ -275,12 +275,53 @@ def finish_run(store: TrainingStore, report: RunReport, status: str | None = Non
         report.error = report.error or f"could not record the run's end: {exc}"
 
 
+def abandon_taken_over(
+    store: TrainingStore, taken_over: Sequence[dict[str, Any]], run_id: str, warn: Callable[[str], None]
+) -> None:
+    """Mark abandoned the still-running runs whose leases this run took (expired, or their process gone)."""
+    why = {
+        "expired": "its lease expired",
+        "holder gone": "its process is gone from this host",
+        "finished": "it had finished",
+    }
+    by_reason: dict[str, list[str]] = {}
+    for t in taken_over:
+        if t.get("run_id"):
+            by_reason.setdefault(str(t.get("reason") or "expired"), []).append(str(t["run_id"]))
+    n = 0
+    try:
+        for reason, ids in by_reason.items():
+            if reason != "finished":  # a finished run keeps its final status
+                n += store.mark_runs_abandoned(
+                    ids, f"abandoned: {why.get(reason, reason)} and run {run_id} took over its lease"
+                )
+    except StoreError as exc:
+        warn(f"could not mark the runs of taken-over leases abandoned: {exc}")
+        return
+    log.warning("took over %d lease(s); %d run(s) marked abandoned", len(taken_over), n)
+
+
+def retry_release(store: TrainingStore, names: Sequence[str], holder: str, run_id: str) -> None:
+    """Release leases whose release failed during the run, now that its final status is written.
+
+    Should this fail too, the next acquire still takes them over (their run has a final status)."""
+    if not names:
+        return
+    try:
+        store.release_leases(names, holder)
+        log.info("run %s: released its %d lease(s) on the second try", run_id, len(set(names)))
+    except StoreError as exc:
+        log.error("run %s: could not release its leases after recording its end: %s", run_id, exc)
+
+
 def start_sweeps(store: TrainingStore, settings: Settings, run_id: str, warn: Callable[[str], None]) -> None:
     """Bookkeeping at the start of a run; a failure is a warning, never a reason not to train.
 
     - Runs still `running` whose heartbeat is older than the lease TTL died without recording their end
       (kill -9, power loss, a crash after their leases were released): mark them `abandoned`.
     - Temp files older than the lease TTL were left by a process killed while saving: delete them.
+    - Bundles older than the lease TTL that no ledger row names were renamed into place by a process killed
+      before its row landed: delete them, and say how many.
     - Publish the monitoring thresholds this job runs with (the model_health view and the report read them).
     """
     ttl = settings.lease_ttl_s
@@ -297,6 +338,21 @@ def start_sweeps(store: TrainingStore, settings: Settings, run_id: str, warn: Ca
         log.info("removed %d orphan temp file(s) under %s", len(removed), settings.models_dir)
     for problem in errors:
         warn(problem)
+    try:
+        named = store.artifact_paths()
+    except StoreError as exc:  # without the ledger's list, no bundle can be proved an orphan
+        warn(f"could not sweep orphan bundles: {exc}")
+    else:
+        orphans, errors = sweep_orphan_bundles(settings.models_dir, named, ttl)
+        if orphans:
+            log.warning(
+                "removed %d orphan bundle(s) under %s: older than %d s (lease TTL) and named by no ledger row",
+                len(orphans),
+                settings.models_dir,
+                ttl,
+            )
+        for problem in errors:
+            warn(problem)
     try:
         store.publish_monitoring_thresholds(thresholds_from_settings(settings), by=run_id)
     except StoreError as exc:
@@ -351,14 +407,15 @@ def run_job(
         if progress:
             progress(len(done), total, result)
 
+    unreleased: list[str] = []  # leases whose release failed: tried again once the final status is written
+    holder = holder_name(report.run_id)
     try:
         start_sweeps(store, settings, report.run_id, warn)
         to_train = [i for i, p in enumerate(planned) if p.status is None]
         requests = [planned[i].request for i in to_train]
         names = [lease_name(r.symbol, r.timeframe) for r in requests]
-        holder = holder_name(report.run_id)
         if names:
-            grant = store.acquire_leases(names, holder, settings.lease_ttl_s, report.run_id)
+            grant = acquire_run_leases(store, names, holder, settings.lease_ttl_s, report.run_id)
             if not grant.acquired:
                 until = grant.expires_at.isoformat() if grant.expires_at else "?"
                 report.locked_by = f"lease {grant.name} is held by {grant.holder} until {until}"
@@ -366,16 +423,7 @@ def run_job(
                 finish_run(store, report, status="skipped")
                 return report
             if grant.taken_over:
-                dead = [t["run_id"] for t in grant.taken_over if t.get("run_id")]
-                try:
-                    n = store.mark_runs_abandoned(
-                        dead, f"abandoned: its lease expired and run {report.run_id} took over"
-                    )
-                    log.warning(
-                        "took over %d expired lease(s); %d run(s) marked abandoned", len(grant.taken_over), n
-                    )
-                except StoreError as exc:
-                    warn(f"could not mark the runs of taken-over leases abandoned: {exc}")
+                abandon_taken_over(store, grant.taken_over, report.run_id, warn)
 
         # Pairs decided before training (universe pairs without bars, invalid symbols): recorded as they are.
         for i, p in enumerate(planned):
@@ -450,20 +498,23 @@ def run_job(
             finally:
                 try:
                     store.release_leases(names, holder)
-                except StoreError as exc:  # they expire on their own after lease_ttl_s
+                except StoreError as exc:  # retried after the final status (below); else they expire
                     warn(f"could not release the run's leases: {exc}")
+                    unreleased = names
         report.results = [done[i] for i in sorted(done)]
         if stop_requested():
             report.interrupted = True
             report.error = report.error or f"interrupted after {len(done)} of {total} pair(s)"
         report.store_io_s = store.io_seconds - io_start
         finish_run(store, report, status="interrupted" if report.interrupted else None)
+        retry_release(store, unreleased, holder, report.run_id)
     except KeyboardInterrupt:
         # A second Ctrl-C: stop at once, but the run row still says how it ended.
         report.results = [done[i] for i in sorted(done)]
         report.interrupted = True
         report.error = f"aborted by a second interrupt after {len(done)} of {total} pair(s)"
         finish_run(store, report, status="interrupted")
+        retry_release(store, unreleased, holder, report.run_id)
         raise
     except Exception as exc:  # a bug or a store failure outside any pair: recorded, never left `running`
         log.exception("run %s failed", report.run_id)
@@ -471,4 +522,5 @@ def run_job(
         report.error = f"run failed: {type(exc).__name__}: {one_line(exc)}"
         report.store_io_s = store.io_seconds - io_start
         finish_run(store, report, status="failed")
+        retry_release(store, unreleased, holder, report.run_id)
     return report

@@ -14,6 +14,7 @@ from pathlib import Path
 import joblib
 import pytest
 
+from ml.src.cli.train import main
 from ml.src.data.identifiers import IdentifierError
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.records import ModelVersionRecord, ResultRecord, RunRecord
@@ -27,7 +28,7 @@ from ml.src.training.artifacts import (
     save_artifact,
     save_bundle,
 )
-from ml.src.training.ensemble_training_job import main, train_ensemble_for_symbol_timeframe
+from ml.src.training.ensemble_training_job import train_ensemble_for_symbol_timeframe
 from ml.src.training.registry import load_champion, prune_versions
 from tests.factories import sample_bars
 
@@ -264,7 +265,7 @@ def test_a_signature_covers_the_pair_and_run_and_a_signed_row_needs_the_key(
     with pytest.raises(ArtifactError, match="invalid signature for GOOG/w1"):
         load_champion("GOOG", "w1", store=embedded_store)
     # and the forecast job fails that pair (it does not forecast GOOG with IBM's model)
-    from ml.src.inference import forecast_job
+    from ml.src.cli import forecast as forecast_job
 
     assert forecast_job.main(["--pairs", "GOOG:w1", "--json", "--quiet"]) == 1
     capsys.readouterr()

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
+from ml.src.cli import forecast as forecast_job
+from ml.src.cli import train as job_cli
 from ml.src.data import identifiers, load_bars
 from ml.src.data.identifiers import IdentifierError, normalise_symbol, parse_pair
-from ml.src.inference import forecast_job
-from ml.src.training import job_cli
 
 
 def test_timeframes_flags_accept_what_pairs_accepts() -> None:

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from config.settings import Settings
+from ml.src.cli.train import main
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.supabase_db import SupabaseStore
 from ml.src.training.artifacts import load_ensemble
-from ml.src.training.ensemble_training_job import main
 from ml.src.training.worker import FitSpec, secret_free
 from tests.factories import sample_bars
 from tests.plugins.dask_cluster import REPO, LocalCluster, local_cluster

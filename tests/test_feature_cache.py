@@ -131,8 +131,8 @@ def _window_features(store: TrainingStore, symbol: str, timeframe: str, target: 
 def test_a_default_supabase_run_caches_its_features_and_sql_returns_them(
     supabase_env, authenticated_client, anon_client, monkeypatch, capsys
 ) -> None:
+    from ml.src.cli.train import main
     from ml.src.data.supabase_db import SupabaseStore
-    from ml.src.training.ensemble_training_job import main
 
     monkeypatch.delenv("ML_FEATURE_CACHE", raising=False)  # the default
     symbol = _ticker()

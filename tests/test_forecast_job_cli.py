@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.src.inference import forecast_job
+from ml.src.cli import forecast as forecast_job
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,7 @@ def test_an_expired_champion_is_skipped(trained_store: Path, capsys: pytest.Capt
 
 def test_the_forecast_step_never_imports_matplotlib() -> None:
     code = (
-        "import sys; import ml.src.inference.forecast_job, ml.src.inference.forecast, ml.src.training.job_cli, "
+        "import sys; import ml.src.inference.forecast_job, ml.src.inference.forecast, ml.src.cli.train, ml.src.cli.forecast, "
         "ml.src.training.run_loop, ml.src.monitoring.report, ml.src.scheduler.service; "
         "print('matplotlib' in sys.modules)"
     )

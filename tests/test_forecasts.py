@@ -20,9 +20,9 @@ from ml.src.data.store import TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.inference.forecast_job import run_forecasts
 from ml.src.inference.live_record import summarise
-from ml.src.inference.outcomes import fill_outcomes
 from ml.src.monitoring.report import build_report
 from ml.src.training.labels import CLASSES
+from ml.src.training.outcomes import fill_outcomes
 from ml.src.training.registry import load_recorded
 from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ml.src.cli import train as job_cli
 from ml.src.monitoring import report
 from ml.src.monitoring.html_report import verdict_of
-from ml.src.training import job_cli
 from tests.browser import Chromium
 from tests.factories import SAMPLE_DATA
 

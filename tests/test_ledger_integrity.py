@@ -12,11 +12,13 @@ import pytest
 from freezegun import freeze_time
 
 from config.settings import Settings
+from ml.src.cli import train as job_cli
+from ml.src.cli.train import main
+from ml.src.common import stop
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.records import RunRecord
 from ml.src.data.store import StoreUnavailable
-from ml.src.training import job_cli, run_loop, stop
-from ml.src.training.ensemble_training_job import main
+from ml.src.training import run_loop
 from ml.src.training.registry import load_champion
 from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars

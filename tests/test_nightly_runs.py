@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from config.settings import DEFAULT_HOME, Settings
+from ml.src.cli import schedule as scheduler_cli
+from ml.src.cli.train import main
 from ml.src.data import load_bars
 from ml.src.data.local_db import SqliteStore, format_ts
 from ml.src.monitoring import report as monitoring
-from ml.src.scheduler import cli as scheduler_cli
 from ml.src.training import run_loop
-from ml.src.training.ensemble_training_job import main
 from ml.src.training.registry import load_champion
 from tests.factories import SAMPLE_DATA, sample_bars, sample_csv
 

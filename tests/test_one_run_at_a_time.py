@@ -15,12 +15,12 @@ import pytest
 from freezegun import freeze_time
 
 from config.settings import Settings
+from ml.src.cli.train import main
+from ml.src.common import stop
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.records import RunRecord
 from ml.src.data.store import StoreUnavailable
 from ml.src.data.supabase_db import SupabaseStore
-from ml.src.training import stop
-from ml.src.training.ensemble_training_job import main
 from ml.src.training.leases import holder_name
 from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars

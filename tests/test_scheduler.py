@@ -25,16 +25,17 @@ from apscheduler.triggers.cron import CronTrigger
 from freezegun import freeze_time
 
 from config.settings import Settings
-from ml.src.data.local_db import SqliteStore
-from ml.src.data.store import StoreError
-from ml.src.scheduler import cli, jobs, ledger, service
-from ml.src.scheduler.market_calendar import (
+from ml.src.cli import schedule as cli
+from ml.src.cli import train as job_cli
+from ml.src.common.market_calendar import (
     NEW_YORK,
     HolidaySkippingTrigger,
     is_nyse_holiday,
     is_nyse_trading_day,
 )
-from ml.src.training import job_cli
+from ml.src.data.local_db import SqliteStore
+from ml.src.data.store import StoreError
+from ml.src.scheduler import jobs, ledger, service
 
 DAILY_TFS = ("m15", "h1", "h4", "d1")
 
@@ -617,7 +618,7 @@ def test_sigterm_under_once_stops_after_the_group(
         return 130 if stop_calls else 0
 
     runner = FakeRunner(training)
-    monkeypatch.setattr(service, "train_timeframes", runner)
+    monkeypatch.setattr(cli, "train_timeframes", runner)
     assert cli.main(["--once"]) == 130
     assert runner.calls == [DAILY_TFS]  # the weekly group did not start
     assert stop_calls == ["request_stop"]
@@ -708,9 +709,9 @@ def test_the_intraday_forecast_job_fires_on_its_own_cron(settings: Settings, led
 
 
 def test_the_default_forecaster_runs_the_forecast_job(ml_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml.src.inference import forecast_job
+    from ml.src.cli import forecast as forecast_job
 
     calls: list[list[str]] = []
     monkeypatch.setattr(forecast_job, "main", lambda argv: calls.append(argv) or 0)
-    assert service.forecast_timeframes(["h1", "d1"]) == 0
+    assert cli.forecast_timeframes(["h1", "d1"]) == 0
     assert calls == [["--all", "--timeframes", "h1", "d1", "--quiet"]]

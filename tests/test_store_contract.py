@@ -707,7 +707,7 @@ def realised(store: TrainingStore, symbol: str) -> dict:
 def test_outcomes_come_only_from_valid_bars_and_follow_corrections(
     store: TrainingStore, symbol: str, request: pytest.FixtureRequest
 ) -> None:
-    from ml.src.inference.outcomes import fill_outcomes
+    from ml.src.training.outcomes import fill_outcomes
 
     bars = sample_bars("IBM", "d1", last=30).reset_index(drop=True)
     ts, close = bars["ts"], bars["close"].to_numpy(dtype="float64")

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from config.settings import Settings
+from ml.src.cli.train import main
 from ml.src.data.records import ModelVersionRecord, MonitoringThresholds, ResultRecord, RunRecord
 from ml.src.data.supabase_db import SupabaseStore
 from ml.src.monitoring.report import build_report
-from ml.src.training.ensemble_training_job import main
 from ml.src.training.registry import load_champion
 from ml.src.training.run_loop import run_job
 from ml.src.training.universe import universe_pairs

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from config.settings import Settings
+from ml.src.cli.train import main
 from ml.src.data import load_bars
 from ml.src.data.store import StoreUnavailable
 from ml.src.data.supabase_db import SupabaseStore
 from ml.src.training.artifacts import sha256_file
-from ml.src.training.ensemble_training_job import main
 from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars, sample_csv
 

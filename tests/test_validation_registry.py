@@ -11,10 +11,10 @@ import pytest
 from freezegun import freeze_time
 
 from config.settings import Settings
+from ml.src.cli.train import main
 from ml.src.data.local_db import SqliteStore
 from ml.src.monitoring import report as monitoring
 from ml.src.training import registry, run_loop
-from ml.src.training.ensemble_training_job import main
 from ml.src.training.pair_result import PairRequest
 from ml.src.training.pipeline import fit_pair, persist_pair, prepare_pair
 from ml.src.training.registry import ChampionError, decide_promotion, load_champion

@@ -10,7 +10,7 @@ import pandas as pd
 from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
 from ml.src.inference.forecast_job import run_forecasts
-from ml.src.inference.outcomes import fill_outcomes
+from ml.src.training.outcomes import fill_outcomes
 from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars
 

@@ -21,12 +21,12 @@ import pandas as pd
 from pydantic import ValidationError
 
 from config.settings import TIMEFRAMES, Settings, settings_error_line
-from ml.src.cli_parser import OneLineParser, timeframe_arg
+from ml.src.common.cli_parser import OneLineParser, timeframe_arg
+from ml.src.common.log_setup import quiet_http_clients
 from ml.src.data.bar_checks import first_bad_bar, first_future_bar
 from ml.src.data.identifiers import SYMBOL_RE, IdentifierError, normalise_symbol
 from ml.src.data.store import BAR_COLUMNS, StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
-from ml.src.log_setup import quiet_http_clients
 
 log = logging.getLogger("ml.load_bars")
 

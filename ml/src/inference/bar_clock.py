@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pandas as pd
 
-from ml.src.scheduler.market_calendar import NEW_YORK, is_nyse_trading_day
+from ml.src.common.market_calendar import NEW_YORK, is_nyse_trading_day
 
 SESSION_CLOSE = time(16, 0)
 INTRADAY = ("m15", "h1", "h4")

@@ -23,9 +23,9 @@ from ml.src.data.store import StoreError, TrainingStore
 from ml.src.features.feature_cache import FeatureError, cache_in_use, features_for_window
 from ml.src.features.technical_indicators import FEATURE_COLUMNS, WARMUP_BARS
 from ml.src.inference.bar_clock import SessionGrid, latest_closed_index, target_ts
-from ml.src.inference.outcomes import fill_outcomes, realised_label
 from ml.src.training.artifacts import ArtifactError
 from ml.src.training.ensemble import EnsembleModel, MissingFeaturesError
+from ml.src.training.outcomes import fill_outcomes, realised_label
 from ml.src.training.pipeline import PairFailure, check_bars
 from ml.src.training.registry import ChampionError, load_champion
 

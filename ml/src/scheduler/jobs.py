@@ -12,7 +12,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 from config.settings import Settings
-from ml.src.scheduler.market_calendar import NEW_YORK, HolidaySkippingTrigger
+from ml.src.common.market_calendar import NEW_YORK, HolidaySkippingTrigger
 
 DAILY_JOB_ID = "train-daily"
 WEEKLY_JOB_ID = "train-weekly"

@@ -28,11 +28,11 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from config.settings import Settings
-from ml.src.log_setup import quiet_http_clients
+from ml.src.common.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE
+from ml.src.common.log_setup import quiet_http_clients
+from ml.src.common.stop import clear_stop, request_stop
 from ml.src.scheduler.jobs import JobSpec, both_zones, job_defaults, job_specs, next_fire_times
 from ml.src.scheduler.ledger import RunLedgerListener, StoreFactory
-from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE
-from ml.src.training.stop import clear_stop, request_stop
 
 log = logging.getLogger("ml.scheduler")
 
@@ -43,30 +43,6 @@ Runner = Callable[[Sequence[str]], int]
 
 # The job id of the work in progress on this thread, for log lines (see JobIdFilter).
 _JOB_ID: contextvars.ContextVar[str] = contextvars.ContextVar("scheduler_job_id", default="-")
-
-
-def train_timeframes(timeframes: Sequence[str]) -> int:
-    """The default runner: train every active symbol on these timeframes, in this process; the exit code."""
-    argv = ["--all", "--timeframes", *timeframes, "--trigger", "scheduled", "--quiet"]
-    from ml.src.training.job_cli import main as training_main
-
-    return training_main(argv)
-
-
-def forecast_timeframes(timeframes: Sequence[str]) -> int:
-    """The default forecaster: every active symbol's champions forecast these timeframes; the exit code."""
-    argv = ["--all", "--timeframes", *timeframes, "--quiet"]
-    from ml.src.inference.forecast_job import main as forecast_main
-
-    return forecast_main(argv)
-
-
-def default_forecaster(settings: Settings, runner: Runner | None, forecaster: Runner | None) -> Runner | None:
-    """The forecaster a scheduler uses: the given one, else the forecast job, unless a custom training runner was
-    injected without one (tests, embedding programs: they decide what runs)."""
-    if forecaster is not None:
-        return forecaster
-    return forecast_timeframes if runner is None else None
 
 
 class ScheduledTraining:
@@ -137,7 +113,7 @@ class ScheduledTraining:
 
 def build_scheduler(
     settings: Settings,
-    runner: Runner | None = None,
+    runner: Runner,
     *,
     scheduler_cls: type[BaseScheduler] = BlockingScheduler,
     executor: BaseExecutor | None = None,
@@ -147,7 +123,8 @@ def build_scheduler(
 ) -> BaseScheduler:
     """A scheduler (not started) with the training jobs and the run-ledger listener.
 
-    runner(timeframes) -> exit code does the training (default: train_timeframes, i.e. the training job's main);
+    runner(timeframes) -> exit code does the training, forecaster(timeframes) the forecasts (None: none); the
+    command line (ml.src.cli.schedule) passes the training and forecast commands, tests pass fakes;
     the executor defaults to one worker thread; store_factory opens the ledger's store (default: open_store).
     `stopping` is set by the signal handler: a queued job then returns at once instead of training.
     """
@@ -159,12 +136,12 @@ def build_scheduler(
         executors={"default": executor if executor is not None else ThreadPoolExecutor(max_workers=1)},
         job_defaults=job_defaults(settings),
     )
-    forecast = default_forecaster(settings, runner, forecaster)
+    forecast = forecaster
     for spec in specs:
         scheduler.add_job(
             ScheduledTraining(
                 spec,
-                runner or train_timeframes,
+                runner,
                 stopping,
                 forecast,
                 settings.schedule_forecast_after_training,
@@ -243,7 +220,7 @@ class GracefulStop:
 
 def serve(
     settings: Settings,
-    runner: Runner | None = None,
+    runner: Runner,
     *,
     store_factory: StoreFactory | None = None,
     scheduler_cls: type[BaseScheduler] = BlockingScheduler,
@@ -284,7 +261,7 @@ def serve(
 
 def run_once(
     settings: Settings,
-    runner: Runner | None = None,
+    runner: Runner,
     *,
     store_factory: StoreFactory | None = None,
     forecaster: Runner | None = None,
@@ -298,7 +275,7 @@ def run_once(
     specs = job_specs(settings)
     stopping = threading.Event()
     ledger = RunLedgerListener(settings, {s.job_id: s for s in specs if s.kind == "train"}, store_factory)
-    forecast = default_forecaster(settings, runner, forecaster)
+    forecast = forecaster
 
     def on_signal(signum: int, frame: FrameType | None = None) -> None:
         log.warning("%s: finishing the pair in progress, then stopping", signal.Signals(signum).name)
@@ -314,7 +291,7 @@ def run_once(
                 continue
             job = ScheduledTraining(
                 spec,
-                runner or train_timeframes,
+                runner,
                 stopping,
                 forecast,
                 settings.schedule_forecast_after_training,

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ml.src.training.executors import ExecutorError, PairExecutor
+from ml.src.training.executor_base import ExecutorError, PairExecutor
 
 if TYPE_CHECKING:
     from config.settings import Settings

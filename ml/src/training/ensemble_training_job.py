@@ -2,8 +2,8 @@
 
     python -m ml.src.training.ensemble_training_job --symbol AAPL --timeframes d1 w1 --json
 
-The command line lives in job_cli, the run loop in run_loop; this module keeps the entry point and the seed's
-Python API (`train_ensemble_for_symbol_timeframe`).
+The command line lives in ml.src.cli.train (also `swiftbolt-ml train`), the run loop in run_loop; this module
+keeps the entry point the design names and the seed's Python API (`train_ensemble_for_symbol_timeframe`).
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ml.src.training.job_cli import main
-
 if TYPE_CHECKING:
     from datetime import datetime
 
     from config.settings import Settings
     from ml.src.data.store import TrainingStore
 
-__all__ = ["main", "train_ensemble_for_symbol_timeframe"]
+__all__ = ["train_ensemble_for_symbol_timeframe"]
 
 
 def train_ensemble_for_symbol_timeframe(
@@ -79,4 +77,6 @@ def train_ensemble_for_symbol_timeframe(
 
 
 if __name__ == "__main__":
+    from ml.src.cli.train import main
+
     sys.exit(main())

@@ -16,11 +16,12 @@ import os
 import signal
 import sys
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from ml.src.training.executor_base import ExecutorError, PairExecutor
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -29,36 +30,14 @@ log = logging.getLogger("ml.training")
 
 T = TypeVar("T")
 
-
-class ExecutorError(RuntimeError):
-    """The executor could not be started (e.g. no Dask scheduler at the address); one line."""
-
-
-class PairExecutor(ABC):
-    """Runs fit tasks somewhere and hands back futures."""
-
-    kind: str = "executor"
-
-    @property
-    @abstractmethod
-    def slots(self) -> int:
-        """How many tasks run at once; the run loop keeps at most twice as many prepared pairs in flight."""
-
-    @abstractmethod
-    def submit(self, fn: Callable[..., T], /, *args: Any, key: str | None = None) -> Future[T]:
-        """Run fn(*args) somewhere; `key` names the task where the executor shows names (Dask)."""
-
-    def close(self, cancel: bool = False) -> None:  # noqa: B027 - optional hook
-        """Release the workers; with cancel, drop tasks not started yet."""
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "slots": self.slots}
-
-    def __enter__(self) -> PairExecutor:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.close(cancel=exc_type is not None)
+__all__ = [
+    "ExecutorError",
+    "InProcessExecutor",
+    "PairExecutor",
+    "ProcessPoolPairExecutor",
+    "open_executor",
+    "worker_count",
+]
 
 
 class InProcessExecutor(PairExecutor):

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -32,24 +31,24 @@ from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VE
 from ml.src.training import artifacts, report_data
 from ml.src.training.labels import (
     CLASSES,
-    Thresholds,
     forward_returns,
     label_codes,
     thresholds_for,
 )
 from ml.src.training.metrics import class_counts, class_shares, empty_classes, prefixed
 from ml.src.training.pair_result import PairRequest, PairResult
+from ml.src.training.pair_state import FittedPair, PreparedPair
+from ml.src.training.provenance import library_versions
 from ml.src.training.scoring import NAMES, SlicePredictions, concat, score_slice, slice_predictions
-from ml.src.training.splits import PurgedSplit, SplitError, min_usable_rows, purged_split
+from ml.src.training.splits import SplitError, min_usable_rows, purged_split
 from ml.src.training.trading_metrics import fit_confidence_threshold, trading_metrics
 from ml.src.training.verdict import judge
 from ml.src.training.weights import direction_score
-from ml.src.training.worker import library_versions
 
 if TYPE_CHECKING:
     from ml.src.training.models import EnsembleFit
+    from ml.src.training.pair_state import PackedFit
     from ml.src.training.registry import PromotionDecision
-    from ml.src.training.worker import PackedFit
 
 __all__ = [
     "FittedPair",
@@ -80,44 +79,6 @@ class NotEnoughHistory(PairFailure):
 class PairSkipped(RuntimeError):
     """Some bars, but fewer than the computed minimum history: skipped (not failed) whoever asked, with
     'insufficient history: N bars, needs M'. Nothing is wrong; the pair trains once it has the bars."""
-
-
-@dataclass
-class PreparedPair:
-    request: PairRequest
-    spec: TimeframeSpec
-    ts: pd.Series  # labelled rows only
-    x: np.ndarray
-    codes: np.ndarray
-    returns: np.ndarray
-    thresholds: Thresholds
-    split: PurgedSplit
-    split_info: dict[str, Any]
-    n_bars: int
-    n_cached: int
-    n_computed: int
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class FittedPair:
-    models: dict[str, Any]
-    weights: dict[str, float]
-    metrics: dict[str, Any]
-    timings: dict[str, float]
-    bundle_extras: dict[
-        str, Any
-    ]  # calibration, decision rule, penalty, trading threshold: saved in the bundle
-    test: SlicePredictions  # every predictor on the test rows (promotion reuses them)
-    walk_forward: dict[str, Any] | None = None
-    oos: SlicePredictions | None = (
-        None  # walk-forward test blocks pooled (the verdict's and promotion's rows)
-    )
-
-    @property
-    def test_proba(self) -> np.ndarray:
-        """The ensemble's class probabilities on the test rows."""
-        return self.test.probas["ensemble"]
 
 
 # --------------------------------------------------------------------------------------------------- prepare

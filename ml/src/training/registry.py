@@ -36,9 +36,8 @@ from ml.src.training.metrics import balanced_accuracy_rows, majority_class
 from ml.src.training.stats import PairedDifference, block_length, paired_difference
 
 if TYPE_CHECKING:
-    from ml.src.training.pipeline import FittedPair, PreparedPair
+    from ml.src.training.pair_state import FittedPair, PackedFit, PreparedPair
     from ml.src.training.scoring import SlicePredictions
-    from ml.src.training.worker import PackedFit
 
 log = logging.getLogger("ml.registry")
 

@@ -18,18 +18,18 @@ import resource
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from ml.src.training.pair_state import PackedFit
+from ml.src.training.provenance import library_versions
+
 if TYPE_CHECKING:
     from config.settings import Settings
-    from ml.src.training.pipeline import FittedPair, PreparedPair
-    from ml.src.training.scoring import SlicePredictions
+    from ml.src.training.pair_state import FittedPair, PreparedPair
 
 # Imported once per worker process before its first task (the learners cost ~1.5 s of CPU to import).
 PRELOAD_MODULES: tuple[str, ...] = (
@@ -41,31 +41,6 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "lightgbm",
     "scipy.stats",  # imported lazily by the information coefficient
 )
-
-# Distribution names of the libraries a bundle depends on, as recorded in every bundle and run.
-LIBRARIES: dict[str, str] = {
-    "numpy": "numpy",
-    "pandas": "pandas",
-    "scikit-learn": "scikit-learn",
-    "lightgbm": "lightgbm",
-    "joblib": "joblib",
-    "ta-lib": "TA-Lib",
-}
-
-
-@lru_cache(maxsize=1)
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the model libraries, from package metadata (no import of the libraries);
-    computed once per process."""
-    import platform
-
-    out = {"python": platform.python_version()}
-    for key, dist in LIBRARIES.items():
-        try:
-            out[key] = version(dist)
-        except PackageNotFoundError:
-            out[key] = "missing"
-    return out
 
 
 def secret_free(settings: Settings) -> Settings:
@@ -88,23 +63,6 @@ class FitSpec:
     run_id: str
     n_threads: int = 1
     compress: int = 0  # zlib level of the packed artifact; 0 = none
-
-
-@dataclass
-class PackedFit:
-    """What a worker sends back: the numbers for the ledger and the artifact, already serialized."""
-
-    weights: dict[str, float]
-    metrics: dict[str, Any]
-    timings: dict[str, float]
-    test: SlicePredictions  # every predictor on the test rows (promotion compares them row by row)
-    walk_forward: dict[str, Any] | None
-    oos: SlicePredictions | None  # the walk-forward test blocks pooled
-    trained_at: datetime
-    artifact: bytes
-    library_versions: dict[str, str] = field(default_factory=dict)
-    worker: str = ""  # host:pid of the process that fitted it
-    worker_peak_rss_mb: float = 0.0  # that process's peak resident memory so far
 
 
 def peak_rss_mb() -> float:

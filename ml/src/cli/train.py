@@ -16,54 +16,19 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from config.timeframes import TIMEFRAMES
-from ml.src.cli_parser import OneLineParser, timeframe_arg
-from ml.src.log_setup import setup_logging
-from ml.src.training.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from ml.src.common.cli_parser import OneLineParser, timeframe_arg
+from ml.src.common.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from ml.src.common.log_setup import setup_logging
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from datetime import datetime
-
     from config.settings import Settings
     from ml.src.data.store import TrainingStore
     from ml.src.training.pair_result import PairResult
     from ml.src.training.universe import PlannedPair
 
+from ml.src.cli.failures import UsageError, missing_bars_note, one_line_failure, parse_as_of
+
 log = logging.getLogger("ml.training")
-
-
-class UsageError(ValueError):
-    """Bad flags: exit code 2."""
-
-
-def one_line_failure(exc: Exception) -> int:
-    """Print the one line an error the user can act on deserves and return the exit code its kind means:
-    the store (down, slow, refusing) is a failed run (1); flags, settings and the models directory are
-    usage (2). Shared by the entry points so the same cause always ends the same way."""
-    from pydantic import ValidationError
-
-    from ml.src.data.store import StoreError
-
-    if isinstance(exc, ValidationError):
-        from config.settings import settings_error_line
-
-        print(settings_error_line(exc), file=sys.stderr)
-        return EXIT_USAGE
-    print(f"error: {exc}", file=sys.stderr)
-    return EXIT_FAILED if isinstance(exc, StoreError) else EXIT_USAGE
-
-
-def parse_as_of(text: str) -> datetime:
-    import pandas as pd
-
-    try:
-        ts = pd.Timestamp(text)
-    except ValueError as exc:
-        raise UsageError(f"--as-of {text!r} is not an ISO-8601 timestamp") from exc
-    if ts is pd.NaT:
-        raise UsageError(f"--as-of {text!r} is not an ISO-8601 timestamp")
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
 
 
 def build_parser() -> OneLineParser:
@@ -278,31 +243,6 @@ def _progress_line(done: int, total: int, r: PairResult) -> None:
         log.warning("[%d/%d] %s/%s %s: %s", done, total, r.symbol, r.timeframe, r.status, r.error)
 
 
-def missing_bars_note(store: TrainingStore, results: Sequence[Any]) -> str | None:
-    """One line when named pairs failed for want of bars: which they are and what the store does have.
-    `results`: training PairResults (`error`) or forecast results (`reason`)."""
-    from ml.src.data.store import StoreError
-    from ml.src.training.universe import loaded_pairs_line
-
-    failed = [
-        f"{r.symbol}/{r.timeframe}"
-        for r in results
-        if r.status == "failed" and _no_bars(getattr(r, "error", None) or getattr(r, "reason", None))
-    ]
-    if not failed:
-        return None
-    shown = " ".join(failed[:6]) + (f" (+{len(failed) - 6} more)" if len(failed) > 6 else "")
-    try:
-        loaded = loaded_pairs_line(store, TIMEFRAMES)
-    except StoreError as exc:
-        loaded = f"cannot list the loaded symbols: {exc}"
-    return f"error: no bars for {shown}; {loaded}"
-
-
-def _no_bars(error: str | None) -> bool:
-    return bool(error) and ": no bars " in str(error)
-
-
 def write_run_report(store: TrainingStore, settings: Settings, report: Any, out_dir: str) -> int:
     """--report DIR: the HTML report of the run's trained pairs; 0, or EXIT_FAILED when it cannot be written."""
     from pathlib import Path
@@ -333,10 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from config.settings import Settings
+    from ml.src.common.stop import install_stop_handlers
     from ml.src.data.store import StoreError
     from ml.src.data.store_factory import open_store
     from ml.src.training.artifacts import ArtifactError, ensure_models_dir
-    from ml.src.training.stop import install_stop_handlers
 
     try:
         _check_args(args)

@@ -1,16 +1,38 @@
-"""Command line of the scheduler: `python -m ml.src.scheduler [--print-schedule | --once] [-v]`."""
+"""Command line of the scheduler: `python -m ml.src.scheduler [--print-schedule | --once] [-v]` (`swiftbolt-ml
+schedule`). It hands the scheduler its two runners, the training and forecast commands, so the scheduler knows
+nothing of the layers above it."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from config.settings import Settings, settings_error_line
-from ml.src.cli_parser import OneLineParser
+from ml.src.common.cli_parser import OneLineParser
+from ml.src.common.exit_codes import EXIT_OK, EXIT_USAGE
 from ml.src.scheduler.jobs import ScheduleError, format_schedule, job_specs
-from ml.src.training.exit_codes import EXIT_OK, EXIT_USAGE
+
+log = logging.getLogger("ml.scheduler")
+
+
+def train_timeframes(timeframes: Sequence[str]) -> int:
+    """The default runner: train every active symbol on these timeframes, in this process; the exit code."""
+    argv = ["--all", "--timeframes", *timeframes, "--trigger", "scheduled", "--quiet"]
+    from ml.src.cli.train import main as training_main
+
+    return training_main(argv)
+
+
+def forecast_timeframes(timeframes: Sequence[str]) -> int:
+    """The default forecaster: every active symbol's champions forecast these timeframes; the exit code."""
+    argv = ["--all", "--timeframes", *timeframes, "--quiet"]
+    from ml.src.cli.forecast import main as forecast_main
+
+    return forecast_main(argv)
 
 
 def build_parser() -> OneLineParser:
@@ -70,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     restore_logging = configure_logging(args.verbose)
     try:
         if args.once:
-            return run_once(settings)
-        return serve(settings)
+            return run_once(settings, train_timeframes, forecaster=forecast_timeframes)
+        return serve(settings, train_timeframes, forecaster=forecast_timeframes)
     finally:
         restore_logging()

@@ -1,0 +1,1 @@
+"""Plumbing every layer may use: command-line parsing, exit codes, stop requests, logging, the NYSE calendar."""

@@ -11,7 +11,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock" --quiet $(LOCK_FLAGS)
 
-.PHONY: install install-dev stack-deps browser-deps bytecode run test lint format bench bench-legacy lock lock-upgrade clean
+.PHONY: install install-dev stack-deps browser-deps bytecode run test lint format bench lock lock-upgrade clean
 
 # python3-venv and libgomp1 (LightGBM) from apt when missing, before the venv exists.
 $(BIN)/python:
@@ -85,11 +85,6 @@ lock-upgrade:
 # 20,000 bars, a two-worker Dask cluster against the local pool, per-step CPU (docs/benchmarks.md).
 bench: install-dev stack-deps bytecode
 	$(BIN)/python scripts/bench_throughput.py
-
-# The earlier per-stage / backend comparisons (scripts/bench.py, bench_supabase.py, bench_models.py).
-bench-legacy: install-dev stack-deps
-	$(BIN)/python scripts/bench.py
-	$(BIN)/python scripts/bench_supabase.py
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache .ruff_cache .mypy_cache

@@ -40,15 +40,15 @@ from ml.src.data.records import (
 )
 from ml.src.data.store import (
     BAR_COLUMNS,
+    TS_FORMAT,
     StoreError,
     TrainingStore,
     checked_pair,
     checked_symbol,
     empty_bars,
+    format_ts,
     normalise_bars,
 )
-
-TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 SCHEMA = """
 create table if not exists symbols (
@@ -151,13 +151,14 @@ create unique index if not exists model_versions_one_champion on model_versions 
     where is_champion = 1;
 create table if not exists monitoring_settings (
     id integer primary key check (id = 1),
-    metric text not null,
+    metric text not null check (metric in ('test_balanced_accuracy', 'test_accuracy', 'test_macro_f1')),
     retrain_drop real not null,
     disable_runs integer not null,
     history_runs integer not null,
     max_model_age_days text not null,
     updated_at text not null,
-    updated_by text
+    updated_by text,
+    check (retrain_drop >= 0 and disable_runs >= 1 and history_runs >= 1)
 );
 
 -- Features follow the bars, whoever writes them (the same rule as the Postgres triggers in
@@ -209,15 +210,16 @@ create table if not exists ml_forecasts (
     bar_ts text not null,
     horizon_bars integer not null check (horizon_bars > 0),
     target_ts text not null,
-    p_bearish real not null check (p_bearish between 0 and 1),
-    p_neutral real not null check (p_neutral between 0 and 1),
-    p_bullish real not null check (p_bullish between 0 and 1),
+    p_bearish real not null,
+    p_neutral real not null,
+    p_bullish real not null,
     label text not null check (label in ('BEARISH','NEUTRAL','BULLISH')),
     direction_score real not null check (direction_score between -1 and 1),
     model_version_id integer not null,
     model_trained_at text not null,
     model_run_id text,
-    model_sha256 text,
+    model_sha256 text check (model_sha256 is null
+        or (length(model_sha256) = 64 and model_sha256 not glob '*[^0-9a-f]*')),
     bar_close real,
     threshold_lower real,
     threshold_upper real,
@@ -229,7 +231,8 @@ create table if not exists ml_forecasts (
     realised_label text check (realised_label in ('BEARISH','NEUTRAL','BULLISH')),
     realised_at text,
     realised_revision integer,
-    check (abs(p_bearish + p_neutral + p_bullish - 1) < 1e-6),
+    check (p_bearish between 0 and 1 and p_neutral between 0 and 1 and p_bullish between 0 and 1
+        and abs(p_bearish + p_neutral + p_bullish - 1) < 1e-6),
     unique (symbol, timeframe, bar_ts, model_version_id)
 );
 create index if not exists ml_forecasts_unrealised on ml_forecasts (symbol, timeframe, bar_ts)
@@ -271,17 +274,6 @@ _JSON_COLUMNS = frozenset(
     }
 )
 _BOOL_COLUMNS = frozenset({"active", "is_champion"})
-
-
-def format_ts(value: datetime | pd.Timestamp) -> str:
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is None:
-        raise StoreError(f"naive timestamp {value!r}: timestamps must be tz-aware UTC")
-    return ts.tz_convert("UTC").strftime(TS_FORMAT)
-
-
-def parse_ts(value: str | None) -> datetime | None:
-    return None if value is None else pd.Timestamp(value).to_pydatetime()
 
 
 def _lease_ts(value: str) -> datetime:

@@ -279,8 +279,13 @@ def normalise_bars(bars: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def unique_upper(symbols: Sequence[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for s in symbols:
-        seen.setdefault(s.strip().upper(), None)
-    return list(seen)
+# Both stores write timestamps as this text (microseconds, Z): SQLite compares them as strings, PostgREST parses them.
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def format_ts(value: datetime | pd.Timestamp) -> str:
+    """A tz-aware instant as the stores' UTC text; a naive one is refused (time is UTC and tz-aware everywhere)."""
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        raise StoreError(f"naive timestamp {value!r}: timestamps must be tz-aware UTC")
+    return ts.tz_convert("UTC").strftime(TS_FORMAT)

@@ -53,6 +53,7 @@ from ml.src.data.store import (
     checked_pair,
     checked_symbol,
     empty_bars,
+    format_ts,
     normalise_bars,
 )
 
@@ -102,13 +103,6 @@ def classify_api_error(code: str, message: object, details: object = None) -> tu
     return transient, reason
 
 
-def iso(ts: datetime | pd.Timestamp) -> str:
-    t = pd.Timestamp(ts)
-    if t.tzinfo is None:
-        raise StoreError(f"naive timestamp {ts!r}: timestamps must be tz-aware UTC")
-    return t.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def parse_chunk_stream(data: bytes) -> list[FeatureChunk]:
     """The chunks of a feature_chunks_read result (layout in its migration, 20261210001600)."""
     out: list[FeatureChunk] = []
@@ -131,7 +125,7 @@ def parse_chunk_stream(data: bytes) -> list[FeatureChunk]:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime | pd.Timestamp):
-        return iso(value)
+        return format_ts(value)
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -293,9 +287,9 @@ class SupabaseStore(TrainingStore):
     def read_bars(self, symbol, timeframe, *, end=None, start=None, limit=None) -> pd.DataFrame:
         filters: list[tuple[str, str, Any]] = [("eq", "symbol", symbol), ("eq", "timeframe", timeframe)]
         if end is not None:
-            filters.append(("lte", "ts", iso(end)))
+            filters.append(("lte", "ts", format_ts(end)))
         if start is not None:
-            filters.append(("gte", "ts", iso(start)))
+            filters.append(("gte", "ts", format_ts(start)))
         rows = self._select_keyset(
             f"read bars {symbol}/{timeframe}",
             "ohlc_bars",
@@ -316,7 +310,7 @@ class SupabaseStore(TrainingStore):
     def upsert_bars(self, symbol, timeframe, bars) -> int:
         symbol, timeframe = checked_pair(symbol, timeframe)
         frame = normalise_bars(bars)
-        ts = [iso(t) for t in frame["ts"]]
+        ts = [format_ts(t) for t in frame["ts"]]
         values = frame[list(BAR_COLUMNS[1:])].to_numpy(dtype="float64")
         rows = [
             {
@@ -417,8 +411,8 @@ class SupabaseStore(TrainingStore):
             "p_symbol": symbol,
             "p_timeframe": timeframe,
             "p_version": version,
-            "p_start": iso(start),
-            "p_end": iso(end),
+            "p_start": format_ts(start),
+            "p_end": format_ts(end),
             "p_chunk_starts": chunk_starts,
         }
         data = self._rpc_bytes(f"read feature cache {symbol}/{timeframe}", "feature_chunks_read", params)
@@ -432,9 +426,9 @@ class SupabaseStore(TrainingStore):
     @staticmethod
     def _chunk_json(c: FeatureChunk) -> dict[str, Any]:
         return {
-            "chunk_start": iso(c.chunk_start),
-            "first_ts": iso(c.first_ts),
-            "last_ts": iso(c.last_ts),
+            "chunk_start": format_ts(c.chunk_start),
+            "first_ts": format_ts(c.first_ts),
+            "last_ts": format_ts(c.last_ts),
             "n_rows": c.n_rows,
             "columns": list(c.columns),
             "ts": base64.b64encode(c.ts_bytes()).decode("ascii"),
@@ -467,7 +461,11 @@ class SupabaseStore(TrainingStore):
             return 0
         overlaps = set(out.get("overlaps") or [])
         if overlaps:
-            mine = [c for c in chunks if iso(c.chunk_start) in {iso(pd.Timestamp(o)) for o in overlaps}]
+            mine = [
+                c
+                for c in chunks
+                if format_ts(c.chunk_start) in {format_ts(pd.Timestamp(o)) for o in overlaps}
+            ]
             stored = {
                 c.chunk_start_us: c
                 for c in self._get_chunks(
@@ -476,7 +474,7 @@ class SupabaseStore(TrainingStore):
                     version,
                     mine[0].chunk_start,
                     mine[-1].last_ts,
-                    [iso(c.chunk_start) for c in mine],
+                    [format_ts(c.chunk_start) for c in mine],
                 )
             }
             merged = [merge_chunks(stored.get(c.chunk_start_us), c) for c in mine]
@@ -651,7 +649,11 @@ class SupabaseStore(TrainingStore):
             lambda: (
                 self._table("training_runs")
                 .update(
-                    {"status": "abandoned", "error": reason, "finished_at": iso(pd.Timestamp.now(tz="UTC"))}
+                    {
+                        "status": "abandoned",
+                        "error": reason,
+                        "finished_at": format_ts(pd.Timestamp.now(tz="UTC")),
+                    }
                 )
                 .in_("run_id", list(run_ids))
                 .eq("status", "running")
@@ -712,7 +714,7 @@ class SupabaseStore(TrainingStore):
 
     def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
         changed = 0
-        now = iso(pd.Timestamp.now(tz="UTC"))
+        now = format_ts(pd.Timestamp.now(tz="UTC"))
         for o in outcomes:
             row = _jsonable({**o.to_row(), "realised_at": None if o.realised_return is None else now})
             # Not yet realised, or (with a revision) realised before revisions or from an older one. One plain
@@ -780,7 +782,7 @@ class SupabaseStore(TrainingStore):
             **thresholds.to_row(),
             "id": 1,
             "updated_by": by,
-            "updated_at": iso(pd.Timestamp.now(tz="UTC")),
+            "updated_at": format_ts(pd.Timestamp.now(tz="UTC")),
         }
         self._write_batches("publish monitoring settings", "monitoring_settings", [row], "id")
 

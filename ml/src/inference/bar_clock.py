@@ -31,7 +31,6 @@ import pandas as pd
 from ml.src.common.market_calendar import NEW_YORK, is_nyse_trading_day
 
 SESSION_CLOSE = time(16, 0)
-INTRADAY = ("m15", "h1", "h4")
 _MAX_DAYS = 3660  # ten years of stepping: no grid needs more
 
 

@@ -29,8 +29,6 @@ from ml.src.training.outcomes import fill_outcomes, realised_label
 from ml.src.training.pipeline import PairFailure, check_bars
 from ml.src.training.registry import ChampionError, load_champion
 
-STATUSES = ("written", "unchanged", "skipped", "failed")
-
 
 @dataclass
 class ForecastResult:

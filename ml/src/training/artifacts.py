@@ -109,13 +109,6 @@ def sign_bytes(data: bytes, key: Key | _FromSettings, identity: ArtifactIdentity
     return _mac(raw, data, identity) if raw is not None else None
 
 
-def sign_file(
-    path: str | Path, key: Key | _FromSettings, identity: ArtifactIdentity | None = None
-) -> str | None:
-    raw = _key_bytes(key)
-    return _mac(raw, Path(path).read_bytes(), identity) if raw is not None else None
-
-
 # ------------------------------------------------------------------------------------------------ paths
 def models_root(models_dir: str | Path) -> Path:
     return Path(models_dir).expanduser().resolve()

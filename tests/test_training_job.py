@@ -343,8 +343,21 @@ def test_summary_table_on_stdout(embedded_store: SqliteStore, capsys) -> None:
     assert "IXIC" in out and "1 succeeded" in out
 
 
-def test_job_module_has_main_entry() -> None:
-    assert callable(job.main)
+def test_job_module_runs_as_the_design_names_it() -> None:
+    """`python -m ml.src.training.ensemble_training_job` is the training command (ml.src.cli.train)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ml.src.training.ensemble_training_job", "--timeframes", "d2"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: argument --timeframes: invalid choice: 'd2' (choose from 'm15', 'h1', 'h4', 'd1', 'w1') (see --help)"
+    ]
 
 
 def test_an_unexpected_fit_error_fails_only_that_pair(embedded_store, capsys, monkeypatch) -> None:

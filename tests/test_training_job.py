@@ -14,7 +14,6 @@ from freezegun import freeze_time
 from config.settings import Settings
 from ml.src.cli.train import main
 from ml.src.data.local_db import SqliteStore
-from ml.src.training import ensemble_training_job as job
 from ml.src.training import run_loop, worker
 from ml.src.training.artifacts import ArtifactError, load_ensemble, sha256_file
 from ml.src.training.ensemble_training_job import train_ensemble_for_symbol_timeframe

@@ -26,7 +26,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SKIP = re.compile(r"<!--\s*doc-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\s*$")
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
-PYTHON_M = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*python -m ml\.")
+PYTHON_M = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*(?:python -m ml\.|swiftbolt-ml )")
 CRON_FIELDS = re.compile(r"^(\S+\s+){5}(?P<command>cd .*)$")
 MAX_SKIPPED_BLOCKS = 4  # sparing: a skip must be rare and justified
 
@@ -160,9 +160,10 @@ def after_make_run(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
 
 
 def test_the_docs_have_examples_and_skips_are_rare_and_explained() -> None:
-    kinds = [e.kind for e in EXAMPLES if e.doc == "README.md"]
-    # the training, forecast, load_bars and report blocks, the two Python blocks and the two cron lines
-    assert kinds.count("shell") >= 16 and kinds.count("python") >= 3 and kinds.count("cron") == 2, kinds
+    kinds = [e.kind for e in EXAMPLES]
+    # README and docs/: the training, forecast, load_bars and report blocks, the Python blocks, two cron lines
+    assert kinds.count("shell") >= 19 and kinds.count("python") >= 3 and kinds.count("cron") == 2, kinds
+    assert any(e.doc == "README.md" and e.text.startswith("swiftbolt-ml ") for e in EXAMPLES)
     assert len(SKIPPED_BLOCKS) <= MAX_SKIPPED_BLOCKS, SKIPPED_BLOCKS
     assert all(len(reason) >= 15 for _, _, reason in SKIPPED_BLOCKS), SKIPPED_BLOCKS
     named = " ".join(e.text for e in EXAMPLES if e.skip is None)
@@ -174,12 +175,15 @@ def _sane(example: Example, done: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     if "--json" in example.text:
         out = json.loads(done.stdout)
-        assert out["status"] in ("succeeded", "skipped"), out["status"]
-    elif "ensemble_training_job" in example.text:
+        if isinstance(out, list):  # the health report: one object per trained pair
+            assert out and all({"symbol", "timeframe", "flags", "verdict"} <= set(row) for row in out), out
+        else:
+            assert out["status"] in ("succeeded", "skipped"), out["status"]
+    elif "ensemble_training_job" in example.text or "swiftbolt-ml train" in example.text:
         assert re.search(r"^run \S+ (succeeded|skipped): \d+ succeeded, 0 failed", done.stdout, re.M), (
             done.stdout
         )
-    elif "forecast_job" in example.text:
+    elif "forecast_job" in example.text or "swiftbolt-ml forecast" in example.text:
         assert re.search(r"\d+ written, \d+ unchanged, \d+ skipped, 0 failed", done.stdout), done.stdout
     elif "load_bars" in example.text:
         assert "GOOG" in done.stdout + done.stderr

@@ -147,3 +147,35 @@ def test_the_value_sets_are_the_codes_own_lists(tmp_path: Path) -> None:
         for column, values in facts["enums"]:
             if column == "timeframe":
                 assert values == frozenset(TIMEFRAMES), table
+
+
+@pytest.mark.supabase
+def test_monitoring_defaults_are_one_set_in_settings_sqlite_and_postgres(
+    tmp_path: Path, pg: psycopg.Connection[Any]
+) -> None:
+    """The thresholds a new store starts with: the settings' defaults, in SQLite's first row and in the
+    defaults of the Postgres table (the migration's numbers)."""
+    import json
+
+    from config.settings import Settings
+    from ml.src.data.records import MonitoringThresholds, thresholds_from_settings
+
+    expected = thresholds_from_settings(Settings.model_construct())
+    with SqliteStore(tmp_path / "defaults.sqlite3") as store:
+        assert store.read_monitoring_thresholds() == expected
+    defaults = dict(
+        pg.execute(
+            """select column_name, column_default from information_schema.columns
+                where table_schema = 'public' and table_name = 'monitoring_settings'"""
+        ).fetchall()
+    )
+    in_postgres = MonitoringThresholds(
+        metric=defaults["metric"].split("'")[1],
+        retrain_drop=float(defaults["retrain_drop"]),
+        disable_runs=int(defaults["disable_runs"]),
+        history_runs=int(defaults["history_runs"]),
+        max_model_age_days={
+            tf: float(v) for tf, v in json.loads(defaults["max_model_age_days"].split("'")[1]).items()
+        },
+    )
+    assert in_postgres == expected

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 RUN_STATUSES = ("running", "succeeded", "partial", "failed", "interrupted", "skipped", "abandoned")
 RESULT_STATUSES = ("succeeded", "failed", "skipped")
@@ -192,3 +195,14 @@ class MonitoringThresholds:
             history_runs=int(row["history_runs"]),
             max_model_age_days={str(k): float(v) for k, v in dict(row["max_model_age_days"]).items()},
         )
+
+
+def thresholds_from_settings(settings: Settings) -> MonitoringThresholds:
+    """The monitoring thresholds a job with these settings publishes (and a new embedded store starts with)."""
+    return MonitoringThresholds(
+        metric=settings.promotion_metric,
+        retrain_drop=float(settings.monitor_retrain_drop),
+        disable_runs=int(settings.monitor_disable_runs),
+        history_runs=int(settings.monitor_history_runs),
+        max_model_age_days={tf: float(spec.max_model_age_days) for tf, spec in settings.timeframes.items()},
+    )

@@ -37,11 +37,10 @@ from config.settings import TIMEFRAMES, Settings, settings_error_line
 from ml.src.common.cli_parser import OneLineParser, timeframe_arg
 from ml.src.common.log_setup import quiet_http_clients
 from ml.src.data.identifiers import IdentifierError, normalise_symbol
-from ml.src.data.records import MonitoringThresholds
+from ml.src.data.records import MonitoringThresholds, thresholds_from_settings
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.inference.live_record import LiveRecord, summarise
-from ml.src.training.monitoring_thresholds import thresholds_from_settings
 
 log = logging.getLogger("ml.monitoring")
 

@@ -24,12 +24,11 @@ from typing import Any
 
 from config.settings import Settings
 from ml.src.common.stop import request_stop, stop_requested
-from ml.src.data.records import RunOutcome, RunRecord
+from ml.src.data.records import RunOutcome, RunRecord, thresholds_from_settings
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.training.artifacts import ArtifactError, ensure_models_dir, sweep_orphan_bundles, sweep_temp_files
 from ml.src.training.executors import ExecutorError, PairExecutor, open_executor, worker_count
 from ml.src.training.leases import LeaseRenewer, acquire_run_leases, holder_name, lease_name
-from ml.src.training.monitoring_thresholds import thresholds_from_settings
 from ml.src.training.outcomes import fill_outcomes_quietly
 from ml.src.training.pair_result import PairRequest, PairResult, failed_result, skipped_result
 from ml.src.training.pipeline import (

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from ml.src.data.store import StoreError
+from ml.src.data.errors import StoreError
 
 # Span of one chunk per timeframe: at most 672 bars even for a market open around the clock.
 CHUNK_SPAN: dict[str, timedelta] = {

@@ -23,9 +23,7 @@ from config.settings import Settings
 from ml.src.data.feature_chunks import (
     FeatureChunk,
     chunks_to_frame,
-    feature_matrix,
     merge_chunks,
-    split_into_chunks,
     text_to_us,
     timestamps_to_us,
 )
@@ -38,7 +36,6 @@ from ml.src.data.records import (
     ResultRecord,
     RunOutcome,
     RunRecord,
-    TrainedData,
     thresholds_from_settings,
 )
 from ml.src.data.store import (
@@ -46,11 +43,9 @@ from ml.src.data.store import (
     TS_FORMAT,
     StoreError,
     TrainingStore,
-    checked_pair,
     checked_symbol,
     empty_bars,
     format_ts,
-    normalise_bars,
 )
 
 # The schema itself is SQL of its own (sqlite_schema.sql, beside this module).
@@ -234,9 +229,7 @@ class SqliteStore(TrainingStore):
         frame["ts"] = pd.to_datetime(frame["ts"], format=TS_FORMAT, utc=True)
         return frame
 
-    def upsert_bars(self, symbol, timeframe, bars) -> int:
-        symbol, timeframe = checked_pair(symbol, timeframe)
-        frame = normalise_bars(bars)
+    def _write_bars(self, symbol: str, timeframe: str, frame: pd.DataFrame) -> int:
         ts_text = frame["ts"].dt.strftime(TS_FORMAT)
         rows = [
             (symbol, timeframe, t, float(o), float(h), float(lo), float(c), float(v))
@@ -318,12 +311,9 @@ class SqliteStore(TrainingStore):
         bounds = timestamps_to_us([pd.Timestamp(start), pd.Timestamp(end)])
         return chunks_to_frame(chunks, int(bounds[0]), int(bounds[1]))
 
-    def upsert_feature_cache(self, symbol, timeframe, version, features, revision=None) -> int:
-        symbol, timeframe = checked_pair(symbol, timeframe)
-        if features.empty:
-            return 0
-        ts, cols, values = feature_matrix(f"{symbol}/{timeframe}", features)
-        chunks = split_into_chunks(timeframe, ts, cols, values)
+    def _write_feature_chunks(
+        self, symbol: str, timeframe: str, version: str, chunks: list[FeatureChunk], revision: int | None
+    ) -> int:
         now = _now()
         with self._immediate(durable=False) as conn:
             if revision is not None:
@@ -364,7 +354,7 @@ class SqliteStore(TrainingStore):
                         now,
                     ),
                 )
-        return len(ts)
+        return sum(c.n_rows for c in chunks)
 
     # --- run ledger and registry ------------------------------------------------------------------
     def _insert(self, table: str, row: dict[str, Any], conn: sqlite3.Connection) -> None:
@@ -390,11 +380,7 @@ class SqliteStore(TrainingStore):
             (*(_to_db(k, v) for k, v in row.items()), run_id),
         )
 
-    def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
-        if result.status == "succeeded" or model_version is not None:
-            checked_pair(result.symbol, result.timeframe)
-        if model_version is not None:
-            checked_pair(model_version.symbol, model_version.timeframe)
+    def _write_result(self, result: ResultRecord, model_version: ModelVersionRecord | None) -> None:
         with self._lock:
             try:
                 with self._conn:  # one transaction: both rows or neither
@@ -483,20 +469,14 @@ class SqliteStore(TrainingStore):
             params.append(timeframe)
         return [_from_db(r) for r in self._query(sql + " order by t.started_at, r.id", tuple(params))]
 
-    def last_training(self, symbol, timeframe) -> TrainedData | None:
+    def _last_training_row(self, symbol: str, timeframe: str) -> tuple[Any, Any] | None:
         rows = self._query(
             "select json_extract(split, '$.data_end'), json_extract(split, '$.data_revision')"
             " from training_results where symbol = ? and timeframe = ? and status = 'succeeded'"
             " order by id desc limit 1",
             (symbol, timeframe),
         )
-        if not rows:
-            return None
-        end, revision = rows[0][0], rows[0][1]
-        return TrainedData(
-            data_end=pd.Timestamp(end).to_pydatetime() if end else None,
-            revision=int(revision) if revision is not None else None,
-        )
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def heartbeat(self, run_id: str) -> None:
         self._write("update training_runs set heartbeat_at = ? where run_id = ?", (_now(), run_id))

@@ -8,11 +8,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ml.src.data.bar_checks import first_future_bar
+from ml.src.data.errors import StoreError
+from ml.src.data.feature_chunks import FeatureChunk, feature_matrix, split_into_chunks
 from ml.src.data.identifiers import IdentifierError, check_pair, check_symbol
 from ml.src.data.records import (
     ForecastOutcome,
@@ -27,10 +30,6 @@ from ml.src.data.records import (
 )
 
 BAR_COLUMNS: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
-
-
-class StoreError(RuntimeError):
-    """A store operation failed; the message is one line, safe to log (no secrets)."""
 
 
 class StoreUnavailable(StoreError):
@@ -65,9 +64,15 @@ class TrainingStore(ABC):
     ) -> pd.DataFrame:
         """The latest `limit` bars with start <= ts <= end, returned in ascending ts order."""
 
-    @abstractmethod
     def upsert_bars(self, symbol: str, timeframe: str, bars: pd.DataFrame) -> int:
-        """Insert or replace bars on (symbol, timeframe, ts); returns rows written."""
+        """Insert or replace bars on (symbol, timeframe, ts); returns rows written. Validated here, once for
+        both backends (identifiers, values, order, no bar after now), then written by the backend's hook."""
+        symbol, timeframe = checked_pair(symbol, timeframe)
+        return self._write_bars(symbol, timeframe, normalise_bars(bars))
+
+    @abstractmethod
+    def _write_bars(self, symbol: str, timeframe: str, frame: pd.DataFrame) -> int:
+        """Hook: write bars already checked and normalised by upsert_bars."""
 
     @abstractmethod
     def count_bars(self, symbol: str, timeframe: str) -> int: ...
@@ -94,7 +99,6 @@ class TrainingStore(ABC):
     ) -> pd.DataFrame:
         """Cached rows with start <= ts <= end: a `ts` column plus one column per feature, ascending."""
 
-    @abstractmethod
     def upsert_feature_cache(
         self,
         symbol: str,
@@ -108,6 +112,19 @@ class TrainingStore(ABC):
         With `revision` (the bar_revision read before the bars the features were computed from), nothing is
         written if the pair's bars changed since: features of replaced bars never enter the cache.
         """
+        symbol, timeframe = checked_pair(symbol, timeframe)
+        if features.empty:
+            return 0
+        ts, cols, values = feature_matrix(f"{symbol}/{timeframe}", features)
+        return self._write_feature_chunks(
+            symbol, timeframe, version, split_into_chunks(timeframe, ts, cols, values), revision
+        )
+
+    @abstractmethod
+    def _write_feature_chunks(
+        self, symbol: str, timeframe: str, version: str, chunks: list[FeatureChunk], revision: int | None
+    ) -> int:
+        """Hook: write checked chunks (the pair's identifiers and finite values checked by the caller)."""
 
     # --- run ledger and registry -------------------------------------------------------------------
     @abstractmethod
@@ -116,9 +133,17 @@ class TrainingStore(ABC):
     @abstractmethod
     def finish_run(self, run_id: str, outcome: RunOutcome) -> None: ...
 
-    @abstractmethod
     def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
         """Write a result row and, for a trained pair, its model version: both or neither."""
+        if result.status == "succeeded" or model_version is not None:
+            checked_pair(result.symbol, result.timeframe)
+        if model_version is not None:
+            checked_pair(model_version.symbol, model_version.timeframe)
+        self._write_result(result, model_version)
+
+    @abstractmethod
+    def _write_result(self, result: ResultRecord, model_version: ModelVersionRecord | None) -> None:
+        """Hook: the result row and the model version in one transaction."""
 
     @abstractmethod
     def get_run(self, run_id: str) -> dict | None: ...
@@ -150,10 +175,21 @@ class TrainingStore(ABC):
     def results_history(self, symbol: str | None = None, timeframe: str | None = None) -> list[dict]:
         """Succeeded results (with their run's started_at), oldest first; optionally for one pair."""
 
-    @abstractmethod
     def last_training(self, symbol: str, timeframe: str) -> TrainedData | None:
         """The last bar (`split.data_end`) and data revision (`split.data_revision`) of the pair's latest
         successful training, or None when it was never trained."""
+        row = self._last_training_row(symbol, timeframe)
+        if row is None:
+            return None
+        end, revision = row
+        return TrainedData(
+            data_end=pd.Timestamp(end).to_pydatetime() if end else None,
+            revision=int(revision) if revision is not None else None,
+        )
+
+    @abstractmethod
+    def _last_training_row(self, symbol: str, timeframe: str) -> tuple[Any, Any] | None:
+        """Hook: (split.data_end, split.data_revision) of the latest succeeded result, as stored, or None."""
 
     @abstractmethod
     def heartbeat(self, run_id: str) -> None:

@@ -29,9 +29,7 @@ from pydantic import ValidationError
 from ml.src.data.feature_chunks import (
     FeatureChunk,
     chunks_to_frame,
-    feature_matrix,
     merge_chunks,
-    split_into_chunks,
     timestamps_to_us,
 )
 from ml.src.data.records import (
@@ -43,18 +41,15 @@ from ml.src.data.records import (
     ResultRecord,
     RunOutcome,
     RunRecord,
-    TrainedData,
 )
 from ml.src.data.store import (
     BAR_COLUMNS,
     StoreError,
     StoreUnavailable,
     TrainingStore,
-    checked_pair,
     checked_symbol,
     empty_bars,
     format_ts,
-    normalise_bars,
 )
 
 log = logging.getLogger("ml.store.supabase")
@@ -307,9 +302,7 @@ class SupabaseStore(TrainingStore):
             frame[col] = frame[col].astype("float64")
         return frame
 
-    def upsert_bars(self, symbol, timeframe, bars) -> int:
-        symbol, timeframe = checked_pair(symbol, timeframe)
-        frame = normalise_bars(bars)
+    def _write_bars(self, symbol: str, timeframe: str, frame: pd.DataFrame) -> int:
         ts = [format_ts(t) for t in frame["ts"]]
         values = frame[list(BAR_COLUMNS[1:])].to_numpy(dtype="float64")
         rows = [
@@ -435,12 +428,9 @@ class SupabaseStore(TrainingStore):
             "values": base64.b64encode(c.values_bytes()).decode("ascii"),
         }
 
-    def upsert_feature_cache(self, symbol, timeframe, version, features, revision=None) -> int:
-        symbol, timeframe = checked_pair(symbol, timeframe)
-        if features.empty:
-            return 0
-        ts, cols, values = feature_matrix(f"{symbol}/{timeframe}", features)
-        chunks = split_into_chunks(timeframe, ts, cols, values)
+    def _write_feature_chunks(
+        self, symbol: str, timeframe: str, version: str, chunks: list[FeatureChunk], revision: int | None
+    ) -> int:
         what = f"write feature cache {symbol}/{timeframe}"
 
         def put(batch: list[FeatureChunk], replace: bool) -> dict[str, Any]:
@@ -480,7 +470,7 @@ class SupabaseStore(TrainingStore):
             merged = [merge_chunks(stored.get(c.chunk_start_us), c) for c in mine]
             if put(merged, True).get("stale"):
                 return 0
-        return len(ts)
+        return sum(c.n_rows for c in chunks)
 
     # --- run ledger and registry ------------------------------------------------------------------
     def start_run(self, run: RunRecord) -> None:
@@ -503,11 +493,7 @@ class SupabaseStore(TrainingStore):
             ),
         )
 
-    def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
-        if result.status == "succeeded" or model_version is not None:
-            checked_pair(result.symbol, result.timeframe)
-        if model_version is not None:
-            checked_pair(model_version.symbol, model_version.timeframe)
+    def _write_result(self, result: ResultRecord, model_version: ModelVersionRecord | None) -> None:
         # One SQL function, one transaction: the result row and its model version land together or not at all.
         params = {
             "p_result": _jsonable(result.to_row()),
@@ -615,7 +601,7 @@ class SupabaseStore(TrainingStore):
             r["started_at"] = (r.pop("training_runs") or {}).get("started_at")
         return sorted(rows, key=lambda r: (r["started_at"] or "", r["id"]))
 
-    def last_training(self, symbol, timeframe) -> TrainedData | None:
+    def _last_training_row(self, symbol: str, timeframe: str) -> tuple[Any, Any] | None:
         res = self._call(
             f"read last training {symbol}/{timeframe}",
             lambda: (
@@ -629,13 +615,7 @@ class SupabaseStore(TrainingStore):
                 .execute()
             ),
         )
-        if not res.data:
-            return None
-        end, revision = res.data[0]["data_end"], res.data[0]["data_revision"]
-        return TrainedData(
-            data_end=pd.Timestamp(end).to_pydatetime() if end else None,
-            revision=int(revision) if revision is not None else None,
-        )
+        return (res.data[0]["data_end"], res.data[0]["data_revision"]) if res.data else None
 
     def heartbeat(self, run_id: str) -> None:
         # the database clock, like the sweep that reads it (abandon_stale_runs)

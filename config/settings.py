@@ -9,7 +9,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -103,6 +103,9 @@ DEFAULT_TIMEFRAMES: dict[str, TimeframeSpec] = {
 }
 
 
+G = TypeVar("G", bound=BaseModel)
+
+
 def _default_home() -> Path:
     """Where the embedded store and the models live by default: the project checkout, not the working directory.
 
@@ -131,12 +134,10 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ML_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
-    )
+class StoreSettings(BaseModel):
+    """Where things live and how the store is reached: the embedded SQLite file or Supabase, the models
+    directory, the artifact key, the feature cache and the retry policy of store calls."""
 
-    # --- where things live -------------------------------------------------------------------------------
     supabase_url: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_URL"))
     supabase_service_role_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_KEY")
@@ -152,26 +153,44 @@ class Settings(BaseSettings):
     # HMAC-SHA256 key for model artifacts: when set, every bundle is signed when saved and refused when loaded
     # without a valid signature recorded in the ledger.
     artifact_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("ML_ARTIFACT_KEY"))
+    feature_cache: Literal["on", "off", "auto"] = "on"
+    db_timeout_s: float = Field(default=30.0, gt=0)
+    db_max_retries: int = Field(default=4, ge=0)
+    db_backoff_s: float = Field(default=0.5, ge=0)
 
-    # --- what to train -----------------------------------------------------------------------------------
+    @property
+    def uses_supabase(self) -> bool:
+        return bool(self.supabase_url)
+
+
+class UniverseSettings(BaseModel):
+    """What to train: the symbols a flagless run names and the per-timeframe table (horizon, thresholds,
+    window, age limits)."""
+
     # Symbols trained / forecast when no flag selects any. Empty (the default): the universe, i.e. the pairs the
     # store has bars for, so a fresh checkout's `make run` data is what a flagless run covers.
     default_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
     timeframes: dict[str, TimeframeSpec] = Field(default_factory=lambda: dict(DEFAULT_TIMEFRAMES))
+
+
+class SplitSettings(BaseModel):
+    """Labels and the time-ordered split: how a move is defined, the slice fractions, walk-forward folds."""
+
     threshold_mode: ThresholdMode = "vol"
     threshold_k: float = Field(
         default=0.5, gt=0, le=3, description="vol mode: a move is |return| > k x std of train horizon returns"
     )
     # The feature cache (both stores): `on` reads cached features and computes only the missing rows, `off` computes
     # every row and leaves the cache alone. `auto` (the old default) now means `on`. Cost: docs/benchmarks.md.
-    feature_cache: Literal["on", "off", "auto"] = "on"
-
-    # --- split ------------------------------------------------------------------------------------------
     train_fraction: float = Field(default=0.6, gt=0, lt=1)
     valid_fraction: float = Field(default=0.2, gt=0, lt=1)
     min_rows_per_split: int = Field(default=30, ge=5)
+    walk_forward_folds: int = Field(default=0, ge=0, description="nightly walk-forward folds; 0 = off")
 
-    # --- models -------------------------------------------------------------------------------------------
+
+class ModelSettings(BaseModel):
+    """The members and the ensemble weights."""
+
     # Regularised members (shallow trees, many rows per leaf) with the same class weighting, each calibrated on
     # valid, blended by Ridge weights shrunk toward equal weights; chosen by walk-forward log loss, balanced
     # accuracy, IC and fit time (docs/benchmarks.md, "Model quality"). ML_GB_BACKEND=sklearn_gb etc. still work.
@@ -209,7 +228,31 @@ class Settings(BaseSettings):
         default=False, description="refit the members on train + valid for the saved model"
     )
 
-    # --- nightly schedule (cron fields, UTC; the scheduler skips NYSE holidays) ------------------------------
+
+class EvaluationSettings(BaseModel):
+    """Scores beside their baselines, verdicts, trading metrics, the promotion gate and retention."""
+
+    trading_fee_bps: float = Field(default=5.0, ge=0)
+    trading_slippage_bps: float = Field(default=5.0, ge=0)
+    trading_allow_short: bool = True
+    promotion_metric: PromotionMetric = "test_balanced_accuracy"
+    promotion_z: float = Field(
+        default=1.645, ge=0, description="a challenger must beat the champion by z standard errors"
+    )
+    promotion_baseline_margin: float = Field(default=0.0, ge=0, description="and every baseline by this")
+    verdict_z: float = Field(default=2.0, ge=0, description="standard errors for a skill / worse verdict")
+    ic_permutations: int = Field(default=1000, ge=0, description="block permutations for the IC p-value")
+    trading_confidence: bool = Field(
+        default=True, description="also trade only above a confidence threshold fitted on valid"
+    )
+    keep_versions: int = Field(
+        default=5, ge=1, description="newest versions kept per pair, besides the champion"
+    )
+
+
+class ScheduleSettings(BaseModel):
+    """The nightly schedule (cron fields, UTC; NYSE holidays skipped)."""
+
     # 22:30 UTC Mon-Fri = 17:30 EST / 18:30 EDT: after the 16:00 New York close, all year round.
     schedule_daily_cron: str = "30 22 * * mon-fri"
     schedule_daily_timeframes: Annotated[list[str], NoDecode] = Field(
@@ -230,27 +273,10 @@ class Settings(BaseSettings):
     schedule_misfire_grace_hours: float = Field(default=6.0, gt=0)
     schedule_skip_holidays: bool = True
 
-    # --- one run at a time ------------------------------------------------------------------------------
-    lease_ttl_s: int = Field(default=900, ge=10, description="a lease not renewed for this long is expired")
 
-    # --- validation, registry, monitoring -----------------------------------------------------------------
-    walk_forward_folds: int = Field(default=0, ge=0, description="nightly walk-forward folds; 0 = off")
-    trading_fee_bps: float = Field(default=5.0, ge=0)
-    trading_slippage_bps: float = Field(default=5.0, ge=0)
-    trading_allow_short: bool = True
-    promotion_metric: PromotionMetric = "test_balanced_accuracy"
-    promotion_z: float = Field(
-        default=1.645, ge=0, description="a challenger must beat the champion by z standard errors"
-    )
-    promotion_baseline_margin: float = Field(default=0.0, ge=0, description="and every baseline by this")
-    verdict_z: float = Field(default=2.0, ge=0, description="standard errors for a skill / worse verdict")
-    ic_permutations: int = Field(default=1000, ge=0, description="block permutations for the IC p-value")
-    trading_confidence: bool = Field(
-        default=True, description="also trade only above a confidence threshold fitted on valid"
-    )
-    keep_versions: int = Field(
-        default=5, ge=1, description="newest versions kept per pair, besides the champion"
-    )
+class MonitoringSettings(BaseModel):
+    """The RETRAIN / DISABLE / LIVE thresholds of the health report."""
+
     monitor_retrain_drop: float = Field(
         default=0.05, ge=0, description="RETRAIN when accuracy falls this much"
     )
@@ -264,7 +290,11 @@ class Settings(BaseSettings):
         default=5, ge=1, description="RETRAIN compares the latest run with the mean of this many before it"
     )
 
-    # --- execution ------------------------------------------------------------------------------------
+
+class ExecutionSettings(BaseModel):
+    """Where fits run and one run at a time: local workers, Dask, leases, artifact compression."""
+
+    lease_ttl_s: int = Field(default=900, ge=10, description="a lease not renewed for this long is expired")
     workers: int = Field(
         default=0, ge=0, description="processes training pairs in parallel; 0 = one per core"
     )
@@ -289,9 +319,27 @@ class Settings(BaseSettings):
         gt=0,
         description="pairs still waiting fail once the cluster has had no worker this long",
     )
-    db_timeout_s: float = Field(default=30.0, gt=0)
-    db_max_retries: int = Field(default=4, ge=0)
-    db_backoff_s: float = Field(default=0.5, ge=0)
+
+
+class FitSettings(SplitSettings, ModelSettings, EvaluationSettings):
+    """Everything a fit needs and nothing else: what a worker receives (no secret, no address, by construction)."""
+
+
+class Settings(
+    StoreSettings,
+    UniverseSettings,
+    FitSettings,
+    ScheduleSettings,
+    MonitoringSettings,
+    ExecutionSettings,
+    BaseSettings,
+):
+    """Every setting, read from ML_* variables (and .env): the union of the component groups above. A component
+    takes its group (`settings.fit`, `settings.schedule`, ...), not the whole."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ML_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
 
     @field_validator("local_db", "models_dir", mode="after")
     @classmethod
@@ -367,9 +415,33 @@ class Settings(BaseSettings):
             raise ValueError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_KEY) is not")
         return self
 
+    def group(self, cls: type[G]) -> G:
+        """This configuration's values of one component group (no validation again: they were validated here)."""
+        return cls.model_construct(**{name: getattr(self, name) for name in cls.model_fields})
+
     @property
-    def uses_supabase(self) -> bool:
-        return bool(self.supabase_url)
+    def store(self) -> StoreSettings:
+        return self.group(StoreSettings)
+
+    @property
+    def universe(self) -> UniverseSettings:
+        return self.group(UniverseSettings)
+
+    @property
+    def fit(self) -> FitSettings:
+        return self.group(FitSettings)
+
+    @property
+    def schedule(self) -> ScheduleSettings:
+        return self.group(ScheduleSettings)
+
+    @property
+    def monitoring(self) -> MonitoringSettings:
+        return self.group(MonitoringSettings)
+
+    @property
+    def execution(self) -> ExecutionSettings:
+        return self.group(ExecutionSettings)
 
     def public_dict(self) -> dict[str, Any]:
         """The configuration as recorded in the run ledger: no secrets."""
@@ -377,6 +449,19 @@ class Settings(BaseSettings):
         data["supabase_service_role_key"] = "***" if self.supabase_service_role_key else None
         data["artifact_key"] = "***" if self.artifact_key else None
         return data
+
+
+# The component groups, each a part of Settings (every field in exactly one; tests/test_settings_groups.py).
+COMPONENTS: dict[str, type[BaseModel]] = {
+    "store": StoreSettings,
+    "universe": UniverseSettings,
+    "split": SplitSettings,
+    "models": ModelSettings,
+    "evaluation": EvaluationSettings,
+    "schedule": ScheduleSettings,
+    "monitoring": MonitoringSettings,
+    "execution": ExecutionSettings,
+}
 
 
 def settings_error_line(exc: ValidationError) -> str:

@@ -25,7 +25,7 @@ from ml.src.training import artifacts
 from ml.src.training.executors import InProcessExecutor, ProcessPoolPairExecutor, open_executor
 from ml.src.training.pair_result import PairRequest
 from ml.src.training.run_loop import train_pairs
-from ml.src.training.worker import FitSpec, library_versions, secret_free
+from ml.src.training.worker import FitSpec, library_versions
 from tests.factories import sample_bars
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,15 +78,25 @@ def test_library_versions_come_from_metadata_without_importing(monkeypatch) -> N
     assert library_versions() is versions  # computed once per process
 
 
-def test_secret_free_settings_carry_no_secret(ml_env) -> None:
+def test_a_worker_gets_the_fit_settings_only_and_no_secret(ml_env) -> None:
     settings = Settings(
-        supabase_url="https://example.invalid", supabase_service_role_key=SecretStr("sk-very-secret")
+        supabase_url="https://example.invalid",
+        supabase_service_role_key=SecretStr("sk-very-secret"),
+        artifact_key=SecretStr("artifact-key-0123456789"),
+        rf_n_estimators=17,
     )
-    clean = secret_free(settings)
-    assert clean.supabase_url is None and clean.supabase_service_role_key is None
-    blob = pickle.dumps(FitSpec(settings=clean, run_id="r"))
-    assert b"sk-very-secret" not in blob and b"example.invalid" not in blob
-    assert clean.rf_n_estimators == settings.rf_n_estimators  # the model settings travel unchanged
+    fit = settings.fit
+    assert not hasattr(fit, "supabase_url") and not hasattr(fit, "artifact_key")
+    assert not any(isinstance(v, SecretStr) for v in fit.__dict__.values())
+    blob = pickle.dumps(FitSpec(settings=fit, run_id="r"))
+    for leaked in (
+        b"sk-very-secret",
+        b"example.invalid",
+        b"artifact-key-0123456789",
+        str(settings.local_db).encode(),
+    ):
+        assert leaked not in blob
+    assert fit.rf_n_estimators == 17  # the model settings travel unchanged
 
 
 def test_the_executor_fits_the_run(ml_env) -> None:

@@ -21,7 +21,7 @@ from ml.src.common.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from ml.src.common.log_setup import setup_logging
 
 if TYPE_CHECKING:
-    from config.settings import Settings
+    from config.settings import ExecutionSettings, Settings
     from ml.src.data.store import TrainingStore
     from ml.src.training.pair_result import PairResult
     from ml.src.training.universe import PlannedPair
@@ -202,14 +202,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--dask needs a scheduler address, e.g. tls://scheduler:8786")
 
 
-def _pool_likely(args: argparse.Namespace) -> bool:
+def _pool_likely(args: argparse.Namespace, execution: ExecutionSettings) -> bool:
     """Will this run fit on local worker processes? (--all usually means many pairs; a single named pair,
-    --workers 1 or a Dask cluster never does.)"""
-    import os
-
-    if args.workers == 1 or args.dask or os.environ.get("ML_DASK_ADDRESS"):
+    --workers 1 or a Dask cluster never does.) Reads the settings as parsed, not the environment again."""
+    if args.workers == 1 or args.dask or execution.dask_address:
         return False
-    if os.environ.get("ML_WORKERS", "").strip() == "1" and args.workers is None:
+    if execution.workers == 1 and args.workers is None:
         return False
     if args.pairs is not None:
         return len(args.pairs) >= 2
@@ -266,10 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     setup_logging(args.quiet, args.verbose)
-    if _pool_likely(args):
-        from ml.src.training.executors import start_pool_server
-
-        start_pool_server()  # imports the learners on another core while this process gets going
     from pydantic import ValidationError
 
     from config.settings import Settings
@@ -281,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(args)
         settings = Settings()
+        if _pool_likely(args, settings.execution):
+            from ml.src.training.executors import start_pool_server
+
+            start_pool_server()  # imports the learners on another core while this process gets going
         if args.walk_forward is not None:
             settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
         if not selects_universe(args, settings):

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from config.settings import Settings
+    from config.settings import StoreSettings
     from ml.src.data.store import TrainingStore
 
 
-def open_store(settings: Settings) -> TrainingStore:
+def open_store(settings: StoreSettings) -> TrainingStore:
     """The store the settings point at; implementations are imported only when chosen."""
     if settings.uses_supabase:
         from ml.src.data.supabase_db import SupabaseStore

@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -51,6 +51,9 @@ from ml.src.data.store import (
     empty_bars,
     format_ts,
 )
+
+if TYPE_CHECKING:
+    from config.settings import StoreSettings
 
 log = logging.getLogger("ml.store.supabase")
 
@@ -166,7 +169,7 @@ class SupabaseStore(TrainingStore):
             raise StoreError(self._clean(f"cannot create Supabase client for {self.url}: {exc}")) from None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SupabaseStore:
+    def from_settings(cls, settings: StoreSettings) -> SupabaseStore:
         if not settings.supabase_url or settings.supabase_service_role_key is None:
             raise StoreError("Supabase store needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
         return cls(

@@ -11,7 +11,7 @@ from apscheduler.job import Job
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
-from config.settings import Settings
+from config.settings import ScheduleSettings
 from ml.src.common.market_calendar import NEW_YORK, HolidaySkippingTrigger
 
 DAILY_JOB_ID = "train-daily"
@@ -43,7 +43,7 @@ class JobSpec:
         return CronTrigger.from_crontab(self.cron, timezone=UTC)
 
 
-def job_specs(settings: Settings) -> list[JobSpec]:
+def job_specs(settings: ScheduleSettings) -> list[JobSpec]:
     """The scheduled groups; a group with no timeframes is not scheduled. Raises ScheduleError on a bad cron."""
     specs = [
         # Default `30 22 * * mon-fri`: 22:30 UTC = 17:30 EST / 18:30 EDT, after the 16:00 New York close all
@@ -79,7 +79,7 @@ def job_specs(settings: Settings) -> list[JobSpec]:
     return [s for s in specs if s.timeframes]
 
 
-def job_defaults(settings: Settings) -> dict[str, Any]:
+def job_defaults(settings: ScheduleSettings) -> dict[str, Any]:
     """APScheduler job defaults: a fire up to the grace time late still runs; a backlog runs once; no overlap."""
     return {
         "misfire_grace_time": round(settings.schedule_misfire_grace_hours * 3600),

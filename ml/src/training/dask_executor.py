@@ -3,7 +3,7 @@
 Only this module imports `distributed` (~0.8 s of CPU), and only when a run asks for a cluster.
 
 What crosses the wire: the prepared pair (feature matrix, labels, split; no credentials) and a FitSpec whose
-settings went through `worker.secret_free`; back comes a PackedFit (metrics and the artifact's bytes). The
+settings are the fit group only (`Settings.fit`); back comes a PackedFit (metrics and the artifact's bytes). The
 store stays in this process, so a worker never needs, holds or logs the store's service key.
 
 Trust: a worker runs inside the trust boundary. Its results are unpickled in this process, which holds the

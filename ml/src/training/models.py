@@ -19,14 +19,14 @@ from sklearn.ensemble import (
 )
 from threadpoolctl import threadpool_limits
 
-from config.settings import Settings
+from config.settings import FitSettings
 from ml.src.training.combine import Combination, fit_combination
 from ml.src.training.labels import CLASSES
 
 MODEL_NAMES: tuple[str, ...] = ("rf", "gb")
 
 
-def build_random_forest(settings: Settings, n_threads: int = 1) -> RandomForestClassifier:
+def build_random_forest(settings: FitSettings, n_threads: int = 1) -> RandomForestClassifier:
     return RandomForestClassifier(
         n_estimators=settings.rf_n_estimators,
         max_depth=settings.rf_max_depth,
@@ -39,7 +39,7 @@ def build_random_forest(settings: Settings, n_threads: int = 1) -> RandomForestC
     )
 
 
-def build_gradient_boosting(settings: Settings, n_threads: int = 1) -> Any:
+def build_gradient_boosting(settings: FitSettings, n_threads: int = 1) -> Any:
     """Same hyper-parameters whatever the backend, mapped to each library's names."""
     if settings.gb_backend == "sklearn_gb":
         return GradientBoostingClassifier(
@@ -83,7 +83,7 @@ def build_gradient_boosting(settings: Settings, n_threads: int = 1) -> Any:
     )
 
 
-def build_models(settings: Settings, n_threads: int = 1) -> dict[str, Any]:
+def build_models(settings: FitSettings, n_threads: int = 1) -> dict[str, Any]:
     return {
         "rf": build_random_forest(settings, n_threads),
         "gb": build_gradient_boosting(settings, n_threads),
@@ -112,7 +112,7 @@ def _fit_members(
     x: np.ndarray,
     codes: np.ndarray,
     rows: slice,
-    settings: Settings,
+    settings: FitSettings,
     n_threads: int,
     w: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, dict[str, float]]:
@@ -170,7 +170,7 @@ def fit_ensemble(
     fit_rows: slice,
     valid_rows: slice,
     predict_rows: dict[str, slice],
-    settings: Settings,
+    settings: FitSettings,
     *,
     purge: int,
     n_threads: int = 1,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from config.settings import Settings, TimeframeSpec
+from config.settings import FitSettings, Settings, TimeframeSpec
 from ml.src.data.bar_checks import first_bad_bar
 from ml.src.data.records import ModelVersionRecord
 from ml.src.data.store import StoreError, TrainingStore
@@ -231,7 +231,7 @@ BASELINE_NAMES = {
 
 
 def evaluate(
-    fit: EnsembleFit, prep: PreparedPair, settings: Settings
+    fit: EnsembleFit, prep: PreparedPair, settings: FitSettings
 ) -> tuple[dict[str, Any], dict[str, SlicePredictions]]:
     """Scores on valid and test for each model, the fitted and the equal-weight blend, and the baselines.
 
@@ -272,7 +272,7 @@ def evaluate(
 
 
 def trading_read(
-    preds: dict[str, SlicePredictions], prep: PreparedPair, settings: Settings
+    preds: dict[str, SlicePredictions], prep: PreparedPair, settings: FitSettings
 ) -> dict[str, Any]:
     """Trade the ensemble's test calls net of costs; with a confidence threshold fitted on valid beside it."""
     spec = prep.spec
@@ -310,7 +310,7 @@ def trading_read(
     return out
 
 
-def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> FittedPair:
+def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> FittedPair:
     """Fit the members on train, calibration and weights on valid, score everything on valid and test, run
     the walk-forward folds, and judge the pair on its out-of-sample rows."""
     from ml.src.training.models import fit_ensemble
@@ -387,7 +387,7 @@ def chart_data(
     weights: dict[str, float],
     test_proba: np.ndarray,
     test_pred: np.ndarray,
-    settings: Settings,
+    settings: FitSettings,
 ) -> dict[str, Any]:
     """What the report draws for this pair, recorded with the result (see report_data): the ensemble's
     calibrated test probabilities and its class decisions (the ones the trading read trades)."""

@@ -43,7 +43,7 @@ from ml.src.training.pipeline import (
 from ml.src.training.registry import decide_promotion, prune_versions
 from ml.src.training.run_report import RunReport
 from ml.src.training.universe import PairOptions, PlannedPair, cross, named_pairs
-from ml.src.training.worker import FitSpec, PackedFit, fit_task, library_versions, secret_free
+from ml.src.training.worker import FitSpec, PackedFit, fit_task, library_versions
 
 __all__ = ["finish_run", "run_job", "start_run", "train_pairs", "worker_count"]
 
@@ -197,9 +197,7 @@ def train_pairs(
     own = executor is None
     pool = executor or open_executor(settings, workers=workers, n_pairs=total)
     # what travels to the workers: the prepared arrays and secret-free settings, never the store or a key
-    spec = FitSpec(
-        settings=secret_free(settings), run_id=run_id, n_threads=1, compress=settings.artifact_compress
-    )
+    spec = FitSpec(settings=settings.fit, run_id=run_id, n_threads=1, compress=settings.artifact_compress)
     pending: dict[Future[PackedFit], tuple[int, PreparedPair, float]] = {}
 
     def collect(block: bool) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from config.settings import Settings
+from config.settings import FitSettings
 from ml.src.training.labels import label_codes, thresholds_for
 from ml.src.training.metrics import class_shares, empty_classes
 from ml.src.training.models import fit_ensemble
@@ -80,7 +80,7 @@ def run_fold(
     *,
     horizon: int,
     threshold: float,
-    settings: Settings,
+    settings: FitSettings,
     n_threads: int = 1,
 ) -> tuple[dict[str, Any], SlicePredictions]:
     history = start - horizon
@@ -124,7 +124,7 @@ def walk_forward(
     folds: int,
     horizon: int,
     threshold: float,
-    settings: Settings,
+    settings: FitSettings,
     n_threads: int = 1,
 ) -> WalkForward:
     """Per-fold scores and their mean/std; a fold that cannot be fitted is reported with its reason."""

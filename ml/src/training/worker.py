@@ -2,7 +2,7 @@
 its artifact into bytes.
 
 Nothing here opens a store, reads the environment or sees a secret: the task gets the prepared arrays and a
-`FitSpec` whose settings have every secret removed (`secret_free`), and returns a `PackedFit` the main process
+`FitSpec` carrying only the fit settings (`Settings.fit`: no secret and no store address, by construction), and returns a `PackedFit` the main process
 writes to disk and records. Measured on 500-bar pairs, the fit is ~90% of a pair's CPU and pickling the models
 (LightGBM's model_to_string, the forest's node arrays) most of the rest, so both run here; store reads and writes
 stay in the main process, which is the only one holding credentials.
@@ -22,13 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
-
 from ml.src.training.pair_state import PackedFit
 from ml.src.training.provenance import library_versions
 
 if TYPE_CHECKING:
-    from config.settings import Settings
+    from config.settings import FitSettings
     from ml.src.training.pair_state import FittedPair, PreparedPair
 
 # Imported once per worker process before its first task (the learners cost ~1.5 s of CPU to import).
@@ -43,23 +41,11 @@ PRELOAD_MODULES: tuple[str, ...] = (
 )
 
 
-def secret_free(settings: Settings) -> Settings:
-    """A copy of the settings that can leave this process: every secret and the store's address removed.
-
-    Workers fit models; they never talk to the store, so they need neither.
-    """
-    update: dict[str, Any] = {
-        name: None for name, value in settings.__dict__.items() if isinstance(value, SecretStr)
-    }
-    update["supabase_url"] = None
-    return settings.model_copy(update=update)
-
-
 @dataclass(frozen=True)
 class FitSpec:
-    """Everything a worker needs besides the prepared pair (no secrets: see secret_free)."""
+    """Everything a worker needs besides the prepared pair."""
 
-    settings: Settings
+    settings: FitSettings  # the fit group only: no secret, no store address, by construction
     run_id: str
     n_threads: int = 1
     compress: int = 0  # zlib level of the packed artifact; 0 = none
@@ -98,7 +84,7 @@ def pack_fit(
     )
 
 
-def fit_pair(prep: PreparedPair, settings: Settings, n_threads: int = 1) -> FittedPair:
+def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> FittedPair:
     from ml.src.training import pipeline
 
     return pipeline.fit_pair(prep, settings, n_threads=n_threads)

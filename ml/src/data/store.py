@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -119,6 +120,12 @@ class TrainingStore(ABC):
     @abstractmethod
     def record_result(self, result: ResultRecord, model_version: ModelVersionRecord | None = None) -> None:
         """Write a result row and, for a trained pair, its model version: both or neither."""
+
+    @abstractmethod
+    def record_verdicts(self, run_id: str, verdicts: Mapping[tuple[str, str], dict[str, Any]]) -> int:
+        """Replace metrics.verdict of the run's succeeded results (and of their model versions) for each
+        (symbol, timeframe) given, all in one transaction: every pair's verdict or none. Returns the number
+        of result rows changed. The run's q-values are known only once its pairs are done."""
 
     @abstractmethod
     def get_run(self, run_id: str) -> dict | None: ...

@@ -121,7 +121,7 @@ def summary_table(report: RunReport) -> str:
     header = (
         f"{'symbol':<8} {'tf':<4} {'status':<9} {'train':>5} {'test':>5} {'w_rf':>5} {'alpha':>6} "
         f"{'ens_bal':>7} {'maj_bal':>7} {'per_bal':>7} {'ens_ll':>6} {'pri_ll':>6} {'ic':>6} {'ic_p':>5} "
-        f"{'sharpe':>6} {'sh_thr':>6} {'sh_bh':>6} {'verdict':<15} {'p':>5} {'q':>5} {'secs':>6}"
+        f"{'sharpe':>6} {'sh_thr':>6} {'sh_bh':>6} {'verdict':<17} {'p':>5} {'q':>5} {'secs':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in report.results:
@@ -143,7 +143,7 @@ def summary_table(report: RunReport) -> str:
             f"{_num(m['ensemble'].get('test_ic'), '+.3f'):>6} {_num(m['ensemble'].get('test_ic_pvalue'), '.2f'):>5} "
             f"{_num(_sharpe(trading), '+.2f'):>6} {_num(_sharpe(trading.get('confidence')), '+.2f'):>6} "
             f"{_num(_sharpe(trading.get('buy_and_hold')), '+.2f'):>6} "
-            f"{(verdict.get('verdict', '-') + (f' ({basis})' if basis else '')):<15} "
+            f"{(verdict.get('verdict', '-') + (f' ({basis})' if basis else '')):<17} "
             f"{_num(verdict.get('p_value'), '.3f'):>5} {_num(verdict.get('q_value'), '.3f'):>5} {r.duration_s:>6.2f}"
         )
     for r in report.results:

@@ -241,6 +241,13 @@ class EvaluationSettings(BaseModel):
     )
     promotion_baseline_margin: float = Field(default=0.0, ge=0, description="and every baseline by this")
     verdict_z: float = Field(default=2.0, ge=0, description="standard errors for a skill / worse verdict")
+    verdict_fdr: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="false discovery rate for skill: a pair reads skill only with its Benjamini-Hochberg "
+        "q-value across the run's succeeded pairs at or below this",
+    )
     ic_permutations: int = Field(default=1000, ge=0, description="block permutations for the IC p-value")
     trading_confidence: bool = Field(
         default=True, description="also trade only above a confidence threshold fitted on valid"

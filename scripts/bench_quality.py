@@ -139,6 +139,16 @@ def pair_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float | Non
     return out
 
 
+def settle(rows: dict[str, Any], fdr: float) -> None:
+    """The verdicts of one configuration's pairs under false-discovery control, as a run settles them: BH
+    q-values across the pairs, skill needs q <= fdr (ml.src.training.verdict.apply_fdr)."""
+    from ml.src.training.verdict import apply_fdr_dicts
+
+    judged = {label: e["verdict"] for label, e in rows.items() if isinstance(e.get("verdict"), dict)}
+    for label, verdict in apply_fdr_dicts(judged, fdr).items():
+        rows[label]["verdict"] = verdict
+
+
 def evaluate_config(
     preps: dict[str, Any], name: str, overrides: dict, folds: int, tmp: Path, log: Callable
 ) -> dict:
@@ -180,6 +190,7 @@ def evaluate_config(
                 concat(wf.pooled), horizon=h, z=settings.verdict_z, basis="walk_forward"
             ).to_dict()
         rows[label] = entry
+    settle(rows, settings.verdict_fdr)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     log(f"config {name}: {len(preps)} pairs in {wall:.0f}s wall, {cpu:.0f}s CPU")
     return {"overrides": overrides, "pairs": rows, "wall_s": wall, "cpu_s": cpu}
@@ -360,6 +371,7 @@ def score_before(raw: dict) -> dict:
         }
         if pooled:
             rows[label]["verdict"] = judge(concat(pooled), horizon=h, z=2.0, basis="walk_forward").to_dict()
+    settle(rows, 0.1)
     return {
         "overrides": {"ref": "before"},
         "pairs": rows,

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ml.src.cli import train as job_cli
 from ml.src.monitoring import report
-from ml.src.monitoring.html_report import verdict_of
+from ml.src.monitoring.html_report import verdict_of, verdict_q_of
 from tests.browser import Chromium
 from tests.factories import SAMPLE_DATA
 
@@ -27,6 +27,12 @@ def local_refs(page: Path) -> list[Path]:
     text = page.read_text(encoding="utf-8")
     refs = re.findall(r'(?:href|src)="([^"#:]+)"', text)
     return [(page.parent / r).resolve() for r in refs]
+
+
+def test_verdict_q_is_read_defensively() -> None:
+    assert verdict_q_of({"verdict": {"verdict": "skill", "q_value": 0.0123}}) == "0.012"
+    assert verdict_q_of({"verdict": {"verdict": "no-skill", "q_value": None}}) == "-"  # not settled
+    assert verdict_q_of({"verdict": "skill"}) == "-" and verdict_q_of(None) == "-"
 
 
 def test_verdict_is_read_defensively() -> None:
@@ -52,6 +58,9 @@ def test_report_cli_writes_an_index_and_a_page_of_charts_per_pair(
             assert ref.is_file(), f"{page.name} links to a missing {ref}"
     index = (out / "index.html").read_text()
     assert "verdict" in index and ('class="flag flag-' in index)
+    # the verdict's q-value beside it (each template pair was trained alone in its run: q = p)
+    assert "<th>verdict</th><th>q</th>" in index
+    assert len(re.findall(r'<td class="verdict">[a-z-]+</td><td class="num">\d\.\d{3}</td>', index)) == 2
     goog = (out / "pairs" / "GOOG_d1.html").read_text()
     assert "25 realised of 25" in goog  # the template's month of daily forecasts, all past their horizon
     # every score beside its baselines in the same metric: log loss beside the class-mix prior's

@@ -774,3 +774,116 @@ def test_a_bar_after_now_is_refused_on_write_and_never_trained_on(store: Trainin
     assert (
         prep.split_info["data_end"] == bars["ts"].iloc[1499].isoformat()
     )  # before: bar 2499's, in the future
+
+
+# ---- verdicts written back once the run's q-values are known (issue 19) ---------------------------------------------
+def _judged(run_id: str, symbol: str, timeframe: str, p: float) -> tuple[ResultRecord, ModelVersionRecord]:
+    metrics = {
+        "ensemble": {"test_balanced_accuracy": 0.41},
+        "verdict": {
+            "verdict": "no-skill",
+            "basis": "walk_forward",
+            "p_value": p,
+            "q_value": None,
+            "fdr": 0.1,
+        },
+    }
+    result = ResultRecord(
+        run_id=run_id,
+        symbol=symbol,
+        timeframe=timeframe,
+        status="succeeded",
+        metrics=metrics,
+        artifact_path=f"{timeframe}.joblib",
+        artifact_sha256=SHA,
+    )
+    version = ModelVersionRecord(
+        symbol=symbol,
+        timeframe=timeframe,
+        run_id=run_id,
+        artifact_path=f"{timeframe}.joblib",
+        artifact_sha256=SHA,
+        feature_version="ta-v1",
+        trained_at=datetime.now(UTC),
+        metrics=metrics,
+    )
+    return result, version
+
+
+def test_record_verdicts_rewrites_the_runs_verdicts(store: TrainingStore, symbol: str) -> None:
+    from ml.src.training.stats import benjamini_hochberg
+
+    run_id, other = new_run(store), new_run(store)
+    ps = {"d1": 0.004, "w1": 0.03, "h1": 0.5}
+    for tf, p in ps.items():
+        store.record_result(*_judged(run_id, symbol, tf, p))
+    store.record_result(*_judged(other, symbol, "h4", 0.004))  # another run's row: never touched
+    store.record_result(
+        ResultRecord(run_id=run_id, symbol=symbol, timeframe="m15", status="failed", error="x")
+    )
+    qs = dict(zip(ps, benjamini_hochberg(list(ps.values())), strict=True))
+    assert qs == pytest.approx({"d1": 0.012, "w1": 0.045, "h1": 0.5})
+    verdicts = {
+        (symbol, tf): {
+            "verdict": "skill" if qs[tf] <= 0.1 else "no-skill",
+            "basis": "walk_forward",
+            "p_value": p,
+            "q_value": qs[tf],
+            "fdr": 0.1,
+        }
+        for tf, p in ps.items()
+    }
+    failed_key = {
+        (symbol, "m15"): {"verdict": "skill", "q_value": 0.0}
+    }  # a failed pair has no verdict to change
+    assert store.record_verdicts(run_id, {**verdicts, **failed_key}) == 3
+    rows = {r["timeframe"]: r for r in store.list_results(run_id)}
+    for tf in ps:
+        assert rows[tf]["metrics"]["verdict"] == verdicts[(symbol, tf)]  # exact floats, whole dict replaced
+        assert rows[tf]["metrics"]["ensemble"] == {"test_balanced_accuracy": 0.41}  # the rest kept
+        (version,) = store.list_model_versions(symbol, tf)
+        assert version["metrics"]["verdict"] == verdicts[(symbol, tf)]
+    assert rows["m15"]["metrics"] is None
+    (untouched,) = store.list_results(other)
+    assert untouched["metrics"]["verdict"]["q_value"] is None
+    assert store.list_model_versions(symbol, "h4")[0]["metrics"]["verdict"]["q_value"] is None
+    assert store.record_verdicts(run_id, {}) == 0
+
+
+def test_record_verdicts_is_all_pairs_or_none(
+    store: TrainingStore, symbol: str, request: pytest.FixtureRequest
+) -> None:
+    run_id = new_run(store)
+    for tf in ("d1", "w1"):
+        store.record_result(*_judged(run_id, symbol, tf, 0.2))
+    # another writer's rule refuses any change to the w1 row: the d1 row's change must roll back with it
+    if isinstance(store, SqliteStore):
+        other_writer(
+            store,
+            request,
+            f"create trigger refuse_{symbol} before update on training_results"
+            f" when new.symbol = '{symbol}' and new.timeframe = 'w1' begin select raise(abort, 'refused'); end",
+        )
+    else:
+        pg = request.getfixturevalue("pg")
+        pg.execute(
+            f"create function public.refuse_{symbol.lower()}() returns trigger language plpgsql as "
+            "$$ begin raise exception 'refused'; end $$"
+        )
+        pg.execute(
+            f"create trigger refuse_{symbol.lower()} before update on public.training_results for each row "
+            f"when (new.symbol = '{symbol}' and new.timeframe = 'w1') "
+            f"execute function public.refuse_{symbol.lower()}()"
+        )
+        request.addfinalizer(
+            lambda: pg.execute(
+                f"drop trigger refuse_{symbol.lower()} on public.training_results;"
+                f" drop function public.refuse_{symbol.lower()}()"
+            )
+        )
+    new = {"verdict": "no-skill", "basis": "walk_forward", "p_value": 0.2, "q_value": 0.2, "fdr": 0.1}
+    with pytest.raises(StoreError):
+        store.record_verdicts(run_id, {(symbol, "d1"): new, (symbol, "w1"): new})
+    for r in store.list_results(run_id):
+        assert r["metrics"]["verdict"]["q_value"] is None, r["timeframe"]
+    assert store.list_model_versions(symbol, "d1")[0]["metrics"]["verdict"]["q_value"] is None

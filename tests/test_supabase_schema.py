@@ -720,6 +720,50 @@ def test_views_read_like_with_like(service_client: Any) -> None:
     assert health["latest_verdict"] == "no-skill" and health["runs_below_baselines"] == 0
 
 
+def test_views_show_the_verdicts_p_and_q_values(service_client: Any) -> None:
+    """Since issue 19 a verdict carries its one-sided p-value and the run's Benjamini-Hochberg q-value; the views
+    that show the verdict show them too (null for rows written before)."""
+    ticker = new_ticker()
+    run_id = service_client.table("training_runs").insert({"status": "succeeded"}).execute().data[0]["run_id"]
+    verdict = {"verdict": "skill", "basis": "walk_forward", "p_value": 0.0012, "q_value": 0.0144, "fdr": 0.1}
+    m = {"ensemble": {"test_balanced_accuracy": 0.45}, "verdict": verdict}
+    base = {"run_id": run_id, "symbol": ticker, "timeframe": "d1", "status": "succeeded", "metrics": m}
+    service_client.table("training_results").insert(base).execute()
+    service_client.table("model_versions").insert(
+        {
+            "symbol": ticker,
+            "timeframe": "d1",
+            "run_id": run_id,
+            "artifact_path": f"{ticker}/d1/x.joblib",
+            "artifact_sha256": SHA,
+            "feature_version": "ta-v2",
+            "trained_at": iso(TS0),
+            "is_champion": True,
+            "metrics": m,
+        }
+    ).execute()
+    old = {**base, "timeframe": "w1", "metrics": {"verdict": {"verdict": "no-skill", "basis": "test"}}}
+    service_client.table("training_results").insert(old).execute()
+    row = service_client.table("latest_models").select("*").eq("symbol", ticker).execute().data[0]
+    assert (row["verdict"], row["verdict_p_value"], row["verdict_q_value"]) == ("skill", 0.0012, 0.0144)
+    hist = {
+        r["timeframe"]: r
+        for r in service_client.table("accuracy_history").select("*").eq("symbol", ticker).execute().data
+    }
+    assert (hist["d1"]["verdict_basis"], hist["d1"]["verdict_p_value"], hist["d1"]["verdict_q_value"]) == (
+        "walk_forward",
+        0.0012,
+        0.0144,
+    )
+    assert (hist["w1"]["verdict"], hist["w1"]["verdict_q_value"]) == ("no-skill", None)
+    health = {
+        r["timeframe"]: r
+        for r in service_client.table("model_health").select("*").eq("symbol", ticker).execute().data
+    }
+    assert (health["d1"]["latest_verdict"], health["d1"]["latest_verdict_q_value"]) == ("skill", 0.0144)
+    assert health["w1"]["latest_verdict_q_value"] is None
+
+
 def test_views_handle_missing_metrics(service_client: Any) -> None:
     ticker = new_ticker()
     run_id = service_client.table("training_runs").insert({"status": "running"}).execute().data[0]["run_id"]

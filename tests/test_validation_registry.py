@@ -255,3 +255,18 @@ def test_monitoring_cli(embedded_store, capsys) -> None:
     assert [(r["symbol"], r["timeframe"], r["runs"]) for r in rows] == [("IXIC", "w1", 2)]
     assert monitoring.main([]) == 0
     assert "IXIC" in capsys.readouterr().out
+
+
+def test_monitoring_cli_shows_the_verdicts_q_value(embedded_store, capsys) -> None:
+    hist = _history(embedded_store, capsys, "IXIC", "w1", ["2018-12-31"])
+    verdict = hist[-1]["metrics"]["verdict"]
+    assert verdict["q_value"] == pytest.approx(verdict["p_value"])  # alone in its run: q = p
+    assert monitoring.main(["--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["verdict"], row["verdict_q"]) == (verdict["verdict"], pytest.approx(verdict["q_value"]))
+    assert monitoring.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(line for line in lines if line.startswith("symbol")).split()
+    assert head[head.index("verdict") + 1] == "q"
+    ixic = next(line for line in lines if line.startswith("IXIC"))
+    assert f"{verdict['verdict']} {verdict['q_value']:.3f}" in " ".join(ixic.split())

@@ -217,6 +217,18 @@ def _pool_likely(args: argparse.Namespace, execution: ExecutionSettings) -> bool
     return named * len(args.timeframes or TIMEFRAMES) >= 2
 
 
+def _pending_verdict(v: dict[str, Any]) -> str:
+    """A pair's verdict as it finishes: its q-value (and so any skill) comes once the run's pairs are done."""
+    if v.get("verdict") == "worse" or v.get("q_value") is not None:
+        return str(v.get("verdict"))
+    p = v.get("p_value")
+    return (
+        f"p {p:.3f}, verdict after the run's q-values"
+        if isinstance(p, int | float)
+        else str(v.get("verdict"))
+    )
+
+
 def _progress_line(done: int, total: int, r: PairResult) -> None:
     if r.status == "succeeded" and r.metrics:
         m = r.metrics
@@ -228,7 +240,7 @@ def _progress_line(done: int, total: int, r: PairResult) -> None:
             r.symbol,
             r.timeframe,
             r.duration_s,
-            m["verdict"]["verdict"],
+            _pending_verdict(m["verdict"]),
             m["ensemble"]["test_balanced_accuracy"],
             m["majority"]["test_balanced_accuracy"],
             m["persistence"]["test_balanced_accuracy"],

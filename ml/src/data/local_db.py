@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -397,6 +397,35 @@ class SqliteStore(TrainingStore):
                         self._insert("model_versions", row, self._conn)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot record result {result.symbol}/{result.timeframe}: {exc}") from exc
+
+    def record_verdicts(self, run_id: str, verdicts: Mapping[tuple[str, str], dict[str, Any]]) -> int:
+        if not verdicts:
+            return 0
+        changed = 0
+        with self._lock:
+            try:
+                with self._conn:  # one transaction: every pair's verdict or none
+                    for (symbol, timeframe), verdict in verdicts.items():
+                        for table, extra in (
+                            ("training_results", " and status = 'succeeded'"),
+                            ("model_versions", ""),
+                        ):
+                            rows = self._conn.execute(
+                                f"select id, metrics from {table}"
+                                f" where run_id = ? and symbol = ? and timeframe = ?{extra}",
+                                (run_id, symbol, timeframe),
+                            ).fetchall()
+                            for row_id, raw in rows:
+                                metrics = json.loads(raw) if raw else {}
+                                metrics["verdict"] = verdict
+                                self._conn.execute(
+                                    f"update {table} set metrics = ? where id = ?",
+                                    (_to_db("metrics", metrics), row_id),
+                                )
+                                changed += table == "training_results"
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot record the verdicts of run {run_id}: {exc}") from exc
+        return changed
 
     def get_run(self, run_id) -> dict | None:
         rows = self._query("select * from training_runs where run_id = ?", (run_id,))

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,6 +144,12 @@ class TrainingStore(ABC):
     @abstractmethod
     def _write_result(self, result: ResultRecord, model_version: ModelVersionRecord | None) -> None:
         """Hook: the result row and the model version in one transaction."""
+
+    @abstractmethod
+    def record_verdicts(self, run_id: str, verdicts: Mapping[tuple[str, str], dict[str, Any]]) -> int:
+        """Replace metrics.verdict of the run's succeeded results (and of their model versions) for each
+        (symbol, timeframe) given, all in one transaction: every pair's verdict or none. Returns the number
+        of result rows changed. The run's q-values are known only once its pairs are done."""
 
     @abstractmethod
     def get_run(self, run_id: str) -> dict | None: ...

@@ -15,7 +15,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -507,6 +507,19 @@ class SupabaseStore(TrainingStore):
             lambda: self.client.rpc("record_training_result", params).execute(),
             on_retry_conflict_ok=True,
         )
+
+    def record_verdicts(self, run_id: str, verdicts: Mapping[tuple[str, str], dict[str, Any]]) -> int:
+        if not verdicts:
+            return 0
+        # One SQL function, one transaction: every pair's verdict or none (and a retry writes the same values).
+        params = {
+            "p_run_id": run_id,
+            "p_verdicts": [
+                {"symbol": symbol, "timeframe": timeframe, "verdict": _jsonable(verdict)}
+                for (symbol, timeframe), verdict in verdicts.items()
+            ],
+        }
+        return int(self._rpc(f"record the verdicts of run {run_id}", "record_verdicts", params) or 0)
 
     def get_run(self, run_id) -> dict | None:
         res = self._call(

@@ -60,6 +60,13 @@ def majority_of(metrics: dict[str, Any]) -> dict[str, Any]:
     return metrics.get("majority") or metrics.get("baseline") or {}
 
 
+def verdict_q_of(metrics: dict[str, Any] | None) -> str:
+    """The verdict's Benjamini-Hochberg q-value across its run's pairs, formatted; '-' when not recorded."""
+    v = (metrics or {}).get("verdict")
+    q = v.get("q_value") if isinstance(v, dict) else None
+    return f"{q:.3f}" if isinstance(q, int | float) and not isinstance(q, bool) else "-"
+
+
 def verdict_of(metrics: dict[str, Any] | None) -> str:
     """The result's verdict (skill / no-skill / worse) when the run recorded one, else 'n/a'."""
     v = (metrics or {}).get("verdict")
@@ -230,7 +237,8 @@ def _pair_page(pair: PairData, folder: Path, site: ReportSite) -> str:
     parts = [
         '<p><a href="../index.html">&larr; all pairs</a></p>',
         f"<h1>{_e(pair.symbol)} {_e(pair.timeframe)}</h1>",
-        f'<p>verdict <span class="verdict">{_e(verdict_of(r.get("metrics")))}</span> &nbsp; {_flags(pair.health)}</p>',
+        f'<p>verdict <span class="verdict">{_e(verdict_of(r.get("metrics")))}</span> '
+        f"(q {_e(verdict_q_of(r.get('metrics')))}) &nbsp; {_flags(pair.health)}</p>",
         f'<p class="note">Charts of {which}: run {_e(r.get("run_id", "?"))} started {_e(r.get("started_at", "?"))}; '
         f"test slice {_e((r.get('split') or {}).get('test_start', '?'))} to {_e((r.get('split') or {}).get('test_end', '?'))} "
         f"({_e(r.get('n_test', '?'))} rows). Champion: version {_e(champ.get('id', 'none'))} trained "
@@ -266,7 +274,8 @@ def _index(pairs: Sequence[PairData], store_name: str, generated: datetime) -> s
         rows.append(
             "<tr>"
             f'<td><a href="pairs/{_e(pair_slug(p.symbol, p.timeframe))}.html">{_e(p.symbol)} {_e(p.timeframe)}</a></td>'
-            f'<td class="verdict">{_e(verdict_of(m))}</td><td>{_flags(p.health)}</td>'
+            f'<td class="verdict">{_e(verdict_of(m))}</td><td class="num">{_e(verdict_q_of(m))}</td>'
+            f"<td>{_flags(p.health)}</td>"
             f'<td class="num">{_e(_fmt(ens.get("test_balanced_accuracy")))}</td>'
             f'<td class="num">{_e(_fmt(base.get("test_balanced_accuracy")))}</td>'
             f'<td class="num">{_e(_fmt(pers.get("test_balanced_accuracy")))}</td>'
@@ -276,7 +285,7 @@ def _index(pairs: Sequence[PairData], store_name: str, generated: datetime) -> s
             "</tr>"
         )
     table = (
-        "<table><tr><th>pair</th><th>verdict</th><th>flags</th><th>test bal. acc.</th><th>majority</th>"
+        "<table><tr><th>pair</th><th>verdict</th><th>q</th><th>flags</th><th>test bal. acc.</th><th>majority</th>"
         "<th>persistence</th><th>live realised / made</th><th>live bal. acc.</th><th>champion trained</th></tr>"
         + "".join(rows)
         + "</table>"
@@ -287,7 +296,8 @@ def _index(pairs: Sequence[PairData], store_name: str, generated: datetime) -> s
         "<h1>SwiftBolt ML: models, baselines and live record</h1>"
         f'<p class="note">Generated {_e(generated.isoformat(timespec="seconds"))} from the {_e(store_name)} store. '
         "Balanced accuracy is the mean recall over the three classes; the majority baseline scores 1/3 on it by "
-        "construction. The verdict is the run's own (skill / no-skill / worse; n/a when the run recorded none). "
+        "construction. The verdict is the run's own (skill / no-skill / worse; n/a when the run recorded none); "
+        "q is its Benjamini-Hochberg q-value across that run's pairs (skill needs q at or below ML_VERDICT_FDR). "
         "Flags: RETRAIN (score fell or champion expired), DISABLE (champion not beating its baselines), LIVE "
         "(live forecasts not beating their baselines).</p>"
         f"{table}"

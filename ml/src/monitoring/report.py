@@ -58,6 +58,9 @@ class PairHealth:
     champion_expired: bool
     runs_below_baselines: int
     verdict: str | None = None  # the latest result's skill / no-skill / worse
+    verdict_q: float | None = (
+        None  # its Benjamini-Hochberg q-value across that run's pairs (None: not recorded)
+    )
     flags: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     live: dict[str, Any] | None = None  # LiveRecord.to_dict() of the pair's forecasts
@@ -142,6 +145,7 @@ def assess_pair(
         champion_expired=False,
         runs_below_baselines=0,
         verdict=((last.get("metrics") or {}).get("verdict") or {}).get("verdict"),
+        verdict_q=_num(((last.get("metrics") or {}).get("verdict") or {}).get("q_value")),
     )
     if latest is not None and mean_prev is not None and latest < mean_prev - t.retrain_drop:
         health.flags.append("RETRAIN")
@@ -209,7 +213,7 @@ def _fmt(v: float | None) -> str:
 
 def table(rows: list[PairHealth]) -> str:
     head = (
-        f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5} {'verdict':<8} "
+        f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5} {'verdict':<8} {'q':>5} "
         f"{'live_n':>6} {'live':>6}  {'flags':<20} reasons"
     )
     lines = [head, "-" * len(head)]
@@ -217,7 +221,7 @@ def table(rows: list[PairHealth]) -> str:
         live = h.live or {}
         lines.append(
             f"{h.symbol:<8} {h.timeframe:<4} {h.runs:>4} {_fmt(h.latest):>7} {_fmt(h.history_mean):>7} "
-            f"{h.runs_below_baselines:>5} {h.verdict or '-':<8} {live.get('n_realised', 0):>6} "
+            f"{h.runs_below_baselines:>5} {h.verdict or '-':<8} {_fmt(h.verdict_q):>5} {live.get('n_realised', 0):>6} "
             f"{_fmt(live.get('balanced_accuracy')):>6}  "
             f"{','.join(h.flags) or 'OK':<20} {'; '.join(h.reasons)}"
         )

@@ -42,7 +42,7 @@ from ml.src.training.provenance import library_versions
 from ml.src.training.scoring import NAMES, SlicePredictions, concat, score_slice, slice_predictions
 from ml.src.training.splits import SplitError, min_usable_rows, purged_split
 from ml.src.training.trading_metrics import fit_confidence_threshold, trading_metrics
-from ml.src.training.verdict import judge
+from ml.src.training.verdict import PairedRows, densest_evidence, judge_rows
 from ml.src.training.weights import direction_score
 
 if TYPE_CHECKING:
@@ -350,8 +350,14 @@ def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> F
             wf = result.report
             oos = concat(result.pooled) if result.pooled else None
         timings["walk_forward"] = time.perf_counter() - t0
+    # the densest honest out-of-sample rows: pooled walk-forward blocks when folds ran, else the test slice;
+    # its q-value (and so a possible "skill") comes once the run's pairs are done (run_loop.settle_verdicts)
+    basis, evidence = densest_evidence(
+        test=PairedRows.from_slice(preds["test"]),
+        walk_forward=PairedRows.from_slice(oos) if oos is not None else None,
+    )
+    verdict = judge_rows(evidence, horizon=h, z=settings.verdict_z, basis=basis, fdr=settings.verdict_fdr)
     if oos is not None:
-        verdict = judge(oos, horizon=h, z=settings.verdict_z, basis="walk_forward")
         assert wf is not None
         wf["pooled"] = {
             name: {k: v for k, v in m.items() if k != "confusion"}
@@ -359,8 +365,6 @@ def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> F
                 oos, horizon=h, ic_permutations=settings.ic_permutations, seed=settings.random_state
             ).items()
         }
-    else:
-        verdict = judge(preds["test"], horizon=h, z=settings.verdict_z, basis="test")
     metrics["verdict"] = verdict.to_dict()
     confidence = metrics["trading"].get("confidence") or {}
     extras = {

@@ -43,9 +43,10 @@ from ml.src.training.pipeline import (
 from ml.src.training.registry import decide_promotion, prune_versions
 from ml.src.training.run_report import RunReport
 from ml.src.training.universe import PairOptions, PlannedPair, cross, named_pairs
+from ml.src.training.verdict import apply_fdr_dicts
 from ml.src.training.worker import FitSpec, PackedFit, fit_task, library_versions
 
-__all__ = ["finish_run", "run_job", "start_run", "train_pairs", "worker_count"]
+__all__ = ["finish_run", "run_job", "settle_verdicts", "start_run", "train_pairs", "worker_count"]
 
 log = logging.getLogger("ml.training")
 
@@ -231,6 +232,38 @@ def train_pairs(
         if own:
             pool.close(cancel=bool(pending))
     return [results[i] for i in sorted(results)]
+
+
+def settle_verdicts(
+    store: TrainingStore,
+    results: Sequence[PairResult],
+    run_id: str,
+    fdr: float,
+    warn: Callable[[str], None],
+) -> int:
+    """The run's verdicts under false-discovery control, once its pairs are done.
+
+    The Benjamini-Hochberg q-values of the succeeded pairs' p-values (apply_fdr: skill needs q <= fdr) replace
+    each result's metrics.verdict in memory (what --json and the summary print) and in the ledger, all pairs in
+    one store call (record_verdicts: every verdict or none). A store failure is a warning: the ledger then keeps
+    the verdicts written with the pairs (q_value null, never skill). Returns the number of pairs settled.
+    """
+    judged = {
+        (r.symbol, r.timeframe): r
+        for r in results
+        if r.status == "succeeded" and r.metrics and isinstance(r.metrics.get("verdict"), dict)
+    }
+    if not judged:
+        return 0
+    settled = apply_fdr_dicts({k: r.metrics["verdict"] for k, r in judged.items() if r.metrics}, fdr)
+    for key, r in judged.items():
+        assert r.metrics is not None
+        r.metrics["verdict"] = settled[key]
+    try:
+        store.record_verdicts(run_id, settled)
+    except StoreError as exc:
+        warn(f"could not record the run's q-values (verdicts stay as written with each pair): {exc}")
+    return len(settled)
 
 
 def start_run(store: TrainingStore, settings: Settings, scope: dict[str, Any], trigger: str) -> RunReport:
@@ -499,6 +532,8 @@ def run_job(
                     warn(f"could not release the run's leases: {exc}")
                     unreleased = names
         report.results = [done[i] for i in sorted(done)]
+        # q-values need every pair of the run: computed now, written back in one call before the run ends
+        settle_verdicts(store, report.results, report.run_id, settings.verdict_fdr, warn)
         if stop_requested():
             report.interrupted = True
             report.error = report.error or f"interrupted after {len(done)} of {total} pair(s)"
@@ -516,6 +551,10 @@ def run_job(
     except Exception as exc:  # a bug or a store failure outside any pair: recorded, never left `running`
         log.exception("run %s failed", report.run_id)
         report.results = [done[i] for i in sorted(done)]
+        try:  # the pairs that did succeed still get their q-values (among themselves)
+            settle_verdicts(store, report.results, report.run_id, settings.verdict_fdr, warn)
+        except Exception:
+            log.exception("run %s: could not settle the verdicts", report.run_id)
         report.error = f"run failed: {type(exc).__name__}: {one_line(exc)}"
         report.store_io_s = store.io_seconds - io_start
         finish_run(store, report, status="failed")

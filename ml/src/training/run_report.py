@@ -107,13 +107,21 @@ def _walk_forward_line(r: PairResult) -> str | None:
     )
 
 
+def _fdr_of(report: RunReport) -> str:
+    for r in report.results:
+        fdr = ((r.metrics or {}).get("verdict") or {}).get("fdr")
+        if isinstance(fdr, int | float):
+            return f" {fdr:g}"
+    return ""
+
+
 def summary_table(report: RunReport) -> str:
     """Like with like: each model score sits beside the same score of the baselines (test slice), then the
     verdict (on the walk-forward rows when folds ran) and the net Sharpe against buy-and-hold."""
     header = (
         f"{'symbol':<8} {'tf':<4} {'status':<9} {'train':>5} {'test':>5} {'w_rf':>5} {'alpha':>6} "
         f"{'ens_bal':>7} {'maj_bal':>7} {'per_bal':>7} {'ens_ll':>6} {'pri_ll':>6} {'ic':>6} {'ic_p':>5} "
-        f"{'sharpe':>6} {'sh_thr':>6} {'sh_bh':>6} {'verdict':<15} {'secs':>6}"
+        f"{'sharpe':>6} {'sh_thr':>6} {'sh_bh':>6} {'verdict':<17} {'p':>5} {'q':>5} {'secs':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in report.results:
@@ -125,7 +133,7 @@ def summary_table(report: RunReport) -> str:
         alpha = "equal" if comb.get("equal_weights") else _num(comb.get("alpha"), "g")
         trading = m.get("trading") or {}
         verdict = m.get("verdict") or {}
-        basis = {"walk_forward": "wf", "test": "test"}.get(verdict.get("basis", ""), "")
+        basis = {"walk_forward": "wf", "test": "test", "replay": "replay"}.get(verdict.get("basis", ""), "")
         lines.append(
             f"{r.symbol:<8} {r.timeframe:<4} {r.status:<9} {r.n_train or 0:>5} {r.n_test or 0:>5} "
             f"{w.get('rf', 0):>5.2f} {alpha:>6} "
@@ -135,7 +143,8 @@ def summary_table(report: RunReport) -> str:
             f"{_num(m['ensemble'].get('test_ic'), '+.3f'):>6} {_num(m['ensemble'].get('test_ic_pvalue'), '.2f'):>5} "
             f"{_num(_sharpe(trading), '+.2f'):>6} {_num(_sharpe(trading.get('confidence')), '+.2f'):>6} "
             f"{_num(_sharpe(trading.get('buy_and_hold')), '+.2f'):>6} "
-            f"{(verdict.get('verdict', '-') + (f' ({basis})' if basis else '')):<15} {r.duration_s:>6.2f}"
+            f"{(verdict.get('verdict', '-') + (f' ({basis})' if basis else '')):<17} "
+            f"{_num(verdict.get('p_value'), '.3f'):>5} {_num(verdict.get('q_value'), '.3f'):>5} {r.duration_s:>6.2f}"
         )
     for r in report.results:
         line = _walk_forward_line(r)
@@ -148,7 +157,9 @@ def summary_table(report: RunReport) -> str:
         f"{c['skipped']} skipped. Test-slice balanced accuracy (%) of the ensemble, the training majority class "
         "and persistence (last known label); log loss of the ensemble and of the training class mix (prior); "
         "IC with its block-permutation p-value; net Sharpe of the calls, with the valid-fitted confidence "
-        "threshold, and of buy-and-hold; verdict skill / no-skill / worse (README: How the numbers are kept honest)"
+        "threshold, and of buy-and-hold; verdict skill / no-skill / worse with its one-sided p-value and its "
+        f"Benjamini-Hochberg q-value across the run's succeeded pairs (skill needs q <= the FDR"
+        f"{_fdr_of(report)}; README: How the numbers are kept honest)"
     )
     for warning in report.warnings:
         lines.append(f"warning: {warning}")

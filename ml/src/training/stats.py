@@ -1,14 +1,19 @@
-"""Standard errors and p-values for overlapping-horizon rows. Pure functions.
+"""Standard errors and p-values for overlapping-horizon rows, and false-discovery control across pairs.
+Pure functions.
 
 Consecutive rows share h - 1 bars of their label's future, so row-level errors are not independent and a
 plain s.e. is too small. Both tools here work on consecutive blocks of rows at least the horizon long: the
 standard error of a sum treats blocks (not rows) as independent, and the IC's permutation test shuffles
 blocks of the score against the realised returns, keeping each block's serial dependence.
+
+A run judges many pairs at once; `benjamini_hochberg` turns their p-values into q-values so that calling
+every pair with q <= alpha "skill" keeps the expected share of false calls among them at alpha or below.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -70,11 +75,47 @@ class PairedDifference:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def p_value(self) -> float:
+        """One-sided p-value of "a is better than b" (normal approximation of diff / s.e.).
+
+        1 when the s.e. is unknown (too few rows for 3 blocks: no evidence at all); 0.5 for a difference that
+        is only floating-point noise (no difference either way). Consistent with beats(): beats(z) holds
+        exactly when p < 1 - Phi(z) (for differences above the noise).
+        """
+        if self.se is None:
+            return 1.0
+        if abs(self.diff) <= _NOISE:
+            return 0.5
+        if self.se <= 0.0:  # every block the same: the sign is the evidence
+            return 0.0 if self.diff > 0 else 1.0
+        return float(0.5 * math.erfc(self.diff / self.se / math.sqrt(2.0)))
+
 
 def paired_difference(contrib_a: np.ndarray, contrib_b: np.ndarray, block: int) -> PairedDifference:
     """a and b are per-row contributions to the same additive score (e.g. metrics.balanced_accuracy_rows)."""
     d = np.asarray(contrib_a, dtype="float64") - np.asarray(contrib_b, dtype="float64")
     return PairedDifference(float(d.sum()), block_se(d, block), int(d.size), int(block))
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg q-values, in the order of `p_values`.
+
+    With the m p-values sorted ascending, q_(i) = min over j >= i of m * p_(j) / j (the step-up: a q-value is
+    never below the one of a smaller p-value), capped at 1. Calling "discovery" every test with q <= alpha
+    controls the false discovery rate at alpha (independent or positively dependent tests). Empty in, empty out.
+    """
+    p = np.asarray(list(p_values), dtype="float64")
+    if p.size == 0:
+        return []
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
+        raise ValueError(f"p-values must lie in [0, 1]: {p.tolist()}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    stepped = np.minimum.accumulate(scaled[::-1])[::-1]
+    q = np.empty(m)
+    q[order] = np.minimum(stepped, 1.0)
+    return [float(v) for v in q]
 
 
 def _unit_ranks(score: np.ndarray, realised: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

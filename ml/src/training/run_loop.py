@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,145 @@ def one_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- run
+@dataclass
+class PairScheduler:
+    """The pairs of a run in flight: each is prepared here (store I/O), fitted and packed on the executor, and
+    persisted here as its fit comes back. A pair's problem is its own result; the others go on."""
+
+    store: TrainingStore
+    settings: Settings
+    run_id: str
+    pool: PairExecutor
+    total: int
+    progress: Callable[[int, int, PairResult], None] | None = None
+    warn: Callable[[str], None] | None = None
+    results: dict[int, PairResult] = field(default_factory=dict)
+    pending: dict[Future[PackedFit], tuple[int, PreparedPair, float]] = field(default_factory=dict)
+
+    def run(self, requests: Sequence[PairRequest]) -> list[PairResult]:
+        # what travels to the workers: the prepared arrays and the fit settings, never the store or a key
+        spec = FitSpec(
+            settings=self.settings.fit,
+            run_id=self.run_id,
+            n_threads=1,
+            compress=self.settings.artifact_compress,
+        )
+        for i, req in enumerate(requests):
+            if stop_requested():
+                break
+            prep, t0 = self.prepare(i, req)
+            if prep is not None:
+                key = f"fit-{req.symbol}-{req.timeframe}"
+                self.pending[self.pool.submit(fit_task, prep, spec, key=key)] = (i, prep, t0)
+            self.collect(block=False)
+            # at most 2 prepared pairs per slot in flight: bounded memory here, and no worker waits for work
+            while len(self.pending) >= 2 * self.pool.slots:
+                self.collect(block=True)
+        while self.pending:
+            self.collect(block=True)
+        return [self.results[i] for i in sorted(self.results)]
+
+    def note(self, message: str) -> None:
+        if self.warn is not None:
+            self.warn(message)
+        else:
+            log.warning("%s", message)
+
+    def finish(self, i: int, result: PairResult) -> None:
+        self.results[i] = result
+        if result.status != "succeeded":
+            try:
+                self.store.record_result(result.to_record(self.run_id))
+            except StoreError as exc:
+                self.note(
+                    f"{result.symbol}/{result.timeframe}: could not record the {result.status} pair: {exc}"
+                )
+        if self.progress:
+            self.progress(len(self.results), self.total, result)
+
+    def prepare(self, i: int, req: PairRequest) -> tuple[PreparedPair | None, float]:
+        t0 = time.perf_counter()
+        try:
+            reason = no_new_bars_reason(self.store, req)
+            if reason is not None:
+                self.finish(i, skipped_result(req, reason, time.perf_counter() - t0))
+                return None, t0
+            fill_outcomes_quietly(self.store, req.symbol, req.timeframe)  # new bars may realise forecasts
+            return prepare_pair(self.store, req, self.settings), t0
+        except Exception as exc:
+            self.finish(i, self.unprepared(req, exc, time.perf_counter() - t0))
+        return None, t0
+
+    def unprepared(self, req: PairRequest, exc: Exception, elapsed: float) -> PairResult:
+        """The result of a pair that could not be prepared: skipped when it only lacks bars (and nobody named it)."""
+        horizon = self.settings.timeframes[req.timeframe].horizon_bars
+        if isinstance(exc, PairSkipped):  # some bars, fewer than the minimum history: wait for bars
+            return skipped_result(req, str(exc), elapsed)
+        if isinstance(exc, NotEnoughHistory):
+            # a pair the user named should hear it has nothing to train on; one of the universe is skipped
+            if req.explicit:
+                return failed_result(req, str(exc), elapsed, horizon)
+            return skipped_result(req, str(exc), elapsed)
+        if isinstance(exc, PairFailure | StoreError):
+            return failed_result(req, str(exc), elapsed, horizon)
+        # a bug must not stop the other pairs; the reason still gets recorded
+        log.error("%s/%s: unexpected error while preparing", req.symbol, req.timeframe, exc_info=exc)
+        return failed_result(
+            req, f"{req.symbol}/{req.timeframe}: {type(exc).__name__}: {one_line(exc)}", elapsed
+        )
+
+    def collect(self, block: bool) -> None:
+        if not self.pending:
+            return
+        ready, _ = wait(list(self.pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for fut in sorted(ready, key=lambda f: self.pending[f][0]):
+            i, prep, t0 = self.pending.pop(fut)
+            try:
+                packed = fut.result()
+            except Exception as exc:
+                req = prep.request
+                log.error("%s/%s: fit failed", req.symbol, req.timeframe, exc_info=exc)
+                reason = f"{req.symbol}/{req.timeframe}: fit failed: {one_line(exc)}"
+                self.finish(i, failed_result(req, reason, time.perf_counter() - t0))
+                continue
+            self.finish(i, self.persist(prep, packed, t0))
+
+    def persist(self, prep: PreparedPair, fitted: PackedFit, t0: float) -> PairResult:
+        req, settings = prep.request, self.settings
+        try:
+            decision = decide_promotion(self.store, prep, fitted, settings)
+            result = persist_pair(
+                self.store,
+                prep,
+                fitted,
+                run_id=self.run_id,
+                models_dir=settings.models_dir,
+                duration_s=time.perf_counter() - t0,
+                promotion=decision,
+                artifact_key=(
+                    settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
+                ),
+                warn=self.note,
+            )
+        except (StoreError, OSError, ArtifactError) as exc:
+            return failed_result(req, f"{req.symbol}/{req.timeframe}: {exc}", time.perf_counter() - t0)
+        result.worker = {"id": fitted.worker, "peak_rss_mb": round(fitted.worker_peak_rss_mb, 1)}
+        retention = prune_versions(
+            self.store, req.symbol, req.timeframe, settings.keep_versions, settings.models_dir
+        )
+        for problem in retention.errors:
+            self.note(problem)
+        log.debug(
+            "%s/%s: %s (%s); %d old version(s) pruned",
+            req.symbol,
+            req.timeframe,
+            "champion" if decision.promote else "challenger",
+            decision.reason,
+            retention.pruned,
+        )
+        return result
+
+
 def train_pairs(
     store: TrainingStore,
     settings: Settings,
@@ -97,141 +237,17 @@ def train_pairs(
     """Prepare each pair (store I/O, here), fit and pack it on the executor, persist it (here).
 
     Without an `executor` one is opened for the call (open_executor: a local pool of `workers` processes when
-    there are enough pairs, else this process) and closed at the end. A pair that fails is recorded as failed and the others go on. A pair of the universe (not explicit) with no
-    bars or too little history is recorded as skipped. Bookkeeping problems go to `warn` (default: the log).
+    there are enough pairs, else this process) and closed at the end. A pair that fails is recorded as failed
+    and the others go on. A pair of the universe (not explicit) with no bars or too little history is recorded
+    as skipped. Bookkeeping problems go to `warn` (default: the log).
     """
-    total = len(requests)
-    results: dict[int, PairResult] = {}
-    done = 0
-
-    def note(message: str) -> None:
-        if warn is not None:
-            warn(message)
-        else:
-            log.warning("%s", message)
-
-    def finish(i: int, result: PairResult) -> None:
-        nonlocal done
-        results[i] = result
-        if result.status != "succeeded":
-            try:
-                store.record_result(result.to_record(run_id))
-            except StoreError as exc:
-                note(f"{result.symbol}/{result.timeframe}: could not record the {result.status} pair: {exc}")
-        done += 1
-        if progress:
-            progress(done, total, result)
-
-    def persist(i: int, prep: PreparedPair, fitted: PackedFit, t0: float) -> None:
-        req = prep.request
-        try:
-            decision = decide_promotion(store, prep, fitted, settings)
-            result = persist_pair(
-                store,
-                prep,
-                fitted,
-                run_id=run_id,
-                models_dir=settings.models_dir,
-                duration_s=time.perf_counter() - t0,
-                promotion=decision,
-                artifact_key=(
-                    settings.artifact_key.get_secret_value() if settings.artifact_key is not None else None
-                ),
-                warn=note,
-            )
-        except (StoreError, OSError, ArtifactError) as exc:
-            result = failed_result(req, f"{req.symbol}/{req.timeframe}: {exc}", time.perf_counter() - t0)
-        else:
-            result.worker = {"id": fitted.worker, "peak_rss_mb": round(fitted.worker_peak_rss_mb, 1)}
-            retention = prune_versions(
-                store, req.symbol, req.timeframe, settings.keep_versions, settings.models_dir
-            )
-            for problem in retention.errors:
-                note(problem)
-            log.debug(
-                "%s/%s: %s (%s); %d old version(s) pruned",
-                req.symbol,
-                req.timeframe,
-                "champion" if decision.promote else "challenger",
-                decision.reason,
-                retention.pruned,
-            )
-        finish(i, result)
-
-    def fit_failed(i: int, req: PairRequest, exc: BaseException, t0: float) -> None:
-        log.error("%s/%s: fit failed", req.symbol, req.timeframe, exc_info=exc)
-        reason = f"{req.symbol}/{req.timeframe}: fit failed: {one_line(exc)}"
-        finish(i, failed_result(req, reason, time.perf_counter() - t0))
-
-    def prepare(i: int, req: PairRequest) -> tuple[PreparedPair | None, float]:
-        t0 = time.perf_counter()
-        try:
-            reason = no_new_bars_reason(store, req)
-            if reason is not None:
-                finish(i, skipped_result(req, reason, time.perf_counter() - t0))
-                return None, t0
-            fill_outcomes_quietly(store, req.symbol, req.timeframe)  # new bars may realise earlier forecasts
-            return prepare_pair(store, req, settings), t0
-        except PairSkipped as exc:  # some bars, fewer than the minimum history: nothing to fix, wait for bars
-            finish(i, skipped_result(req, str(exc), time.perf_counter() - t0))
-        except NotEnoughHistory as exc:
-            if req.explicit:  # a pair the user named: they should hear it has nothing to train on
-                horizon = settings.timeframes[req.timeframe].horizon_bars
-                finish(i, failed_result(req, str(exc), time.perf_counter() - t0, horizon))
-            else:  # a pair of the universe (--all, the scheduler): nothing to train yet
-                finish(i, skipped_result(req, str(exc), time.perf_counter() - t0))
-        except (PairFailure, StoreError) as exc:
-            horizon = settings.timeframes[req.timeframe].horizon_bars
-            finish(i, failed_result(req, str(exc), time.perf_counter() - t0, horizon))
-        except Exception as exc:  # a bug must not stop the other pairs; the reason still gets recorded
-            log.exception("%s/%s: unexpected error while preparing", req.symbol, req.timeframe)
-            finish(
-                i,
-                failed_result(
-                    req,
-                    f"{req.symbol}/{req.timeframe}: {type(exc).__name__}: {one_line(exc)}",
-                    time.perf_counter() - t0,
-                ),
-            )
-        return None, t0
-
-    own = executor is None
-    pool = executor or open_executor(settings, workers=workers, n_pairs=total)
-    # what travels to the workers: the prepared arrays and secret-free settings, never the store or a key
-    spec = FitSpec(settings=settings.fit, run_id=run_id, n_threads=1, compress=settings.artifact_compress)
-    pending: dict[Future[PackedFit], tuple[int, PreparedPair, float]] = {}
-
-    def collect(block: bool) -> None:
-        if not pending:
-            return
-        ready, _ = wait(list(pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        for fut in sorted(ready, key=lambda f: pending[f][0]):
-            i, prep, t0 = pending.pop(fut)
-            try:
-                packed = fut.result()
-            except Exception as exc:
-                fit_failed(i, prep.request, exc, t0)
-                continue
-            persist(i, prep, packed, t0)
-
+    pool = executor or open_executor(settings, workers=workers, n_pairs=len(requests))
+    batch = PairScheduler(store, settings, run_id, pool, len(requests), progress, warn)
     try:
-        for i, req in enumerate(requests):
-            if stop_requested():
-                break
-            prep, t0 = prepare(i, req)
-            if prep is not None:
-                key = f"fit-{req.symbol}-{req.timeframe}"
-                pending[pool.submit(fit_task, prep, spec, key=key)] = (i, prep, t0)
-            collect(block=False)
-            # at most 2 prepared pairs per slot in flight: bounded memory here, and no worker waits for work
-            while len(pending) >= 2 * pool.slots:
-                collect(block=True)
-        while pending:
-            collect(block=True)
+        return batch.run(requests)
     finally:
-        if own:
-            pool.close(cancel=bool(pending))
-    return [results[i] for i in sorted(results)]
+        if executor is None:
+            pool.close(cancel=bool(batch.pending))
 
 
 def settle_verdicts(
@@ -389,6 +405,175 @@ def start_sweeps(store: TrainingStore, settings: Settings, run_id: str, warn: Ca
         warn(f"could not publish the monitoring thresholds: {exc}")
 
 
+def run_scope(
+    planned: Sequence[PlannedPair], options: PairOptions, extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the run covers, as recorded in its ledger row (and hashed into its config)."""
+    return {
+        "symbols": list(dict.fromkeys(p.request.symbol for p in planned)),
+        "timeframes": list(dict.fromkeys(p.request.timeframe for p in planned)),
+        "as_of": options.as_of.isoformat() if options.as_of else None,
+        "lookback_days": options.lookback_days,
+        "target_bars": options.target_bars,
+        "force": options.force,
+        **(extra or {}),
+    }
+
+
+@dataclass
+class RunSession:
+    """One run in the ledger, from its start row to its final status: its leases, the results of its pairs
+    as they finish (kept if the run is cut short), its warnings, and the end it records whatever happens."""
+
+    store: TrainingStore
+    settings: Settings
+    report: RunReport
+    planned: list[PlannedPair]
+    progress: Callable[[int, int, PairResult], None] | None = None
+    done: dict[int, PairResult] = field(default_factory=dict)  # planned index -> result
+    names: list[str] = field(default_factory=list)  # the leases this run holds
+    unreleased: list[str] = field(default_factory=list)  # release failed: tried again after the final status
+    io_start: float = 0.0
+
+    @property
+    def run_id(self) -> str:
+        return self.report.run_id
+
+    @property
+    def holder(self) -> str:
+        return holder_name(self.run_id)
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.report.warnings.append(message)
+
+    def tell(self, i: int, result: PairResult) -> None:
+        self.done[i] = result
+        if self.progress:
+            self.progress(len(self.done), len(self.planned), result)
+
+    def record(self, i: int, result: PairResult) -> None:
+        """A pair decided without training (or not trained at all): its row, then its place in the report."""
+        try:
+            self.store.record_result(result.to_record(self.run_id))
+        except StoreError as exc:
+            req = self.planned[i].request
+            self.warn(f"{req.symbol}/{req.timeframe}: could not record the {result.status} pair: {exc}")
+        self.tell(i, result)
+
+    def acquire(self, requests: Sequence[PairRequest]) -> bool:
+        """Take the leases of the pairs to train; False (the run recorded as skipped) when another run holds one."""
+        self.names = [lease_name(r.symbol, r.timeframe) for r in requests]
+        if not self.names:
+            return True
+        grant = acquire_run_leases(
+            self.store, self.names, self.holder, self.settings.lease_ttl_s, self.run_id
+        )
+        if not grant.acquired:
+            self.names = []
+            until = grant.expires_at.isoformat() if grant.expires_at else "?"
+            self.report.locked_by = f"lease {grant.name} is held by {grant.holder} until {until}"
+            self.report.error = f"another run is active: {self.report.locked_by}"
+            finish_run(self.store, self.report, status="skipped")
+            return False
+        if grant.taken_over:
+            abandon_taken_over(self.store, grant.taken_over, self.run_id, self.warn)
+        return True
+
+    def record_decided(self) -> None:
+        """Pairs decided before training (universe pairs without bars, invalid symbols): recorded as they are."""
+        for i, p in enumerate(self.planned):
+            if p.status is not None:
+                req = p.request
+                result = (
+                    skipped_result(req, p.reason or "skipped", 0.0)
+                    if p.status == "skipped"
+                    else failed_result(req, p.reason or "failed", 0.0)
+                )
+                self.record(i, result)
+
+    def lost(self, reason: str) -> None:
+        log.error("run %s: %s; stopping after the pair in progress", self.run_id, reason)
+        self.report.error = reason
+        request_stop()
+
+    def train(self, to_train: list[int], workers: int | None, dask_address: str | None) -> None:
+        """Fit the pairs to train on the executor the settings choose, renewing the leases meanwhile."""
+        requests = [self.planned[i].request for i in to_train]
+        by_pair = {(r.symbol, r.timeframe): i for i, r in zip(to_train, requests, strict=True)}
+        try:
+            n_workers = worker_count(self.settings, workers, len(requests))
+            address = dask_address or self.settings.dask_address  # a Dask cluster, local processes, or here
+            try:
+                executor = open_executor(
+                    self.settings, workers=n_workers, n_pairs=len(requests), dask_address=address
+                )
+            except ExecutorError as exc:
+                self.report.error = str(exc)
+                log.error("run %s: %s", self.run_id, exc)
+                for i in to_train:
+                    req = self.planned[i].request
+                    self.record(
+                        i, failed_result(req, f"{req.symbol}/{req.timeframe}: not trained: {exc}", 0.0)
+                    )
+                return
+            self.report.executor = executor.describe()
+            log.info(
+                "run %s: %d pair(s) to train (%d recorded without training) on %s (%d slot(s)), %s store",
+                self.run_id,
+                len(requests),
+                len(self.planned) - len(requests),
+                executor.kind,
+                executor.slots,
+                self.store.name,
+            )
+            renewer = LeaseRenewer(
+                self.store,
+                self.names,
+                self.holder,
+                self.settings.lease_ttl_s,
+                self.lost,
+                self.run_id,
+                self.warn,
+            )
+            with executor, renewer:
+                train_pairs(
+                    self.store,
+                    self.settings,
+                    requests,
+                    run_id=self.run_id,
+                    executor=executor,
+                    progress=lambda n, of, r: self.tell(by_pair[(r.symbol, r.timeframe)], r),
+                    warn=self.warn,
+                )
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        try:
+            self.store.release_leases(self.names, self.holder)
+        except StoreError as exc:  # retried after the final status (end); else they expire
+            self.warn(f"could not release the run's leases: {exc}")
+            self.unreleased = self.names
+
+    def end(self, status: str | None = None, error: str | None = None, settle: bool = True) -> None:
+        """Collect the results, settle the verdicts (q-values need every pair), record the final status."""
+        report = self.report
+        report.results = [self.done[i] for i in sorted(self.done)]
+        if settle:
+            try:
+                settle_verdicts(self.store, report.results, self.run_id, self.settings.verdict_fdr, self.warn)
+            except Exception:
+                if status != "failed":
+                    raise
+                log.exception("run %s: could not settle the verdicts", self.run_id)
+        if error is not None:
+            report.error = error
+        report.store_io_s = self.store.io_seconds - self.io_start
+        finish_run(self.store, report, status=status)
+        retry_release(self.store, self.unreleased, self.holder, self.run_id)
+
+
 def run_job(
     store: TrainingStore,
     settings: Settings,
@@ -413,150 +598,31 @@ def run_job(
     """
     options = PairOptions(as_of=as_of, lookback_days=lookback_days, target_bars=target_bars, force=force)
     planned = list(pairs) if pairs is not None else named_pairs(cross(symbols, timeframes), options)
-    scope = {
-        "symbols": list(dict.fromkeys(p.request.symbol for p in planned)),
-        "timeframes": list(dict.fromkeys(p.request.timeframe for p in planned)),
-        "as_of": as_of.isoformat() if as_of else None,
-        "lookback_days": lookback_days,
-        "target_bars": target_bars,
-        "force": force,
-        **(scope_extra or {}),
-    }
     ensure_models_dir(settings.models_dir)
     io_start = store.io_seconds
-    report = start_run(store, settings, scope, trigger)
-    done: dict[int, PairResult] = {}  # planned index -> result, as they finish (kept if the run is cut short)
+    report = start_run(store, settings, run_scope(planned, options, scope_extra), trigger)
+    session = RunSession(store, settings, report, planned, progress, io_start=io_start)
     total = len(planned)
-
-    def warn(message: str) -> None:
-        log.warning("%s", message)
-        report.warnings.append(message)
-
-    def tell(i: int, result: PairResult) -> None:
-        done[i] = result
-        if progress:
-            progress(len(done), total, result)
-
-    unreleased: list[str] = []  # leases whose release failed: tried again once the final status is written
-    holder = holder_name(report.run_id)
     try:
-        start_sweeps(store, settings, report.run_id, warn)
+        start_sweeps(store, settings, report.run_id, session.warn)
         to_train = [i for i, p in enumerate(planned) if p.status is None]
-        requests = [planned[i].request for i in to_train]
-        names = [lease_name(r.symbol, r.timeframe) for r in requests]
-        if names:
-            grant = acquire_run_leases(store, names, holder, settings.lease_ttl_s, report.run_id)
-            if not grant.acquired:
-                until = grant.expires_at.isoformat() if grant.expires_at else "?"
-                report.locked_by = f"lease {grant.name} is held by {grant.holder} until {until}"
-                report.error = f"another run is active: {report.locked_by}"
-                finish_run(store, report, status="skipped")
-                return report
-            if grant.taken_over:
-                abandon_taken_over(store, grant.taken_over, report.run_id, warn)
-
-        # Pairs decided before training (universe pairs without bars, invalid symbols): recorded as they are.
-        for i, p in enumerate(planned):
-            if p.status is None:
-                continue
-            req = p.request
-            result = (
-                skipped_result(req, p.reason or "skipped", 0.0)
-                if p.status == "skipped"
-                else failed_result(req, p.reason or "failed", 0.0)
-            )
-            try:
-                store.record_result(result.to_record(report.run_id))
-            except StoreError as exc:
-                warn(f"{req.symbol}/{req.timeframe}: could not record the {result.status} pair: {exc}")
-            tell(i, result)
-
-        def lost(reason: str) -> None:
-            log.error("run %s: %s; stopping after the pair in progress", report.run_id, reason)
-            report.error = reason
-            request_stop()
-
-        if requests:
-            n_workers = worker_count(settings, workers, len(requests))
-            by_pair = {(r.symbol, r.timeframe): i for i, r in zip(to_train, requests, strict=True)}
-
-            def on_result(n: int, of: int, result: PairResult) -> None:
-                tell(by_pair[(result.symbol, result.timeframe)], result)
-
-            try:
-                # fits run on a Dask cluster (--dask / ML_DASK_ADDRESS), local processes, or here
-                address = dask_address or settings.dask_address
-                try:
-                    executor = open_executor(
-                        settings, workers=n_workers, n_pairs=len(requests), dask_address=address
-                    )
-                except ExecutorError as exc:
-                    report.error = str(exc)
-                    log.error("run %s: %s", report.run_id, exc)
-                    for i in to_train:
-                        req = planned[i].request
-                        failed = failed_result(req, f"{req.symbol}/{req.timeframe}: not trained: {exc}", 0.0)
-                        try:
-                            store.record_result(failed.to_record(report.run_id))
-                        except StoreError as again:
-                            warn(f"{req.symbol}/{req.timeframe}: could not record the failed pair: {again}")
-                        tell(i, failed)
-                else:
-                    report.executor = executor.describe()
-                    log.info(
-                        "run %s: %d pair(s) to train (%d recorded without training) on %s (%d slot(s)), %s store",
-                        report.run_id,
-                        len(requests),
-                        total - len(requests),
-                        executor.kind,
-                        executor.slots,
-                        store.name,
-                    )
-                    with (
-                        executor,
-                        LeaseRenewer(store, names, holder, settings.lease_ttl_s, lost, report.run_id, warn),
-                    ):
-                        train_pairs(
-                            store,
-                            settings,
-                            requests,
-                            run_id=report.run_id,
-                            executor=executor,
-                            progress=on_result,
-                            warn=warn,
-                        )
-            finally:
-                try:
-                    store.release_leases(names, holder)
-                except StoreError as exc:  # retried after the final status (below); else they expire
-                    warn(f"could not release the run's leases: {exc}")
-                    unreleased = names
-        report.results = [done[i] for i in sorted(done)]
-        # q-values need every pair of the run: computed now, written back in one call before the run ends
-        settle_verdicts(store, report.results, report.run_id, settings.verdict_fdr, warn)
+        if not session.acquire([planned[i].request for i in to_train]):
+            return report
+        session.record_decided()
+        if to_train:
+            session.train(to_train, workers, dask_address)
         if stop_requested():
             report.interrupted = True
-            report.error = report.error or f"interrupted after {len(done)} of {total} pair(s)"
-        report.store_io_s = store.io_seconds - io_start
-        finish_run(store, report, status="interrupted" if report.interrupted else None)
-        retry_release(store, unreleased, holder, report.run_id)
+            report.error = report.error or f"interrupted after {len(session.done)} of {total} pair(s)"
+        session.end(status="interrupted" if report.interrupted else None)
     except KeyboardInterrupt:
         # A second Ctrl-C: stop at once, but the run row still says how it ended.
-        report.results = [done[i] for i in sorted(done)]
         report.interrupted = True
-        report.error = f"aborted by a second interrupt after {len(done)} of {total} pair(s)"
-        finish_run(store, report, status="interrupted")
-        retry_release(store, unreleased, holder, report.run_id)
+        error = f"aborted by a second interrupt after {len(session.done)} of {total} pair(s)"
+        session.end(status="interrupted", error=error, settle=False)
         raise
     except Exception as exc:  # a bug or a store failure outside any pair: recorded, never left `running`
         log.exception("run %s failed", report.run_id)
-        report.results = [done[i] for i in sorted(done)]
-        try:  # the pairs that did succeed still get their q-values (among themselves)
-            settle_verdicts(store, report.results, report.run_id, settings.verdict_fdr, warn)
-        except Exception:
-            log.exception("run %s: could not settle the verdicts", report.run_id)
-        report.error = f"run failed: {type(exc).__name__}: {one_line(exc)}"
-        report.store_io_s = store.io_seconds - io_start
-        finish_run(store, report, status="failed")
-        retry_release(store, unreleased, holder, report.run_id)
+        # the pairs that did succeed still get their q-values (among themselves)
+        session.end(status="failed", error=f"run failed: {type(exc).__name__}: {one_line(exc)}")
     return report

@@ -664,10 +664,11 @@ class SqliteStore(TrainingStore):
         )
         return {str(r["artifact_path"]) for r in rows}
 
-    def results_history(self, symbol=None, timeframe=None) -> list[dict]:
+    def results_history(self, symbol=None, timeframe=None, *, include_failed=False) -> list[dict]:
+        statuses = "('succeeded','failed')" if include_failed else "('succeeded')"
         sql = (
             "select r.*, t.started_at from training_results r join training_runs t on t.run_id = r.run_id"
-            " where r.status = 'succeeded'"
+            f" where r.status in {statuses}"
         )
         params: list[Any] = []
         if symbol is not None:

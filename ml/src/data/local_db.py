@@ -7,10 +7,11 @@ ISO-8601 UTC text (`2024-01-02T14:30:00.000000Z`), which sorts like the instant 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,14 +51,25 @@ from ml.src.data.store import (
 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
-SCHEMA = """
+
+def symbol_check(table: str, column: str = "symbol") -> str:
+    """The column constraint of ml.src.data.identifiers.SYMBOL_PATTERN in SQLite (no regexp there): 1-20 ASCII
+    characters of A-Z 0-9 . = ^ -, the first a letter or digit (the byte length rules out a hidden NUL)."""
+    c = column
+    return (
+        f"constraint {table}_{c}_format check (length({c}) between 1 and 20 and length(cast({c} as blob)) ="
+        f" length({c}) and {c} glob '[A-Z0-9]*' and {c} not glob '*[^A-Z0-9.=^-]*')"
+    )
+
+
+SCHEMA_TEMPLATE = """
 create table if not exists symbols (
-    ticker text primary key check (ticker = upper(ticker) and length(ticker) between 1 and 20),
+    ticker text primary key @symbols.ticker,
     active integer not null default 1,
     created_at text not null
 );
 create table if not exists ohlc_bars (
-    symbol text not null,
+    symbol text not null @ohlc_bars.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     ts text not null,
     open real not null, high real not null, low real not null, close real not null,
@@ -65,15 +77,15 @@ create table if not exists ohlc_bars (
     primary key (symbol, timeframe, ts)
 ) without rowid;
 create table if not exists bar_revisions (
-    symbol text not null,
-    timeframe text not null,
+    symbol text not null @bar_revisions.symbol,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     revision integer not null default 1,
     changed_from text,
     changed_at text not null,
     primary key (symbol, timeframe)
 ) without rowid;
 create table if not exists feature_chunks (
-    symbol text not null,
+    symbol text not null @feature_chunks.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     feature_version text not null,
     chunk_start text not null,
@@ -106,7 +118,7 @@ create table if not exists training_runs (
 create table if not exists training_results (
     id integer primary key autoincrement,
     run_id text not null references training_runs(run_id) on delete cascade,
-    symbol text not null,
+    symbol text not null @training_results.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     status text not null check (status in ('succeeded','failed','skipped')),
     error text,
@@ -126,7 +138,7 @@ create table if not exists training_results (
 create index if not exists training_results_pair on training_results (symbol, timeframe, created_at);
 create table if not exists model_versions (
     id integer primary key autoincrement,
-    symbol text not null,
+    symbol text not null @model_versions.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     run_id text not null references training_runs(run_id) on delete cascade,
     artifact_path text not null,
@@ -201,10 +213,10 @@ end;
 
 # The champions' forecasts (same columns as supabase/migrations/20261202003100_forecasts.sql). No foreign key to
 # model_versions: retention deletes old versions, and their forecasts are the live record that must stay.
-FORECAST_SCHEMA = """
+FORECAST_SCHEMA_TEMPLATE = """
 create table if not exists ml_forecasts (
     id integer primary key autoincrement,
-    symbol text not null,
+    symbol text not null @ml_forecasts.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     bar_ts text not null,
     horizon_bars integer not null check (horizon_bars > 0),
@@ -236,12 +248,48 @@ create index if not exists ml_forecasts_unrealised on ml_forecasts (symbol, time
     where realised_return is null;
 """
 
+
+def fill_schema(template: str, check: Callable[[str, str], str] = symbol_check) -> str:
+    """The DDL with each `@table.column` marker replaced by that column's constraint (tests pass another check
+    to build a file as an earlier version wrote it)."""
+    return re.sub(r"@(\w+)\.(\w+)", lambda m: check(m.group(1), m.group(2)), template)
+
+
+SCHEMA = fill_schema(SCHEMA_TEMPLATE)
+FORECAST_SCHEMA = fill_schema(FORECAST_SCHEMA_TEMPLATE)
+# the tables whose symbol column carries symbol_check (rebuilt when a file from before schema version 4 opens)
+CHECKED_TABLES = (
+    "symbols",
+    "ohlc_bars",
+    "bar_revisions",
+    "feature_chunks",
+    "training_results",
+    "model_versions",
+    "ml_forecasts",
+)
+
+
+def _statements(script: str) -> list[str]:
+    """The script's statements, whole (a trigger's BEGIN ... END with its inner `;` stays one statement)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        if not buf and line.lstrip().startswith("--"):
+            continue  # a comment before a statement: not part of it
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
 _FORECAST_TS_COLUMNS = frozenset(
     {"bar_ts", "target_ts", "model_trained_at", "created_at", "realised_bar_ts", "realised_at"}
 )
 
 # Files created by earlier versions: what `create table if not exists` cannot add.
-SCHEMA_VERSION = 3
+# 4: the symbol columns carry the identifier check (the tables are rebuilt, issue 21 case 4).
+SCHEMA_VERSION = 4
 _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("training_runs", "warnings", "text"),
     ("training_results", "artifact_signature", "text"),
@@ -384,7 +432,61 @@ class SqliteStore(TrainingStore):
                     _now(),
                 ),
             )
-            self._conn.execute(f"pragma user_version = {SCHEMA_VERSION}")
+        self._add_symbol_checks()  # sets user_version in its transaction: a failed rebuild is retried next open
+
+    def _tables_without_symbol_checks(self) -> list[str]:
+        return [
+            name
+            for name, sql in self._conn.execute(
+                f"select name, sql from sqlite_master where type = 'table' and name in"
+                f" ({', '.join('?' * len(CHECKED_TABLES))})",
+                CHECKED_TABLES,
+            )
+            if f"{name}_{'ticker' if name == 'symbols' else 'symbol'}_format" not in sql
+        ]
+
+    def _add_symbol_checks(self) -> None:
+        """Rebuild the tables of an older file whose symbol column lacks symbol_check (SQLite cannot add a CHECK to
+        a table): create the new table, copy the rows, drop the old one, rename, recreate its indexes and triggers;
+        one transaction, which also sets user_version. Rows an earlier tool wrote with an invalid symbol are kept
+        (like Postgres' NOT VALID); the readers check every identifier they read back before it names a file."""
+        statements = _statements(SCHEMA) + _statements(FORECAST_SCHEMA)
+        self._conn.execute("pragma foreign_keys = off")  # a no-op inside a transaction: set before it
+        self._conn.execute("pragma ignore_check_constraints = on")
+        try:
+            self._conn.execute("begin immediate")
+            try:
+                old = self._tables_without_symbol_checks()  # under the lock: another process may have done it
+                for name in old:
+                    create = next(
+                        t for t in statements if t.startswith(f"create table if not exists {name} (")
+                    )
+                    self._conn.execute(
+                        create.replace(
+                            f"create table if not exists {name} (", f"create table {name}__v4 (", 1
+                        )
+                    )
+                    cols = ", ".join(r[1] for r in self._conn.execute(f"pragma table_info({name}__v4)"))
+                    self._conn.execute(f"insert into {name}__v4 ({cols}) select {cols} from {name}")
+                    self._conn.execute(f"drop table {name}")
+                    self._conn.execute(f"alter table {name}__v4 rename to {name}")
+                if old:
+                    for (
+                        sql
+                    ) in statements:  # the dropped tables' indexes and triggers (the rest exist: no-ops)
+                        if not sql.startswith("create table"):
+                            self._conn.execute(sql)
+                    problems = self._conn.execute("pragma foreign_key_check").fetchall()
+                    if problems:
+                        raise sqlite3.IntegrityError(f"foreign keys broken by the rebuild: {problems[:3]}")
+                self._conn.execute(f"pragma user_version = {SCHEMA_VERSION}")
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+        finally:
+            self._conn.execute("pragma ignore_check_constraints = off")
+            self._conn.execute("pragma foreign_keys = on")
 
     def close(self) -> None:
         self._conn.close()

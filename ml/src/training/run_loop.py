@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
+from ml.src.data.identifiers import IdentifierError, check_pair
 from ml.src.data.records import RunOutcome, RunRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.inference.outcomes import fill_outcomes_quietly
@@ -435,6 +436,16 @@ def run_job(
                 if p.status == "skipped"
                 else failed_result(req, p.reason or "failed", 0.0)
             )
+            try:
+                check_pair(req.symbol, req.timeframe)
+            except IdentifierError:
+                # both schemas refuse an invalid identifier (a row of the symbols table written by another
+                # tool): the failure is the run's warning, never a ledger row a reader would build a path from
+                warn(
+                    f"{result.error} (not recorded in training_results: the ledger holds valid identifiers only)"
+                )
+                tell(i, result)
+                continue
             try:
                 store.record_result(result.to_record(report.run_id))
             except StoreError as exc:

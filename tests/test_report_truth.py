@@ -136,6 +136,7 @@ class Runs:
     challenger: dict[str, Any]  # run 2: --walk-forward 2 --force, not promoted
     failed: dict[str, Any]  # run 3: fails (no bars as of 1990)
     runs: list[dict[str, Any]]  # the three runs' --json
+    skipped: dict[str, Any]  # a run between 2 and the forecast with no new bars: the pair skipped
     forecasts: list[dict[str, Any]]  # the forecast job's --json forecasts after run 2
     report_json: list[dict[str, Any]]  # report --json after run 2
 
@@ -167,6 +168,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             job_cli.main, [*pair, "--walk-forward", "2", "--force", "--report", str(root / "job2")]
         )
         assert (c1, c2) == (0, 0)
+        c_skip, j_skip = run_json(job_cli.main, [*pair, "--report", str(root / "job_skip")])  # no new bars
+        assert c_skip == 0 and j_skip["results"][0]["status"] == "skipped"
         code, fj = run_json(forecast_job.main, ["--pairs", "GSPC:w1", "--json"])
         assert code == 0, fj
         assert report.main(["--html", str(root / "site2")]) == 0
@@ -183,6 +186,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             challenger=j2["results"][0],
             failed=j3["results"][0],
             runs=[j1, j2, j3],
+            skipped=j_skip,
             forecasts=[f for f in fj["forecasts"] if f["status"] == "written"],
             report_json=rj,
         )
@@ -334,6 +338,10 @@ def test_page_shows_the_latest_run_beside_the_champion(runs: Runs) -> None:
     index3 = page_text(runs.root / "site3" / "index.html")
     assert "<td>failed</td>" in index3
     assert "<td>not promoted</td>" in page_text(runs.root / "site2" / "index.html")
+    # a run that skipped the pair (no new bars): its own report says so; the store's report ignores skips
+    skip = page_text(runs.root / "job_skip" / "pairs" / "GSPC_w1.html")
+    assert f"Latest run {runs.skipped['run_id']}" in skip and "skipped (no new bars" in skip
+    assert runs.skipped["run_id"] not in site2
     # run 1's own report: the champion is the latest run, one section only
     job1 = page_text(runs.root / "job1" / "pairs" / "GSPC_w1.html")
     assert "It is also the latest run." in job1 and "Latest run," not in job1

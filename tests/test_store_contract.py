@@ -881,3 +881,58 @@ def test_an_embedded_file_from_schema_3_gets_the_checks_and_keeps_its_rows(tmp_p
     finally:
         conn.close()
     SqliteStore(path).close()  # opening again is a no-op
+
+
+def legacy_row(
+    store: TrainingStore, request: pytest.FixtureRequest, table: str, sql: str, *params: Any
+) -> None:
+    """A row with an invalid symbol as another tool wrote it before the checks existed (both schemas keep such
+    rows: SQLite's rebuild copies them, Postgres' constraints are NOT VALID)."""
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            with conn:
+                conn.execute("pragma ignore_check_constraints = on")
+                conn.execute(sql, tuple(format_ts(p) if isinstance(p, datetime) else p for p in params))
+        finally:
+            conn.close()
+        return
+    pg = request.getfixturevalue("pg")
+    name = f"{table}_symbol_format"
+    (definition,) = pg.execute(
+        "select pg_get_constraintdef(oid) from pg_constraint where conname = %s", (name,)
+    ).fetchone()
+    with pg.transaction():
+        pg.execute(f"alter table {table} drop constraint {name}")
+        pg.execute(sql.replace("?", "%s"), params)
+        pg.execute(f"alter table {table} add constraint {name} {definition}")
+
+
+def test_a_legacy_row_with_a_hostile_symbol_never_reaches_a_report_path(
+    store: TrainingStore, request: pytest.FixtureRequest, symbol: str
+) -> None:
+    from config.settings import Settings
+    from ml.src.monitoring.html_report import collect
+    from ml.src.monitoring.report import build_report
+
+    run_id = new_run(store)
+    hostile = f"../../{symbol}"
+    legacy_row(
+        store,
+        request,
+        "training_results",
+        "insert into training_results (symbol, run_id, timeframe, status, metrics, created_at)"
+        " values (?, ?, 'd1', 'succeeded', ?, ?)",
+        hostile,
+        run_id,
+        '{"ensemble": {"test_balanced_accuracy": 0.5}}',
+        datetime.now(UTC),
+    )
+    assert [r["symbol"] for r in store.list_results(run_id)] == [hostile]  # the row is there
+    refused: list[str] = []
+    health = build_report(store, Settings(_env_file=None), refused=refused)
+    assert all(h.symbol != hostile for h in health)
+    got = collect(store, Settings(_env_file=None), health)
+    assert all(p.symbol != hostile for p in got.pairs)
+    for lines in (refused, got.refused):
+        assert any(f"invalid symbol '{hostile}'" in line for line in lines), lines

@@ -46,7 +46,7 @@ body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:24px;color:#1b1f2
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 6px} p.note{color:#555;font-size:13px}
 table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:5px 9px;text-align:left}
 th{background:#f3f5f7} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.flag{display:inline-block;padding:1px 6px;border-radius:3px;font-size:12px;margin-right:3px;color:#fff}
+.flag{display:inline-block;white-space:nowrap;padding:1px 6px;border-radius:3px;font-size:12px;margin-right:3px;color:#fff}
 .flag-OK{background:#2e7d32} .flag-RETRAIN{background:#b26a00} .flag-DISABLE{background:#b71c1c}
 .flag-LIVE{background:#6a1b9a} .flag-NO-SKILL,.flag-BELOW-BASELINE{background:#8d6e63}
 .flag-WORSE{background:#b71c1c} .flag-UNTRAINED{background:#757575} .verdict{font-weight:bold}
@@ -375,7 +375,7 @@ def _pair_page(pair: PairData, folder: Path, site: ReportSite) -> str:
     else:
         parts.append('<p class="note">No champion: no run of this pair was promoted.</p>')
     if pair.latest is not None:
-        parts.append(f'<p class="note latest"><strong>Latest run</strong>: {_e(pair.latest_note())}</p>')
+        parts.append(f'<p class="note latest">{_e(pair.latest_note())}</p>')
     if pair.health and pair.health.reasons:
         parts.append('<p class="note">' + _e("; ".join(pair.health.reasons)) + "</p>")
     all_keys = [k for k, _, _ in CHARTS]

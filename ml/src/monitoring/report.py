@@ -67,9 +67,8 @@ class PairHealth:
     flags: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     live: dict[str, Any] | None = None  # LiveRecord.to_dict() of the pair's forecasts
-    beats_baselines: bool | None = (
-        None  # the champion vs its best baseline in the latest run (None: unscored)
-    )
+    # the champion vs its best baseline in the latest run (None: not scored)
+    beats_baselines: bool | None = None
 
     @property
     def shown(self) -> list[str]:

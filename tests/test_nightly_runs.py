@@ -91,19 +91,34 @@ def test_short_history_is_skipped_but_a_named_pair_without_bars_fails(
     assert code == 1 and out["results"][0]["status"] == "failed" and "no bars" in out["results"][0]["error"]
 
 
+def insert_legacy_bad_symbol(path: Path) -> None:
+    """A symbols row 'BRK/B' as another tool wrote it before the schema checked symbols (schema version 4 refuses
+    it now; ignore_check_constraints stands in for the older file)."""
+    with sqlite3.connect(path) as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="symbols_ticker_format"):
+            conn.execute("insert into symbols (ticker, active, created_at) values ('BRK/B', 1, '2026-01-01')")
+        conn.execute("pragma ignore_check_constraints = on")
+        conn.execute("insert into symbols (ticker, active, created_at) values ('BRK/B', 1, '2026-01-01')")
+
+
 def test_a_bad_symbols_row_fails_only_its_own_pairs(embedded_store: SqliteStore, capsys) -> None:
     embedded_store.upsert_bars("IBM", "w1", sample_bars("IBM", "w1", last=500))
     embedded_store.upsert_symbols(["IBM"])
-    with sqlite3.connect(embedded_store.path) as conn:  # written by something other than the loader
-        conn.execute("insert into symbols (ticker, active, created_at) values ('BRK/B', 1, '2026-01-01')")
+    insert_legacy_bad_symbol(embedded_store.path)
     code, out = run_json(["--all", "--timeframes", "w1"], capsys)
     assert code == 1  # a row someone must fix, but the others trained
     by = {r["symbol"]: r for r in out["results"]}
     assert by["IBM"]["status"] == "succeeded"
     assert by["BRK/B"]["status"] == "failed" and "invalid symbol 'BRK/B'" in by["BRK/B"]["error"]
     assert "\n" not in by["BRK/B"]["error"]
+    # the ledger holds valid identifiers only (both schemas refuse others): the failure is the run's warning
     recorded = {r["symbol"]: r["status"] for r in embedded_store.list_results(out["run_id"])}
-    assert recorded == {"IBM": "succeeded", "BRK/B": "failed"}
+    assert recorded == {"IBM": "succeeded"}
+    run = embedded_store.get_run(out["run_id"])
+    assert run["status"] == "partial" and run["n_failed"] == 1
+    assert any(
+        "invalid symbol 'BRK/B'" in w and "not recorded in training_results" in w for w in run["warnings"]
+    )
 
 
 def test_the_nightly_schedule_with_a_bad_symbols_row_fails_only_its_pairs(
@@ -111,8 +126,7 @@ def test_the_nightly_schedule_with_a_bad_symbols_row_fails_only_its_pairs(
 ) -> None:
     embedded_store.upsert_bars("IBM", "w1", sample_bars("IBM", "w1", last=500))
     embedded_store.upsert_symbols(["IBM"])
-    with sqlite3.connect(embedded_store.path) as conn:
-        conn.execute("insert into symbols (ticker, active, created_at) values ('BRK/B', 1, '2026-01-01')")
+    insert_legacy_bad_symbol(embedded_store.path)
     # exit 1 (the bad row's pairs failed, someone must fix it), not 2: the schedule itself is fine
     assert scheduler_cli.main(["--once"]) == 1
     capsys.readouterr()
@@ -120,7 +134,11 @@ def test_the_nightly_schedule_with_a_bad_symbols_row_fails_only_its_pairs(
         "select r.symbol, r.status from training_results r join training_runs t using (run_id)"
         " where t.trigger = 'scheduled' and r.timeframe = 'w1' order by r.symbol"
     )
-    assert [tuple(r) for r in weekly] == [("BRK/B", "failed"), ("IBM", "succeeded")]
+    assert [tuple(r) for r in weekly] == [("IBM", "succeeded")]  # BRK/B's failure: the run's warning
+    warned = embedded_store._query(
+        "select warnings from training_runs where trigger = 'scheduled' and warnings like '%BRK/B%'"
+    )
+    assert warned and "invalid symbol 'BRK/B'" in warned[0][0]
     assert embedded_store.list_forecasts("IBM", "w1")  # the forecast step after training went on too
 
 

@@ -887,3 +887,166 @@ def test_record_verdicts_is_all_pairs_or_none(
     for r in store.list_results(run_id):
         assert r["metrics"]["verdict"]["q_value"] is None, r["timeframe"]
     assert store.list_model_versions(symbol, "d1")[0]["metrics"]["verdict"]["q_value"] is None
+
+
+# ---- issue 21 case 4: the schemas refuse invalid identifiers, whoever writes ------------------------------------------
+
+
+HOSTILE_SYMBOLS = ["../../x", "../../X", "A/B", "abc", "A B", "^GSPC", ".HIDDEN", "X" * 21]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_SYMBOLS)
+def test_schemas_refuse_an_invalid_symbol_from_another_writer(
+    store: TrainingStore, request: pytest.FixtureRequest, symbol: str, bad: str
+) -> None:
+    # Plain SQL, past the store's own check: the CHECK constraints of both schemas hold on their own.
+    ts = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    run_id = new_run(store)
+    writes = {
+        "symbols": ("insert into symbols (ticker, active, created_at) values (?, true, ?)", (ts,)),
+        "ohlc_bars": (
+            "insert into ohlc_bars (symbol, timeframe, ts, open, high, low, close, volume)"
+            " values (?, 'd1', ?, 1, 1, 1, 1, 1)",
+            (ts,),
+        ),
+        "bar_revisions": (
+            "insert into bar_revisions (symbol, timeframe, revision, changed_at) values (?, 'w1', 7, ?)",
+            (ts,),
+        ),
+        "training_results": (
+            "insert into training_results (symbol, run_id, timeframe, status, created_at)"
+            " values (?, ?, 'd1', 'failed', ?)",
+            (run_id, ts),
+        ),
+    }
+    if isinstance(store, SqliteStore):  # the embedded store keeps booleans as integers
+        writes["symbols"] = (writes["symbols"][0].replace("true", "1"), writes["symbols"][1])
+    for table, (sql, rest) in writes.items():
+        other_writer(store, request, sql, symbol, *rest)  # the same statement with a valid symbol is written
+        with pytest.raises(Exception, match=f"{table}_(symbol|ticker)_format") as exc:
+            other_writer(store, request, sql, bad, *rest)
+        assert type(exc.value).__name__ in ("IntegrityError", "CheckViolation"), (table, exc.value)
+    assert store.find_result(run_id, symbol, "d1") is not None
+    assert symbol in store.list_active_symbols() and bad not in store.list_active_symbols()
+
+
+def test_a_symbol_with_a_caret_inside_is_valid_in_both_schemas(
+    store: TrainingStore, request: pytest.FixtureRequest, symbol: str
+) -> None:
+    inner = symbol[:4] + "^=.-" + symbol[4:8]  # every allowed punctuation, inside
+    other_writer(
+        store,
+        request,
+        "insert into ohlc_bars (symbol, timeframe, ts, open, high, low, close, volume) values (?, 'd1', ?, 1, 1, 1, 1, 1)",
+        inner,
+        datetime(2024, 1, 2, 14, 30, tzinfo=UTC),
+    )
+    assert store.count_bars(inner, "d1") == 1
+
+
+def test_an_embedded_file_from_schema_3_gets_the_checks_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A file written before schema version 4: its tables are rebuilt with the checks, every row kept (an invalid
+    one too, as Postgres' NOT VALID keeps it), the bar triggers still fire, and new invalid rows are refused."""
+    from ml.src.data import local_db
+
+    path = tmp_path / "v3.sqlite3"
+    old_ticker = "check (ticker = upper(ticker) and length(ticker) between 1 and 20)"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        local_db.fill_schema(local_db.SCHEMA_TEMPLATE, lambda t, c: old_ticker if t == "symbols" else "")
+    )
+    bars = sample_bars("IBM", "w1", last=30)
+    now = format_ts(datetime.now(UTC))
+    with conn:
+        conn.executemany(
+            "insert into ohlc_bars values ('IBM', 'w1', ?, ?, ?, ?, ?, ?)",
+            [(format_ts(r.ts), r.open, r.high, r.low, r.close, r.volume) for r in bars.itertuples()],
+        )
+        conn.execute(
+            "insert into training_runs (run_id, status, started_at) values ('r1', 'failed', ?)", (now,)
+        )
+        conn.execute(
+            "insert into training_results (run_id, symbol, timeframe, status, created_at)"
+            " values ('r1', '../../x', 'd1', 'failed', ?)",
+            (now,),
+        )
+        conn.execute("pragma user_version = 3")
+    conn.close()
+
+    with SqliteStore(path) as store:
+        assert store.read_bars("IBM", "w1")["close"].tolist() == bars["close"].tolist()
+        assert [r["symbol"] for r in store.list_results("r1")] == ["../../x"]  # kept; readers check it
+        revision = store.bar_revision("IBM", "w1")
+        store.upsert_bars("IBM", "w1", sample_bars("IBM", "w1", last=31).iloc[:1])  # an older bar: a change
+        assert store.bar_revision("IBM", "w1") == (revision or 0) + 1  # the rebuilt table's trigger fired
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("pragma user_version").fetchone()[0] == local_db.SCHEMA_VERSION == 4
+        for table in local_db.CHECKED_TABLES:
+            sql = conn.execute("select sql from sqlite_master where name = ?", (table,)).fetchone()[0]
+            assert f"{table}_{'ticker' if table == 'symbols' else 'symbol'}_format" in sql, table
+        with pytest.raises(sqlite3.IntegrityError, match="ohlc_bars_symbol_format"):
+            conn.execute("insert into ohlc_bars values ('../../y', 'w1', ?, 1, 1, 1, 1, 1)", (now,))
+        assert conn.execute("pragma foreign_key_check").fetchall() == []
+        names = {
+            r[0] for r in conn.execute("select name from sqlite_master where type in ('index', 'trigger')")
+        }
+        assert {"ohlc_bars_track_inserts", "training_results_pair", "ml_forecasts_unrealised"} <= names
+    finally:
+        conn.close()
+    SqliteStore(path).close()  # opening again is a no-op
+
+
+def legacy_row(
+    store: TrainingStore, request: pytest.FixtureRequest, table: str, sql: str, *params: Any
+) -> None:
+    """A row with an invalid symbol as another tool wrote it before the checks existed (both schemas keep such
+    rows: SQLite's rebuild copies them, Postgres' constraints are NOT VALID)."""
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            with conn:
+                conn.execute("pragma ignore_check_constraints = on")
+                conn.execute(sql, tuple(format_ts(p) if isinstance(p, datetime) else p for p in params))
+        finally:
+            conn.close()
+        return
+    pg = request.getfixturevalue("pg")
+    name = f"{table}_symbol_format"
+    (definition,) = pg.execute(
+        "select pg_get_constraintdef(oid) from pg_constraint where conname = %s", (name,)
+    ).fetchone()
+    with pg.transaction():
+        pg.execute(f"alter table {table} drop constraint {name}")
+        pg.execute(sql.replace("?", "%s"), params)
+        pg.execute(f"alter table {table} add constraint {name} {definition}")
+
+
+def test_a_legacy_row_with_a_hostile_symbol_never_reaches_a_report_path(
+    store: TrainingStore, request: pytest.FixtureRequest, symbol: str
+) -> None:
+    from config.settings import Settings
+    from ml.src.monitoring.html_report import collect
+    from ml.src.monitoring.report import build_report
+
+    run_id = new_run(store)
+    hostile = f"../../{symbol}"
+    legacy_row(
+        store,
+        request,
+        "training_results",
+        "insert into training_results (symbol, run_id, timeframe, status, metrics, created_at)"
+        " values (?, ?, 'd1', 'succeeded', ?, ?)",
+        hostile,
+        run_id,
+        '{"ensemble": {"test_balanced_accuracy": 0.5}}',
+        datetime.now(UTC),
+    )
+    assert [r["symbol"] for r in store.list_results(run_id)] == [hostile]  # the row is there
+    refused: list[str] = []
+    health = build_report(store, Settings(_env_file=None), refused=refused)
+    assert all(h.symbol != hostile for h in health)
+    got = collect(store, Settings(_env_file=None), health)
+    assert all(p.symbol != hostile for p in got.pairs)
+    for lines in (refused, got.refused):
+        assert any(f"invalid symbol '{hostile}'" in line for line in lines), lines

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from config.settings import Settings
@@ -47,7 +48,15 @@ def test_the_universe_trains_what_exists_and_a_bad_row_fails_alone(store: Supaba
     bad = has_bars[:8] + "/B"
     store.upsert_bars(has_bars, "w1", sample_bars("IBM", "w1", last=500))
     store.upsert_symbols([has_bars, no_bars])
-    pg.execute("insert into symbols (ticker) values (%s)", (bad,))  # allowed by the table, not by the job
+    with pytest.raises(psycopg.errors.CheckViolation, match="symbols_ticker_format"):
+        pg.execute("insert into symbols (ticker) values (%s)", (bad,))  # refused by the table now
+    with pg.transaction():  # a row from before the check (20261216001700_identifier_checks.sql: NOT VALID)
+        pg.execute("alter table symbols drop constraint symbols_ticker_format")
+        pg.execute("insert into symbols (ticker) values (%s)", (bad,))
+        pg.execute(
+            "alter table symbols add constraint symbols_ticker_format"
+            " check ((ticker collate \"C\") ~ '^[A-Z0-9][A-Z0-9.=^-]{0,19}$') not valid"
+        )
     active = [s for s in store.list_active_symbols() if s in (has_bars, no_bars, bad)]
     assert sorted(active) == sorted([has_bars, no_bars, bad])
     report = run_job(store, Settings(), pairs=universe_pairs(store, active, ["w1", "d1"]), workers=1)
@@ -63,7 +72,11 @@ def test_the_universe_trains_what_exists_and_a_bad_row_fails_alone(store: Supaba
         "select symbol, timeframe, status from training_results where run_id = %s order by 1, 2",
         (report.run_id,),
     ).fetchall()
-    assert len(rows) == 6 and ("failed" in {r[2] for r in rows if r[0] == bad})
+    assert len(rows) == 4 and bad not in {r[0] for r in rows}  # the ledger holds valid identifiers only
+    warnings = pg.execute(
+        "select warnings from training_runs where run_id = %s", (report.run_id,)
+    ).fetchone()[0]
+    assert sum(f"invalid symbol '{bad}'" in w and "not recorded" in w for w in warnings) == 2  # w1 and d1
     assert pg.execute("select status from training_runs where run_id = %s", (report.run_id,)).fetchone() == (
         "partial",
     )

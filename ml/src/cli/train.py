@@ -125,7 +125,8 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "--report",
         metavar="DIR",
-        help="after the run, write the static HTML report of the run's pairs (charts, verdicts, live record) "
+        help="after the run, write the static HTML report of the run's pairs, this run beside each champion "
+        "(charts, verdicts, live record) "
         "to DIR (see python -m ml.src.monitoring.report --html)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
@@ -200,6 +201,15 @@ def _check_args(args: argparse.Namespace) -> None:
         parse_as_of(args.as_of)
     if args.dask is not None and not args.dask.strip():
         raise UsageError("--dask needs a scheduler address, e.g. tls://scheduler:8786")
+    if args.report is not None:
+        from pathlib import Path
+
+        from ml.src.monitoring.report_dir import ReportDirError, check_report_dir
+
+        try:  # before any training: a run must not end on a report it may not write
+            check_report_dir(Path(args.report))
+        except ReportDirError as exc:
+            raise UsageError(f"--report: {exc}") from None
 
 
 def _pool_likely(args: argparse.Namespace, execution: ExecutionSettings) -> bool:
@@ -254,16 +264,20 @@ def _progress_line(done: int, total: int, r: PairResult) -> None:
 
 
 def write_run_report(store: TrainingStore, settings: Settings, report: Any, out_dir: str) -> int:
-    """--report DIR: the HTML report of the run's trained pairs; 0, or EXIT_FAILED when it cannot be written."""
+    """--report DIR: the HTML report of the run's pairs, each showing this run beside its champion; 0, or
+    EXIT_FAILED when it cannot be written."""
     from pathlib import Path
 
     from ml.src.data.store import StoreError
     from ml.src.monitoring.html_report import write_html_report
+    from ml.src.monitoring.report_dir import ReportDirError
 
     pairs = [(r.symbol, r.timeframe) for r in report.results]
     try:
-        site = write_html_report(store, settings, Path(out_dir), pairs=pairs, progress=log.info)
-    except (StoreError, OSError) as exc:
+        site = write_html_report(
+            store, settings, Path(out_dir), pairs=pairs, run_id=report.run_id, progress=log.info
+        )
+    except (StoreError, OSError, ReportDirError) as exc:
         print(f"error: cannot write the report to {out_dir}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     log.info("%s", site.summary_line())

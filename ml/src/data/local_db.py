@@ -7,10 +7,11 @@ ISO-8601 UTC text (`2024-01-02T14:30:00.000000Z`), which sorts like the instant 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -48,8 +49,50 @@ from ml.src.data.store import (
     format_ts,
 )
 
+
+def symbol_check(table: str, column: str = "symbol") -> str:
+    """The column constraint of ml.src.data.identifiers.SYMBOL_PATTERN in SQLite (no regexp there): 1-20 ASCII
+    characters of A-Z 0-9 . = ^ -, the first a letter or digit (the byte length rules out a hidden NUL)."""
+    c = column
+    return (
+        f"constraint {table}_{c}_format check (length({c}) between 1 and 20 and length(cast({c} as blob)) ="
+        f" length({c}) and {c} glob '[A-Z0-9]*' and {c} not glob '*[^A-Z0-9.=^-]*')"
+    )
+
+
+def fill_schema(template: str, check: Callable[[str, str], str] = symbol_check) -> str:
+    """The DDL with each `@table.column` marker replaced by that column's constraint (tests pass another check
+    to build a file as an earlier version wrote it)."""
+    return re.sub(r"@(\w+)\.(\w+)", lambda m: check(m.group(1), m.group(2)), template)
+
+
 # The schema itself is SQL of its own (sqlite_schema.sql, beside this module).
-SCHEMA = (resources.files("ml.src.data") / "sqlite_schema.sql").read_text(encoding="utf-8")
+SCHEMA_TEMPLATE = (resources.files("ml.src.data") / "sqlite_schema.sql").read_text(encoding="utf-8")
+SCHEMA = fill_schema(SCHEMA_TEMPLATE)
+# the tables whose symbol column carries symbol_check (rebuilt when a file from before schema version 4 opens)
+CHECKED_TABLES = (
+    "symbols",
+    "ohlc_bars",
+    "bar_revisions",
+    "feature_chunks",
+    "training_results",
+    "model_versions",
+    "ml_forecasts",
+)
+
+
+def _statements(script: str) -> list[str]:
+    """The script's statements, whole (a trigger's BEGIN ... END with its inner `;` stays one statement)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        if not buf.strip() and line.lstrip().startswith("--"):
+            continue  # a comment before a statement: not part of it
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    return out
 
 
 _FORECAST_TS_COLUMNS = frozenset(
@@ -57,7 +100,8 @@ _FORECAST_TS_COLUMNS = frozenset(
 )
 
 # Files created by earlier versions: what `create table if not exists` cannot add.
-SCHEMA_VERSION = 3
+# 4: the symbol columns carry the identifier check (the tables are rebuilt, issue 21 case 4).
+SCHEMA_VERSION = 4
 _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("training_runs", "warnings", "text"),
     ("training_results", "artifact_signature", "text"),
@@ -184,7 +228,61 @@ class SqliteStore(TrainingStore):
                     _now(),
                 ),
             )
-            self._conn.execute(f"pragma user_version = {SCHEMA_VERSION}")
+        self._add_symbol_checks()  # sets user_version in its transaction: a failed rebuild is retried next open
+
+    def _tables_without_symbol_checks(self) -> list[str]:
+        return [
+            name
+            for name, sql in self._conn.execute(
+                f"select name, sql from sqlite_master where type = 'table' and name in"
+                f" ({', '.join('?' * len(CHECKED_TABLES))})",
+                CHECKED_TABLES,
+            )
+            if f"{name}_{'ticker' if name == 'symbols' else 'symbol'}_format" not in sql
+        ]
+
+    def _add_symbol_checks(self) -> None:
+        """Rebuild the tables of an older file whose symbol column lacks symbol_check (SQLite cannot add a CHECK to
+        a table): create the new table, copy the rows, drop the old one, rename, recreate its indexes and triggers;
+        one transaction, which also sets user_version. Rows an earlier tool wrote with an invalid symbol are kept
+        (like Postgres' NOT VALID); the readers check every identifier they read back before it names a file."""
+        statements = _statements(SCHEMA)
+        self._conn.execute("pragma foreign_keys = off")  # a no-op inside a transaction: set before it
+        self._conn.execute("pragma ignore_check_constraints = on")
+        try:
+            self._conn.execute("begin immediate")
+            try:
+                old = self._tables_without_symbol_checks()  # under the lock: another process may have done it
+                for name in old:
+                    create = next(
+                        t for t in statements if t.startswith(f"create table if not exists {name} (")
+                    )
+                    self._conn.execute(
+                        create.replace(
+                            f"create table if not exists {name} (", f"create table {name}__v4 (", 1
+                        )
+                    )
+                    cols = ", ".join(r[1] for r in self._conn.execute(f"pragma table_info({name}__v4)"))
+                    self._conn.execute(f"insert into {name}__v4 ({cols}) select {cols} from {name}")
+                    self._conn.execute(f"drop table {name}")
+                    self._conn.execute(f"alter table {name}__v4 rename to {name}")
+                if old:
+                    for (
+                        sql
+                    ) in statements:  # the dropped tables' indexes and triggers (the rest exist: no-ops)
+                        if not sql.startswith("create table"):
+                            self._conn.execute(sql)
+                    problems = self._conn.execute("pragma foreign_key_check").fetchall()
+                    if problems:
+                        raise sqlite3.IntegrityError(f"foreign keys broken by the rebuild: {problems[:3]}")
+                self._conn.execute(f"pragma user_version = {SCHEMA_VERSION}")
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+        finally:
+            self._conn.execute("pragma ignore_check_constraints = off")
+            self._conn.execute("pragma foreign_keys = on")
 
     def close(self) -> None:
         self._conn.close()
@@ -484,10 +582,11 @@ class SqliteStore(TrainingStore):
         )
         return {str(r["artifact_path"]) for r in rows}
 
-    def results_history(self, symbol=None, timeframe=None) -> list[dict]:
+    def results_history(self, symbol=None, timeframe=None, *, include_failed=False) -> list[dict]:
+        statuses = "('succeeded','failed')" if include_failed else "('succeeded')"
         sql = (
             "select r.*, t.started_at from training_results r join training_runs t on t.run_id = r.run_id"
-            " where r.status = 'succeeded'"
+            f" where r.status in {statuses}"
         )
         params: list[Any] = []
         if symbol is not None:

@@ -1,15 +1,16 @@
 -- The embedded store's schema (SQLite), the twin of supabase/migrations/ for the tables both stores have.
 -- tests/test_schema_parity.py compares the two on the local stack: same tables, columns, nullability and checks.
 -- Applied at every open (create ... if not exists); changes an existing file cannot take go into
--- local_db._upgrade with a SCHEMA_VERSION bump.
+-- local_db._upgrade with a SCHEMA_VERSION bump. `@table.column` stands for that column's identifier check
+-- (local_db.symbol_check: SQLite has no regexp), filled in by local_db.fill_schema.
 
 create table if not exists symbols (
-    ticker text primary key check (ticker = upper(ticker) and length(ticker) between 1 and 20),
+    ticker text primary key @symbols.ticker,
     active integer not null default 1,
     created_at text not null
 );
 create table if not exists ohlc_bars (
-    symbol text not null,
+    symbol text not null @ohlc_bars.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     ts text not null,
     open real not null, high real not null, low real not null, close real not null,
@@ -17,15 +18,15 @@ create table if not exists ohlc_bars (
     primary key (symbol, timeframe, ts)
 ) without rowid;
 create table if not exists bar_revisions (
-    symbol text not null,
-    timeframe text not null,
+    symbol text not null @bar_revisions.symbol,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     revision integer not null default 1,
     changed_from text,
     changed_at text not null,
     primary key (symbol, timeframe)
 ) without rowid;
 create table if not exists feature_chunks (
-    symbol text not null,
+    symbol text not null @feature_chunks.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     feature_version text not null,
     chunk_start text not null,
@@ -58,7 +59,7 @@ create table if not exists training_runs (
 create table if not exists training_results (
     id integer primary key autoincrement,
     run_id text not null references training_runs(run_id) on delete cascade,
-    symbol text not null,
+    symbol text not null @training_results.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     status text not null check (status in ('succeeded','failed','skipped')),
     error text,
@@ -78,7 +79,7 @@ create table if not exists training_results (
 create index if not exists training_results_pair on training_results (symbol, timeframe, created_at);
 create table if not exists model_versions (
     id integer primary key autoincrement,
-    symbol text not null,
+    symbol text not null @model_versions.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     run_id text not null references training_runs(run_id) on delete cascade,
     artifact_path text not null,
@@ -155,7 +156,7 @@ end;
 -- model_versions: retention deletes old versions, and their forecasts are the live record that must stay.
 create table if not exists ml_forecasts (
     id integer primary key autoincrement,
-    symbol text not null,
+    symbol text not null @ml_forecasts.symbol,
     timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
     bar_ts text not null,
     horizon_bars integer not null check (horizon_bars > 0),

@@ -178,8 +178,11 @@ class TrainingStore(ABC):
         """Every artifact path a ledger row names (model versions and results), as recorded."""
 
     @abstractmethod
-    def results_history(self, symbol: str | None = None, timeframe: str | None = None) -> list[dict]:
-        """Succeeded results (with their run's started_at), oldest first; optionally for one pair."""
+    def results_history(
+        self, symbol: str | None = None, timeframe: str | None = None, *, include_failed: bool = False
+    ) -> list[dict]:
+        """Succeeded results (with their run's started_at), oldest first; optionally for one pair.
+        With `include_failed`, failed results too (the report's "latest run" of a pair)."""
 
     def last_training(self, symbol: str, timeframe: str) -> TrainedData | None:
         """The last bar (`split.data_end`) and data revision (`split.data_revision`) of the pair's latest

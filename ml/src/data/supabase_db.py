@@ -598,8 +598,12 @@ class SupabaseStore(TrainingStore):
             paths.update(str(r["artifact_path"]) for r in rows if r.get("artifact_path"))
         return paths
 
-    def results_history(self, symbol=None, timeframe=None) -> list[dict]:
-        filters: list[tuple[str, str, Any]] = [("eq", "status", "succeeded")]
+    def results_history(self, symbol=None, timeframe=None, *, include_failed=False) -> list[dict]:
+        filters: list[tuple[str, str, Any]] = (
+            [("in_", "status", ["succeeded", "failed"])]
+            if include_failed
+            else [("eq", "status", "succeeded")]
+        )
         if symbol is not None:
             filters.append(("eq", "symbol", symbol))
         if timeframe is not None:

@@ -1,13 +1,16 @@
 """The report's pictures: one matplotlib Figure per chart (Agg, no pyplot state), drawn from recorded data only.
 
-Each function takes what a run or the forecast step recorded and returns a Figure, or raises NoData with a
-one-line reason the page shows instead. Every key is read defensively: results from older runs (or from a
-newer metrics layout) draw what they have.
+Each function takes what a run or the forecast step recorded and returns a Chart: the Figure and the table of
+the numbers it plots (the page prints it under the picture: its text alternative, and what the tests compare
+with the run's `--json`). Each function builds the table first and plots those same values, so picture and
+table cannot disagree. Without data it raises NoData with a one-line reason the page shows instead. Every key is
+read defensively: results from older runs (or from a newer metrics layout) draw what they have.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib
@@ -27,11 +30,36 @@ COLORS = {
     "persistence": "#7a4fa0",
     "chance": "#b33",
 }
+# the walk-forward chart's bars: every model and baseline a fold scores, in this order (ml.src.training.scoring)
+FOLD_SERIES = {
+    "ensemble": COLORS["model"],
+    "equal_weight": "#6b9bd2",
+    "rf": "#2e8b57",
+    "gb": "#8fbc8f",
+    "majority": COLORS["majority"],
+    "persistence": COLORS["persistence"],
+    "prior": "#c8a2c8",
+}
+CHANCE = 1 / 3  # balanced accuracy of any constant call over three classes
 CLASS_COLORS = {"BEARISH": "#c0392b", "NEUTRAL": "#7f8c8d", "BULLISH": "#27ae60"}
 
 
 class NoData(ValueError):
     """Nothing recorded to draw this chart from; str() says why."""
+
+
+@dataclass
+class ChartTable:
+    """The numbers a chart plots: a header and one row per plotted point (None = not recorded)."""
+
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+
+
+@dataclass
+class Chart:
+    figure: Figure
+    table: ChartTable
 
 
 def _num(v: Any) -> float | None:
@@ -50,11 +78,17 @@ def _dates(ax: Any) -> None:
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
 
 
-def equity(charts: Mapping[str, Any] | None) -> Figure:
+def equity(charts: Mapping[str, Any] | None) -> Chart:
     eq = (charts or {}).get("equity") or {}
     ts, model, hold = eq.get("ts") or [], eq.get("strategy_net") or [], eq.get("buy_and_hold_net") or []
     if not ts or len(ts) != len(model) or len(ts) != len(hold):
         raise NoData("no equity curve recorded for this run (runs before the report recorded none)")
+    table = ChartTable(
+        ["hold ends", "strategy, net equity", "buy and hold, net equity"],
+        [[str(t), _num(m), _num(h)] for t, m, h in zip(ts, model, hold, strict=True)],
+    )
+    model = [r[1] for r in table.rows]
+    hold = [r[2] for r in table.rows]
     x = pd.to_datetime(pd.Series(ts), utc=True)
     fig = _figure()
     ax = fig.add_subplot()
@@ -68,15 +102,25 @@ def equity(charts: Mapping[str, Any] | None) -> Figure:
     )
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
-    return fig
+    return Chart(fig, table)
 
 
-def confusion(matrix: Sequence[Sequence[float]] | None, title: str = "Test slice") -> Figure:
-    m = np.asarray(matrix if matrix is not None else [], dtype="float64")
+def confusion(matrix: Sequence[Sequence[float]] | None, title: str = "Test slice") -> Chart:
+    try:
+        m = np.asarray(matrix if matrix is not None else [], dtype="float64")
+    except (TypeError, ValueError):
+        raise NoData("no test confusion matrix recorded") from None
     if m.shape != (3, 3):
         raise NoData("no test confusion matrix recorded")
     rows = m.sum(axis=1, keepdims=True)
     share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    table = ChartTable(
+        ["true class", *(f"predicted {c}" for c in CLASSES), "rows", "recall"],
+        [
+            [c, *(int(v) for v in m[i]), int(rows[i, 0]), float(share[i, i]) if rows[i, 0] > 0 else None]
+            for i, c in enumerate(CLASSES)
+        ],
+    )
     fig = _figure(5.2, 4.2)
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -97,62 +141,76 @@ def confusion(matrix: Sequence[Sequence[float]] | None, title: str = "Test slice
     ax.set_ylabel("true")
     ax.set_title(f"{title}: counts and share of each true class")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    return fig
+    return Chart(fig, table)
 
 
-def walk_forward(wf: Mapping[str, Any] | None) -> Figure:
+def fold_scores(fold: Mapping[str, Any], name: str) -> float | None:
+    """A fold's test balanced accuracy of model or baseline `name` (walk_forward.run_fold: metrics.<name>)."""
+    metrics = fold.get("metrics")
+    entry = metrics.get(name) if isinstance(metrics, Mapping) else None
+    return _num(entry.get("balanced_accuracy")) if isinstance(entry, Mapping) else None
+
+
+def walk_forward(wf: Mapping[str, Any] | None, off_reason: str | None = None) -> Chart:
+    """Test balanced accuracy of every fold, each model beside the baselines of the same rows, over chance."""
     if not wf:
-        raise NoData("walk-forward was off for this run (train with --walk-forward K to see fold scores)")
-    folds = [f for f in wf.get("folds") or [] if isinstance(f, Mapping) and "error" not in f]
-    if not folds:
+        raise NoData(off_reason or "walk-forward was off for this run")
+    folds = [f for f in wf.get("folds") or [] if isinstance(f, Mapping)]
+    names = [n for n in FOLD_SERIES if any(fold_scores(f, n) is not None for f in folds)]
+    ok = [f for f in folds if "error" not in f and any(fold_scores(f, n) is not None for n in names)]
+    if not ok:
         raise NoData(f"no walk-forward fold could be scored ({wf.get('error') or 'every fold failed'})")
-    # Like with like: each model score beside the baselines' score of the same metric.
-    series = {
-        "ensemble": ("test_balanced_accuracy", COLORS["model"]),
-        "majority": ("majority_test_balanced_accuracy", COLORS["majority"]),
-        "persistence": ("persistence_test_balanced_accuracy", COLORS["persistence"]),
-    }
-    metric = "balanced accuracy"
-    if all(_num(f.get("majority_test_balanced_accuracy")) is None for f in folds):
-        series = {
-            "ensemble": ("test_accuracy", COLORS["model"]),
-            "majority": ("majority_test_accuracy", COLORS["majority"]),
-            "persistence": ("persistence_test_accuracy", COLORS["persistence"]),
-        }
-        metric = "accuracy"
-    n = len(folds)
+    table = ChartTable(
+        ["fold", "test from", "test to", *names, "error"],
+        [
+            [
+                f.get("fold", i),
+                str(f.get("test_start", ""))[:10],
+                str(f.get("test_end", ""))[:10],
+                *(fold_scores(f, n) for n in names),
+                f.get("error"),
+            ]
+            for i, f in enumerate(folds)
+        ],
+    )
+    plotted = [row for row, f in zip(table.rows, folds, strict=True) if f in ok]
+    n = len(plotted)
     x = np.arange(n)
-    width = 0.8 / len(series)
+    width = 0.84 / len(names)
     fig = _figure()
     ax = fig.add_subplot()
-    for k, (name, (key, color)) in enumerate(series.items()):
-        values = [_num(f.get(key)) for f in folds]
+    for k, name in enumerate(names):
+        values = [row[3 + k] for row in plotted]
         ax.bar(
-            x + (k - 1) * width,
-            [v if v is not None else 0.0 for v in values],
+            x + (k - (len(names) - 1) / 2) * width,
+            [v if v is not None else np.nan for v in values],  # nothing recorded: no bar, never a zero
             width,
-            color=color,
+            color=FOLD_SERIES[name],
             label=name,
         )
-    if metric == "balanced accuracy":
-        ax.axhline(1 / 3, color=COLORS["chance"], lw=0.8, ls=":", label="chance (1/3)")
-    labels = [str(f.get("test_start", ""))[:10] for f in folds]
-    ax.set_xticks(x, [f"fold {i}\n{lab}" for i, lab in enumerate(labels)], fontsize=8)
-    ax.set_ylabel(f"test {metric}")
+    ax.axhline(CHANCE, color=COLORS["chance"], lw=1.0, ls=":", label="chance (1/3)")
+    ax.set_xticks(x, [f"fold {row[0]}\n{row[1]}" for row in plotted], fontsize=8)
+    ax.set_ylabel("test balanced accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Walk-forward: {n} folds, ensemble beside the baselines ({metric})")
-    ax.legend(loc="upper right", fontsize=8, ncol=4)
+    skipped = len(folds) - n
+    ax.set_title(
+        f"Walk-forward: {n} fold(s) scored{f', {skipped} failed' if skipped else ''}; balanced accuracy of "
+        "each model beside the baselines",
+        fontsize=10,
+    )
+    ax.legend(loc="upper right", fontsize=7, ncol=4)
     ax.grid(axis="y", alpha=0.3)
-    return fig
+    return Chart(fig, table)
 
 
-def importance(charts: Mapping[str, Any] | None) -> Figure:
+def importance(charts: Mapping[str, Any] | None) -> Chart:
     fi = (charts or {}).get("feature_importance") or {}
     top = [t for t in fi.get("top") or [] if isinstance(t, Sequence) and len(t) == 2]
     if not top:
         raise NoData("no feature importance recorded for this run")
-    names = [str(t[0]) for t in top][::-1]
-    values = [float(t[1]) for t in top][::-1]
+    table = ChartTable(["feature", "share of importance"], [[str(t[0]), _num(t[1])] for t in top])
+    names = [str(r[0]) for r in table.rows][::-1]
+    values = [r[1] if r[1] is not None else np.nan for r in table.rows][::-1]
     fig = _figure(7.5, 0.22 * len(names) + 1.2)
     ax = fig.add_subplot()
     ax.barh(names, values, color=COLORS["model"])
@@ -160,25 +218,31 @@ def importance(charts: Mapping[str, Any] | None) -> Figure:
     ax.set_title(f"Top {len(names)} features: share of the blended importance", fontsize=10)
     ax.tick_params(axis="y", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
-    return fig
+    return Chart(fig, table)
 
 
-def reliability(charts: Mapping[str, Any] | None) -> Figure:
+def reliability(charts: Mapping[str, Any] | None) -> Chart:
     rel = (charts or {}).get("reliability") or {}
     present = [c for c in CLASSES if (rel.get(c) or {}).get("mean_predicted")]
     if not present:
         raise NoData("no reliability data recorded for this run")
+    table = ChartTable(["class", "bin", "mean predicted", "observed frequency", "rows"])
+    for c in present:
+        d = rel[c]
+        counts = list(d.get("count") or [])
+        for i, (p, o) in enumerate(zip(d["mean_predicted"], d.get("observed") or [], strict=False)):
+            table.rows.append([c, i, _num(p), _num(o), counts[i] if i < len(counts) else None])
     fig = _figure(5.6, 4.4)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="#444", lw=0.8, ls="--", label="perfectly calibrated")
     for c in present:
-        d = rel[c]
+        mine = [r for r in table.rows if r[0] == c]
         ax.plot(
-            d["mean_predicted"],
-            d["observed"],
+            [r[2] if r[2] is not None else np.nan for r in mine],
+            [r[3] if r[3] is not None else np.nan for r in mine],
             marker="o",
             color=CLASS_COLORS[c],
-            label=f"{c} ({sum(d.get('count') or [])} rows)",
+            label=f"{c} ({sum(r[4] or 0 for r in mine)} rows)",
         )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -187,30 +251,36 @@ def reliability(charts: Mapping[str, Any] | None) -> Figure:
     ax.set_title("Reliability on the test slice")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    return fig
+    return Chart(fig, table)
 
 
-def history(results: Sequence[Mapping[str, Any]]) -> Figure:
-    rows = []
+def history(results: Sequence[Mapping[str, Any]]) -> Chart:
+    """Test balanced accuracy of each succeeded run of the pair (oldest first), beside its baselines."""
+    table = ChartTable(["run", "started", "run id", "ensemble", "majority", "persistence"])
     for r in results:
         m = r.get("metrics") or {}
-        rows.append(
-            (
-                pd.Timestamp(r.get("started_at")) if r.get("started_at") else None,
-                _num((m.get("ensemble") or {}).get("test_balanced_accuracy")),
+        started = pd.Timestamp(r.get("started_at")) if r.get("started_at") else None
+        ensemble = _num((m.get("ensemble") or {}).get("test_balanced_accuracy"))
+        if started is None or ensemble is None:
+            continue
+        table.rows.append(
+            [
+                len(table.rows) + 1,
+                started.isoformat(),
+                str(r.get("run_id", "")),
+                ensemble,
                 _num((m.get("majority") or m.get("baseline") or {}).get("test_balanced_accuracy")),
                 _num((m.get("persistence") or {}).get("test_balanced_accuracy")),
-            )
+            ]
         )
-    rows = [r for r in rows if r[0] is not None and r[1] is not None]
-    if not rows:
+    if not table.rows:
         raise NoData("no scored runs yet")
-    x = list(range(1, len(rows) + 1))
+    x = [row[0] for row in table.rows]
     fig = _figure()
     ax = fig.add_subplot()
-    ax.plot(x, [float(r[1] or 0.0) for r in rows], color=COLORS["model"], marker="o", label="ensemble")
-    for k, name in ((2, "majority"), (3, "persistence")):
-        values = [r[k] for r in rows]
+    ax.plot(x, [row[3] for row in table.rows], color=COLORS["model"], marker="o", label="ensemble")
+    for k, name in ((4, "majority"), (5, "persistence")):
+        values = [row[k] for row in table.rows]
         if any(v is not None for v in values):
             ax.plot(
                 x,
@@ -220,36 +290,45 @@ def history(results: Sequence[Mapping[str, Any]]) -> Figure:
                 ls="--",
                 label=name,
             )
-    ax.set_xticks(x, [f"{i}\n{r[0]:%Y-%m-%d}" for i, r in zip(x, rows, strict=True)], fontsize=7)
+    ax.axhline(CHANCE, color=COLORS["chance"], lw=0.8, ls=":", label="chance (1/3)")
+    ax.set_xticks(x, [f"{row[0]}\n{row[1][:10]}" for row in table.rows], fontsize=7)
     ax.set_xlabel("run")
     ax.set_ylabel("test balanced accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Score history: {len(rows)} run(s)")
-    ax.legend(loc="upper right", fontsize=8, ncol=3)
+    ax.set_title(f"Score history: {len(table.rows)} run(s)")
+    ax.legend(loc="upper right", fontsize=8, ncol=4)
     ax.grid(alpha=0.3)
-    return fig
+    return Chart(fig, table)
 
 
-def live(forecasts: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None) -> Figure:
+def live(forecasts: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None) -> Chart:
     if not forecasts:
         raise NoData("no forecasts yet (python -m ml.src.inference.forecast_job)")
-    frame = pd.DataFrame(list(forecasts))
-    frame["bar_ts"] = pd.to_datetime(frame["bar_ts"], utc=True)
+    table = ChartTable(["bar", "label", "direction score", "realised label", "call"])
+    for f in sorted(forecasts, key=lambda r: (str(r.get("bar_ts")), r.get("model_version_id") or 0)):
+        realised = f.get("realised_label")
+        table.rows.append(
+            [
+                str(f.get("bar_ts")),
+                f.get("label"),
+                _num(f.get("direction_score")),
+                realised,
+                "waiting for its horizon"
+                if realised is None
+                else "right"
+                if f.get("label") == realised
+                else "wrong",
+            ]
+        )
+    x = pd.to_datetime(pd.Series([row[0] for row in table.rows]), utc=True)
+    y = np.array([row[2] if row[2] is not None else np.nan for row in table.rows], dtype="float64")
+    calls = np.array([row[4] for row in table.rows])
     fig = _figure(7.5, 4.2)
     ax = fig.add_subplot()
-    realised = (
-        frame["realised_label"].notna() if "realised_label" in frame else pd.Series(False, index=frame.index)
-    )
-    hit = realised & (frame["label"] == frame.get("realised_label"))
-    for mask, color, name in (
-        (realised & hit, "#27ae60", "right"),
-        (realised & ~hit, "#c0392b", "wrong"),
-        (~realised, "#9aa5b1", "waiting for its horizon"),
-    ):
+    for name, color in (("right", "#27ae60"), ("wrong", "#c0392b"), ("waiting for its horizon", "#9aa5b1")):
+        mask = calls == name
         if mask.any():
-            ax.scatter(
-                frame.loc[mask, "bar_ts"], frame.loc[mask, "direction_score"], s=22, color=color, label=name
-            )
+            ax.scatter(x[mask], y[mask], s=22, color=color, label=name)
     ax.axhline(0, color="#444", lw=0.6)
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("direction score P(bull) - P(bear)")
@@ -259,7 +338,7 @@ def live(forecasts: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | No
         return f"{v:.3f}" if isinstance(v, int | float) else "n/a"
 
     ax.set_title(
-        f"Live record: {s.get('n_realised', 0)} of {s.get('n_forecasts', len(frame))} realised; balanced acc "
+        f"Live record: {s.get('n_realised', 0)} of {s.get('n_forecasts', len(table.rows))} realised; balanced acc "
         f"{fmt(s.get('balanced_accuracy'))} (persistence {fmt(s.get('persistence_balanced_accuracy'))}, chance "
         f"{fmt(s.get('chance_balanced_accuracy'))}); IC {fmt(s.get('ic'))}",
         fontsize=9,
@@ -267,4 +346,4 @@ def live(forecasts: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | No
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     _dates(ax)
-    return fig
+    return Chart(fig, table)

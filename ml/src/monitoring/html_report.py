@@ -1,13 +1,18 @@
 """The static report: index.html (every pair with its verdict and flags) and one page of charts per pair.
 
 Plain HTML with relative links, inline CSS, PNG charts and no JavaScript: it opens from disk or behind any static
-server. Written to a temporary folder beside DIR and moved into place at the end, so a failed build never
-leaves half a report. Everything drawn comes from what the store records (results, champion, forecasts).
+server. Every chart sits in a <figure> with its caption and a <table> of the numbers it plots. Written to a
+temporary folder beside DIR and moved into place at the end, so a failed build never leaves half a report; the
+files are world-readable (folders 0755, files 0644) for a static server running as another user. DIR is replaced
+only when this report wrote it (the MARKER file inside it) or it is empty: anything else is refused.
+Everything drawn comes from what the store records (results, champion, forecasts); a symbol or timeframe read
+back from the store names a file only after the identifier check (ml.src.data.identifiers).
 """
 
 from __future__ import annotations
 
 import html
+import os
 import shutil
 import tempfile
 import time
@@ -19,19 +24,33 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import TIMEFRAMES, Settings
+from ml.src.data.identifiers import check_pair
 from ml.src.data.store import TrainingStore
 from ml.src.inference.live_record import summarise
 from ml.src.monitoring import charts
-from ml.src.monitoring.report import PairHealth, build_report
+from ml.src.monitoring.report import PairHealth, build_report, stored_pair
+from ml.src.monitoring.report_dir import MARKER, MARKER_TEXT, check_report_dir
+
+DIR_MODE, FILE_MODE = 0o755, 0o644
+
+
+def _publish_modes(root: Path) -> None:
+    """Folders 0755 and files 0644 whatever the umask (mkdtemp makes 0700): a static server's user reads them."""
+    os.chmod(root, DIR_MODE)
+    for path in root.rglob("*"):
+        os.chmod(path, DIR_MODE if path.is_dir() else FILE_MODE)
+
 
 CSS = """
 body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:24px;color:#1b1f24;max-width:1100px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 6px} p.note{color:#555;font-size:13px}
 table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:5px 9px;text-align:left}
 th{background:#f3f5f7} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.flag{display:inline-block;padding:1px 6px;border-radius:3px;font-size:12px;margin-right:3px;color:#fff}
+.flag{display:inline-block;white-space:nowrap;padding:1px 6px;border-radius:3px;font-size:12px;margin-right:3px;color:#fff}
 .flag-OK{background:#2e7d32} .flag-RETRAIN{background:#b26a00} .flag-DISABLE{background:#b71c1c}
-.flag-LIVE{background:#6a1b9a} .verdict{font-weight:bold}
+.flag-LIVE{background:#6a1b9a} .flag-NO-SKILL,.flag-BELOW-BASELINE{background:#8d6e63}
+.flag-WORSE{background:#b71c1c} .flag-UNTRAINED{background:#757575} .verdict{font-weight:bold}
+.latest{border-left:4px solid #b26a00;padding:2px 12px;margin:18px 0} details{margin-top:6px;font-size:13px}
 figure{margin:10px 0 22px} figcaption{font-size:13px;color:#444;max-width:760px} img{border:1px solid #e3e3e3}
 .nodata{color:#8a6d3b;background:#fcf8e3;padding:8px 12px;border-radius:4px;font-size:13px}
 """
@@ -86,6 +105,8 @@ def _e(text: Any) -> str:
 
 
 def pair_slug(symbol: str, timeframe: str) -> str:
+    """The pair's file name stem; only for valid identifiers (a ledger symbol such as ../../x never gets here)."""
+    symbol, timeframe = check_pair(symbol, timeframe)
     return f"{symbol}_{timeframe}"
 
 
@@ -98,24 +119,67 @@ def _page(title: str, body: str) -> str:
 
 
 def _flags(h: PairHealth | None) -> str:
-    flags = (h.flags if h else []) or ["OK"]
+    flags = h.shown if h else ["UNTRAINED"]  # no succeeded run: no champion, nothing is OK
     return "".join(f'<span class="flag flag-{_e(f)}">{_e(f)}</span>' for f in flags)
 
 
 @dataclass
 class PairData:
+    """A pair's page: its champion's run and, when it differs, its latest run (failed, not promoted ...)."""
+
     symbol: str
     timeframe: str
-    history: list[dict[str, Any]]
-    result: dict[str, Any]
-    is_champion_run: bool
+    history: list[dict[str, Any]]  # succeeded results, oldest first
+    champion_result: dict[str, Any] | None  # the result row of the champion's run
+    latest: dict[str, Any] | None  # the latest run's result row when it is not the champion's run
     champion: dict[str, Any] | None
     forecasts: list[dict[str, Any]]
     health: PairHealth | None
 
     @property
+    def result(self) -> dict[str, Any]:
+        """The run whose numbers the index shows: the champion's, else the latest succeeded one."""
+        if self.champion_result is not None:
+            return self.champion_result
+        if self.latest is not None and self.latest.get("status") == "succeeded":
+            return self.latest
+        return {}
+
+    @property
+    def is_champion_run(self) -> bool:
+        return self.champion_result is not None
+
+    @property
     def live(self) -> dict[str, Any]:
         return summarise(self.forecasts).to_dict() if self.forecasts else {}
+
+    def latest_label(self) -> str:
+        """What the latest run is, beside the champion: 'champion' when it is the champion's run."""
+        r = self.latest
+        if r is None:
+            return "champion" if self.champion_result is not None else "none"
+        status = str(r.get("status"))
+        if status != "succeeded":
+            return status
+        return "not promoted" if self.champion is not None else "no champion"
+
+    def latest_note(self) -> str:
+        r = self.latest or {}
+        head = f"Latest run {r.get('run_id', '?')} started {r.get('started_at', '?')}"
+        status = str(r.get("status"))
+        if status == "failed":
+            text = f"{head}: failed ({r.get('error') or 'no reason recorded'}); the champion is unchanged."
+        elif status == "skipped":
+            text = f"{head}: skipped ({r.get('error') or 'no reason recorded'}); the champion is unchanged."
+        elif self.champion is None:
+            text = f"{head}: succeeded, but the pair has no champion."
+        else:
+            promo = r.get("promotion") or {}
+            text = f"{head}: succeeded, not promoted ({promo.get('reason') or 'no promotion decision recorded'})."
+        wf = (r.get("walk_forward") or {}).get("folds")
+        if wf and not (self.champion_result or {}).get("walk_forward"):
+            text += f" It ran a walk-forward of {len(wf)} folds, which the champion's run lacks."
+        return text
 
 
 CHARTS: list[tuple[str, str, str]] = [
@@ -162,13 +226,26 @@ CHARTS: list[tuple[str, str, str]] = [
 ]
 
 
-def _draw(pair: PairData) -> dict[str, Callable[[], Any]]:
-    m = pair.result.get("metrics") or {}
+PAIR_WIDE = frozenset({"history", "live"})  # drawn once per page, from every run / forecast of the pair
+
+
+def _wf_off_reason(pair: PairData, result: dict[str, Any]) -> str:
+    if (pair.latest or {}).get("walk_forward") and result is not pair.latest:
+        return (
+            "walk-forward was off for the champion's run; the latest run's folds are under Latest run below"
+        )
+    if any(r.get("walk_forward") for r in pair.history) or (pair.latest or {}).get("walk_forward"):
+        return "walk-forward was off for this run (an earlier run of the pair had one)"
+    return "walk-forward was off for this run (train with --walk-forward K to see fold scores)"
+
+
+def _draw(pair: PairData, result: dict[str, Any]) -> dict[str, Callable[[], charts.Chart]]:
+    m = result.get("metrics") or {}
     recorded = m.get("charts")
     return {
         "equity": lambda: charts.equity(recorded),
         "confusion": lambda: charts.confusion((m.get("ensemble") or {}).get("test_confusion")),
-        "walk_forward": lambda: charts.walk_forward(pair.result.get("walk_forward")),
+        "walk_forward": lambda: charts.walk_forward(result.get("walk_forward"), _wf_off_reason(pair, result)),
         "importance": lambda: charts.importance(recorded),
         "reliability": lambda: charts.reliability(recorded),
         "history": lambda: charts.history(pair.history),
@@ -176,8 +253,29 @@ def _draw(pair: PairData) -> dict[str, Callable[[], Any]]:
     }
 
 
-def _numbers_table(pair: PairData) -> str:
-    m = pair.result.get("metrics") or {}
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return f'<td class="num">{"n/a" if value is None else _e(value)}</td>'
+    if isinstance(value, int):
+        return f'<td class="num">{value}</td>'
+    if isinstance(value, float):
+        return f'<td class="num">{value:.4f}</td>'
+    return f"<td>{_e(value)}</td>"
+
+
+def chart_table_html(key: str, table: charts.ChartTable) -> str:
+    """The chart's numbers as a table (4 decimals): its text alternative, and what the tests read."""
+    head = "".join(f'<th scope="col">{_e(c)}</th>' for c in table.columns)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.rows)
+    return (
+        f"<details><summary>the numbers plotted ({len(table.rows)} rows)</summary>"
+        f'<table class="chart-data" data-chart="{_e(key)}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></details>"
+    )
+
+
+def _numbers_table(pair: PairData, result: dict[str, Any]) -> str:
+    m = result.get("metrics") or {}
     ens, base, pers = m.get("ensemble") or {}, majority_of(m), m.get("persistence") or {}
     prior, ic = m.get("prior") or {}, m.get("ic") or {}
     trading = m.get("trading") or {}
@@ -223,49 +321,95 @@ def _numbers_table(pair: PairData) -> str:
     return f"<table><tr><th>measure</th><th>model</th><th>beside</th></tr>{body}</table>"
 
 
+def _run_summary(r: dict[str, Any]) -> str:
+    split = r.get("split") or {}
+    return (
+        f"run {_e(r.get('run_id', '?'))} started {_e(r.get('started_at', '?'))}; test slice "
+        f"{_e(split.get('test_start', '?'))} to {_e(split.get('test_end', '?'))} ({_e(r.get('n_test', '?'))} rows)"
+    )
+
+
+def _charts(
+    pair: PairData, result: dict[str, Any], keys: Sequence[str], prefix: str, img_dir: Path, site: ReportSite
+) -> list[str]:
+    parts: list[str] = []
+    draws = _draw(pair, result)
+    slug = pair_slug(pair.symbol, pair.timeframe)
+    for key, title, caption in CHARTS:
+        if key not in keys:
+            continue
+        shown = f"{title} ({prefix.rstrip('_')} run)" if prefix else title
+        parts.append(f"<h2>{_e(shown)}</h2>")
+        try:
+            chart = draws[key]()
+        except charts.NoData as exc:
+            parts.append(f'<p class="nodata">{_e(exc)}</p>')
+            continue
+        path = img_dir / f"{prefix}{key}.png"
+        chart.figure.savefig(path, format="png", pil_kwargs={"compress_level": 3})  # zlib 6: ~2x for ~4% less
+        site.images.append(path)
+        parts.append(
+            f'<figure data-chart="{_e(prefix)}{key}"><img src="{_e(slug)}/{_e(prefix)}{key}.png" '
+            f'alt="{_e(shown)} of {_e(pair.symbol)} {_e(pair.timeframe)}; its numbers are in the table below">'
+            f"<figcaption>{_e(caption)}</figcaption>{chart_table_html(prefix + key, chart.table)}</figure>"
+        )
+    return parts
+
+
 def _pair_page(pair: PairData, folder: Path, site: ReportSite) -> str:
     slug = pair_slug(pair.symbol, pair.timeframe)
     img_dir = folder / slug
     img_dir.mkdir(parents=True, exist_ok=True)
-    r = pair.result
-    which = (
-        "the champion's training run"
-        if pair.is_champion_run
-        else "the latest training run (not the champion's)"
-    )
     champ = pair.champion or {}
     parts = [
         '<p><a href="../index.html">&larr; all pairs</a></p>',
         f"<h1>{_e(pair.symbol)} {_e(pair.timeframe)}</h1>",
-        f'<p>verdict <span class="verdict">{_e(verdict_of(r.get("metrics")))}</span> '
-        f"(q {_e(verdict_q_of(r.get('metrics')))}) &nbsp; {_flags(pair.health)}</p>",
-        f'<p class="note">Charts of {which}: run {_e(r.get("run_id", "?"))} started {_e(r.get("started_at", "?"))}; '
-        f"test slice {_e((r.get('split') or {}).get('test_start', '?'))} to {_e((r.get('split') or {}).get('test_end', '?'))} "
-        f"({_e(r.get('n_test', '?'))} rows). Champion: version {_e(champ.get('id', 'none'))} trained "
-        f"{_e(champ.get('trained_at', 'n/a'))}.</p>",
+        f'<p>verdict <span class="verdict">{_e(verdict_of(pair.result.get("metrics")))}</span> '
+        f"(q {_e(verdict_q_of(pair.result.get('metrics')))}) &nbsp; {_flags(pair.health)}</p>",
     ]
+    if pair.champion_result is not None:
+        also = " It is also the latest run." if pair.latest is None else ""
+        parts.append(
+            f'<p class="note">Champion: version {_e(champ.get("id", "?"))} trained {_e(champ.get("trained_at", "?"))}; '
+            f"the numbers and charts below are of the champion's training run: {_run_summary(pair.champion_result)}."
+            f"{_e(also)}</p>"
+        )
+    elif pair.champion is not None:
+        parts.append(
+            f'<p class="note">Champion: version {_e(champ.get("id", "?"))} trained {_e(champ.get("trained_at", "?"))}; '
+            "its training run is no longer in the ledger.</p>"
+        )
+    else:
+        parts.append('<p class="note">No champion: no run of this pair was promoted.</p>')
+    if pair.latest is not None:
+        parts.append(f'<p class="note latest">{_e(pair.latest_note())}</p>')
     if pair.health and pair.health.reasons:
         parts.append('<p class="note">' + _e("; ".join(pair.health.reasons)) + "</p>")
-    parts.append(_numbers_table(pair))
-    draws = _draw(pair)
-    for key, title, caption in CHARTS:
-        parts.append(f"<h2>{_e(title)}</h2>")
-        try:
-            fig = draws[key]()
-        except charts.NoData as exc:
-            parts.append(f'<p class="nodata">{_e(exc)}</p>')
-            continue
-        path = img_dir / f"{key}.png"
-        fig.savefig(path, format="png", pil_kwargs={"compress_level": 3})  # zlib 6 costs ~2x for ~4% less
-        site.images.append(path)
+    all_keys = [k for k, _, _ in CHARTS]
+    if pair.champion_result is not None:
+        parts.append(_numbers_table(pair, pair.champion_result))
+        parts += _charts(pair, pair.champion_result, all_keys, "", img_dir, site)
+    latest = pair.latest
+    if latest is not None:
         parts.append(
-            f'<figure><img src="{_e(slug)}/{key}.png" alt="{_e(title)} of {_e(pair.symbol)} {_e(pair.timeframe)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>"
+            f'<h2 class="latest">Latest run, not the champion&#39;s ({_e(pair.latest_label())})</h2>'
         )
+        if latest.get("status") == "succeeded":
+            parts.append(f'<p class="note">{_run_summary(latest)}</p>')
+            parts.append(_numbers_table(pair, latest))
+            own = [k for k in all_keys if k not in PAIR_WIDE]
+            keys = own if pair.champion_result is not None else all_keys
+            parts += _charts(
+                pair, latest, keys, "" if pair.champion_result is None else "latest_", img_dir, site
+            )
+    if pair.champion_result is None and (latest is None or latest.get("status") != "succeeded"):
+        parts += _charts(pair, {}, sorted(PAIR_WIDE), "", img_dir, site)
     return _page(f"{pair.symbol} {pair.timeframe}: SwiftBolt ML report", "\n".join(parts))
 
 
-def _index(pairs: Sequence[PairData], store_name: str, generated: datetime) -> str:
+def _index(
+    pairs: Sequence[PairData], store_name: str, generated: datetime, refused: Sequence[str] = ()
+) -> str:
     rows = []
     for p in pairs:
         m = p.result.get("metrics") or {}
@@ -282,15 +426,22 @@ def _index(pairs: Sequence[PairData], store_name: str, generated: datetime) -> s
             f'<td class="num">{_e(live.get("n_realised", 0))} / {_e(live.get("n_forecasts", 0))}</td>'
             f'<td class="num">{_e(_fmt(live.get("balanced_accuracy")))}</td>'
             f"<td>{_e((p.champion or {}).get('trained_at', 'none'))}</td>"
+            f"<td>{_e(p.latest_label())}</td>"
             "</tr>"
         )
     table = (
         "<table><tr><th>pair</th><th>verdict</th><th>q</th><th>flags</th><th>test bal. acc.</th><th>majority</th>"
-        "<th>persistence</th><th>live realised / made</th><th>live bal. acc.</th><th>champion trained</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<th>persistence</th><th>live realised / made</th><th>live bal. acc.</th><th>champion trained</th>"
+        "<th>latest run</th></tr>" + "".join(rows) + "</table>"
         if rows
         else '<p class="nodata">No trained pairs yet.</p>'
+    )
+    ignored = (
+        '<p class="nodata">Ledger rows with an invalid symbol or timeframe, left out: '
+        + _e("; ".join(refused))
+        + "</p>"
+        if refused
+        else ""
     )
     body = (
         "<h1>SwiftBolt ML: models, baselines and live record</h1>"
@@ -299,10 +450,18 @@ def _index(pairs: Sequence[PairData], store_name: str, generated: datetime) -> s
         "construction. The verdict is the run's own (skill / no-skill / worse; n/a when the run recorded none); "
         "q is its Benjamini-Hochberg q-value across that run's pairs (skill needs q at or below ML_VERDICT_FDR). "
         "Flags: RETRAIN (score fell or champion expired), DISABLE (champion not beating its baselines), LIVE "
-        "(live forecasts not beating their baselines).</p>"
-        f"{table}"
+        "(live forecasts not beating their baselines), NO-SKILL / WORSE (the latest verdict), BELOW-BASELINE "
+        "(the champion did not beat its best baseline in the latest run); OK only when none of these applies. "
+        "Latest run: champion when the champion's run is the latest, else what became of the latest run.</p>"
+        f"{ignored}{table}"
     )
     return _page("SwiftBolt ML report", body)
+
+
+@dataclass
+class Collected:
+    pairs: list[PairData]
+    refused: list[str]  # ledger rows left out for an invalid symbol or timeframe, one line each
 
 
 def collect(
@@ -310,37 +469,55 @@ def collect(
     settings: Settings,
     health: Sequence[PairHealth],
     pairs: Sequence[tuple[str, str]] | None = None,
-) -> list[PairData]:
+    run_id: str | None = None,
+) -> Collected:
+    """Every pair with a result (or `pairs`); `run_id`: that run's result is the pair's latest (--report)."""
     wanted = set(pairs) if pairs is not None else None
-    history: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in store.results_history():
-        history[(row["symbol"], row["timeframe"])].append(row)
+    refused: list[str] = []
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in store.results_history(include_failed=True):
+        key = stored_pair(row, "training_results", refused)
+        if key is not None:
+            runs[key].append(row)
+    if run_id is not None:  # this run's own rows, skipped ones too (a skip names no file of its own)
+        started = (store.get_run(run_id) or {}).get("started_at")
+        for row in store.list_results(run_id):
+            key = stored_pair(row, "training_results", refused)
+            if key is not None and not any(str(r.get("id")) == str(row.get("id")) for r in runs[key]):
+                runs[key].append({**row, "started_at": started})
     forecasts: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in store.list_forecasts():
-        forecasts[(row["symbol"], row["timeframe"])].append(row)
+        key = stored_pair(row, "ml_forecasts", refused)
+        if key is not None:
+            forecasts[key].append(row)
     by_health = {(h.symbol, h.timeframe): h for h in health}
     out = []
-    keys = sorted(history, key=lambda k: (k[0], TIMEFRAMES.index(k[1]) if k[1] in TIMEFRAMES else 99))
+    keys = sorted(runs, key=lambda k: (k[0], TIMEFRAMES.index(k[1])))
     for key in keys:
         if wanted is not None and key not in wanted:
             continue
-        rows = history[key]
+        rows = runs[key]
+        history = [r for r in rows if r.get("status") == "succeeded"]
         champion = store.get_champion(*key)
-        own = [r for r in rows if champion and str(r.get("run_id")) == str(champion.get("run_id"))]
-        result = own[-1] if own else rows[-1]
+        own = [r for r in history if champion and str(r.get("run_id")) == str(champion.get("run_id"))]
+        champion_result = own[-1] if own else None
+        mine = [r for r in rows if run_id is not None and str(r.get("run_id")) == run_id]
+        latest: dict[str, Any] | None = mine[-1] if mine else rows[-1]
+        if champion_result is not None and latest is champion_result:
+            latest = None
         out.append(
             PairData(
                 symbol=key[0],
                 timeframe=key[1],
-                history=rows,
-                result=result,
-                is_champion_run=bool(own),
+                history=history,
+                champion_result=champion_result,
+                latest=latest,
                 champion=champion,
                 forecasts=forecasts.get(key, []),
                 health=by_health.get(key),
             )
         )
-    return out
+    return Collected(out, refused)
 
 
 def write_html_report(
@@ -350,19 +527,25 @@ def write_html_report(
     *,
     health: Sequence[PairHealth] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
+    run_id: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ReportSite:
     """Write the report for every trained pair (or `pairs`) to out_dir, replacing an earlier report there.
-    `progress` gets one line before the first page and one per pair page (drawing takes ~1 s a pair)."""
+    `run_id`: show that run as each pair's latest (the training job's --report). `progress` gets one line
+    before the first page and one per pair page (drawing takes ~1 s a pair). ReportDirError when out_dir is
+    not a folder a report may replace (check_report_dir)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    check_report_dir(out_dir)  # before any drawing, and again before the swap
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if health is None:
         health = build_report(store, settings)
-    data = collect(store, settings, health, pairs)
+    got = collect(store, settings, health, pairs, run_id)
+    data = got.pairs
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     site = ReportSite(out_dir=tmp)
     try:
+        (tmp / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
         folder = tmp / "pairs"
         folder.mkdir()
         if progress is not None:
@@ -378,8 +561,10 @@ def write_html_report(
                     f"{time.perf_counter() - t_pair:.1f}s"
                 )
         index = tmp / "index.html"
-        index.write_text(_index(data, store.name, datetime.now(UTC)), encoding="utf-8")
+        index.write_text(_index(data, store.name, datetime.now(UTC), got.refused), encoding="utf-8")
         site.pages.insert(0, index)
+        _publish_modes(tmp)
+        check_report_dir(out_dir)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{time.time_ns()}")

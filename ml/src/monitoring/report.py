@@ -8,6 +8,10 @@ DISABLE: the champion has not beaten its baselines in each of the last `disable_
 LIVE:    with at least `monitor_live_min_forecasts` realised forecasts, the live balanced accuracy is not above
          the best live baseline on the same rows (chance = the majority class's, or persistence).
 
+What a pair shows (`shown`, the table's and the HTML report's flags) is those flags plus what contradicts an
+all-clear: NO-SKILL / WORSE (the latest verdict) and BELOW-BASELINE (the champion did not beat its best
+baseline in the latest run, before DISABLE's `disable_runs` runs are there). OK only when none applies.
+
 The RETRAIN / DISABLE thresholds are read from the store's `monitoring_settings` row, which every training run
 publishes from its settings and which the `model_health` view reads too: the report and the view apply one rule
 with one set of thresholds (supabase/migrations/20261202001200_champion_views_and_health_flags.sql is the SQL
@@ -36,11 +40,12 @@ from pydantic import ValidationError
 from config.settings import TIMEFRAMES, Settings, settings_error_line
 from ml.src.common.cli_parser import OneLineParser, timeframe_arg
 from ml.src.common.log_setup import quiet_http_clients
-from ml.src.data.identifiers import IdentifierError, normalise_symbol
+from ml.src.data.identifiers import IdentifierError, check_pair, normalise_symbol
 from ml.src.data.records import MonitoringThresholds, thresholds_from_settings
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
 from ml.src.inference.live_record import LiveRecord, summarise
+from ml.src.monitoring.report_dir import ReportDirError, check_report_dir
 
 log = logging.getLogger("ml.monitoring")
 
@@ -64,9 +69,21 @@ class PairHealth:
     flags: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     live: dict[str, Any] | None = None  # LiveRecord.to_dict() of the pair's forecasts
+    # the champion vs its best baseline in the latest run (None: not scored)
+    beats_baselines: bool | None = None
+
+    @property
+    def shown(self) -> list[str]:
+        """The flags a reader sees: never OK beside a no-skill / worse verdict or a champion below a baseline."""
+        out = list(self.flags)
+        if self.verdict in ("no-skill", "worse"):
+            out.append(self.verdict.upper())
+        if self.beats_baselines is False and "DISABLE" not in out:
+            out.append("BELOW-BASELINE")
+        return out or ["OK"]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "shown": self.shown}
 
 
 def _num(value: Any) -> float | None:
@@ -172,6 +189,13 @@ def assess_pair(
         if champ is not None and best is not None and champ <= best:
             below += 1
     health.runs_below_baselines = below
+    champ, best = champion_vs_baselines(last, metric)
+    if champ is not None and best is not None:
+        health.beats_baselines = champ > best
+        if not health.beats_baselines and "DISABLE" not in health.flags:
+            health.reasons.append(
+                f"champion {metric} {champ:.3f} does not beat its best baseline {best:.3f} in the latest run"
+            )
     if len(history) >= n and below == n:
         health.flags.append("DISABLE")
         health.reasons.append(f"champion did not beat its baselines in any of the last {n} runs")
@@ -179,6 +203,20 @@ def assess_pair(
         live_settings = settings or (rules if isinstance(rules, Settings) else Settings())
         assess_live(health, summarise(forecasts), live_settings)
     return health
+
+
+def stored_pair(row: dict[str, Any], table: str, refused: list[str] | None = None) -> tuple[str, str] | None:
+    """The row's (symbol, timeframe) if both are valid identifiers, else None (with a warning, and a line in
+    `refused`): a row another tool wrote must never name a file or a folder (../../x)."""
+    try:
+        return check_pair(row.get("symbol"), row.get("timeframe"))
+    except IdentifierError as exc:
+        line = f"{table} row {row.get('id', '?')} ignored: {exc}"
+        if refused is None:
+            log.warning("%s", line)
+        elif line not in refused:
+            refused.append(line)
+        return None
 
 
 def thresholds_in_force(store: TrainingStore, settings: Settings) -> MonitoringThresholds:
@@ -192,15 +230,21 @@ def build_report(
     symbol: str | None = None,
     timeframe: str | None = None,
     now: datetime | None = None,
+    refused: list[str] | None = None,
 ) -> list[PairHealth]:
+    """Every pair's health; rows with an invalid symbol or timeframe are left out (a line each in `refused`)."""
     now = now or datetime.now(UTC)
     rules = thresholds_in_force(store, settings)
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in store.results_history(symbol, timeframe):
-        by_pair[(row["symbol"], row["timeframe"])].append(row)
+        key = stored_pair(row, "training_results", refused)
+        if key is not None:
+            by_pair[key].append(row)
     forecasts: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in store.list_forecasts(symbol, timeframe):
-        forecasts[(row["symbol"], row["timeframe"])].append(row)
+        key = stored_pair(row, "ml_forecasts", refused)
+        if key is not None:
+            forecasts[key].append(row)
     return [
         assess_pair(rows, store.get_champion(sym, tf), rules, now, forecasts.get((sym, tf)), settings)
         for (sym, tf), rows in sorted(by_pair.items(), key=lambda kv: (kv[0][0], TIMEFRAMES.index(kv[0][1])))
@@ -223,7 +267,7 @@ def table(rows: list[PairHealth]) -> str:
             f"{h.symbol:<8} {h.timeframe:<4} {h.runs:>4} {_fmt(h.latest):>7} {_fmt(h.history_mean):>7} "
             f"{h.runs_below_baselines:>5} {h.verdict or '-':<8} {_fmt(h.verdict_q):>5} {live.get('n_realised', 0):>6} "
             f"{_fmt(live.get('balanced_accuracy')):>6}  "
-            f"{','.join(h.flags) or 'OK':<20} {'; '.join(h.reasons)}"
+            f"{','.join(h.shown):<20} {'; '.join(h.reasons)}"
         )
     if not rows:
         lines.append("no succeeded training results yet")
@@ -263,10 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(settings_error_line(exc), file=sys.stderr)
         return 2
-    symbol = args.symbol.upper() if args.symbol else None
+    if args.html:
+        try:  # before the store is opened: a folder the report may not replace is a usage error
+            check_report_dir(Path(args.html))
+        except ReportDirError as exc:
+            print(f"error: --html: {exc}", file=sys.stderr)
+            return 2
     try:
         with open_store(settings) as store:
-            rows = build_report(store, settings, symbol, args.timeframe)
+            refused: list[str] = []
+            rows = build_report(store, settings, symbol, args.timeframe, refused=refused)
+            for line in refused:
+                print(f"warning: {line}", file=sys.stderr)
             rules = thresholds_in_force(store, settings)
             if args.html:
                 from ml.src.monitoring.html_report import write_html_report
@@ -282,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ReportDirError as exc:  # DIR became something else while the report was drawn
+        print(f"error: --html: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: cannot write the report: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from typing import Any
 
 from config.settings import Settings
 from ml.src.common.stop import request_stop, stop_requested
+from ml.src.data.identifiers import IdentifierError, check_pair
 from ml.src.data.records import RunOutcome, RunRecord, thresholds_from_settings
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.training.artifacts import ArtifactError, ensure_models_dir, sweep_orphan_bundles, sweep_temp_files
@@ -490,6 +491,16 @@ class RunSession:
                     if p.status == "skipped"
                     else failed_result(req, p.reason or "failed", 0.0)
                 )
+                try:
+                    check_pair(req.symbol, req.timeframe)
+                except IdentifierError:
+                    # both schemas refuse an invalid identifier (a row of the symbols table written by another
+                    # tool): the failure is the run's warning, never a ledger row a reader would build a path from
+                    self.warn(
+                        f"{result.error} (not recorded in training_results: the ledger holds valid identifiers only)"
+                    )
+                    self.tell(i, result)
+                    continue
                 self.record(i, result)
 
     def lost(self, reason: str) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ml.src.cli import report as report_cli
 from ml.src.cli import train as job_cli
-from ml.src.monitoring import report
 from ml.src.monitoring.html_report import verdict_of, verdict_q_of
 from tests.browser import Chromium
 from tests.factories import SAMPLE_DATA
@@ -46,7 +46,7 @@ def test_report_cli_writes_an_index_and_a_page_of_charts_per_pair(
     trained_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "reports" / "site"
-    assert report.main(["--html", str(out)]) == 0
+    assert report_cli.main(["--html", str(out)]) == 0
     captured = capsys.readouterr()
     assert "GOOG" in captured.out and re.search(r"report: .*index\.html \(3 pages, 14 charts", captured.err)
     pages = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.html"))
@@ -69,7 +69,7 @@ def test_report_cli_writes_an_index_and_a_page_of_charts_per_pair(
         goog,
     )
     # a rebuild replaces the report whole: no leftovers beside it
-    assert report.main(["--html", str(out)]) == 0
+    assert report_cli.main(["--html", str(out)]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["site"]
 
 
@@ -88,7 +88,7 @@ def test_every_page_opens_in_headless_chromium_and_shows_its_charts(
 ) -> None:
     out = tmp_path / "site"
     t0 = time.perf_counter()
-    assert report.main(["--html", str(out)]) == 0
+    assert report_cli.main(["--html", str(out)]) == 0
     build_s = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"report: {len(list(out.rglob('*.html')))} pages, {size / 1024:.0f} KiB, built in {build_s:.1f}s")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from config.settings import DEFAULT_HOME, Settings
+from ml.src.cli import report as report_cli
 from ml.src.cli import schedule as scheduler_cli
 from ml.src.cli.train import main
 from ml.src.data import load_bars
 from ml.src.data.local_db import SqliteStore, format_ts
-from ml.src.monitoring import report as monitoring
 from ml.src.training import run_loop
 from ml.src.training.registry import load_champion
 from tests.factories import SAMPLE_DATA, sample_bars, sample_csv
@@ -232,7 +232,7 @@ def test_other_entry_points_refuse_bad_symbols_with_exit_2(ml_env: Path, capsys)
     assert load_bars.main(["--symbol", "", "--timeframe", "d1", str(sample_csv("IBM", "d1"))]) == 2
     assert "invalid symbol ''" in capsys.readouterr().err
     assert load_bars.main(["--symbol", "A/B", "--timeframe", "d1", str(sample_csv("IBM", "d1"))]) == 2
-    assert monitoring.main(["--symbol", ""]) == 2
+    assert report_cli.main(["--symbol", ""]) == 2
     assert "invalid symbol ''" in capsys.readouterr().err
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.src.monitoring import report
+from ml.src.cli import report as report_cli
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_html_report_prints_a_line_per_pair_before_the_summary(
     trained_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert report.main(["--html", str(tmp_path / "site")]) == 0
+    assert report_cli.main(["--html", str(tmp_path / "site")]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("report")]
     assert err[0] == f"report: drawing 2 pair page(s) for {tmp_path / 'site'}"
     assert err[1].startswith("report [1/2] GOOG/d1: page written in ") and err[1].endswith("s")

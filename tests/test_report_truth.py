@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from ml.src.cli import report as report_cli
 from ml.src.cli import train as job_cli
 from ml.src.monitoring import charts, report
 from ml.src.monitoring.report import assess_pair
@@ -172,14 +173,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         assert c_skip == 0 and j_skip["results"][0]["status"] == "skipped"
         code, fj = run_json(forecast_job.main, ["--pairs", "GSPC:w1", "--json"])
         assert code == 0, fj
-        assert report.main(["--html", str(root / "site2")]) == 0
-        code, rj = run_json(report.main, ["--json"])
+        assert report_cli.main(["--html", str(root / "site2")]) == 0
+        code, rj = run_json(report_cli.main, ["--json"])
         assert code == 0
         c3, j3 = run_json(
             job_cli.main, [*pair, "--as-of", "1990-01-01", "--force", "--report", str(root / "job3")]
         )
         assert c3 == 1
-        assert report.main(["--html", str(root / "site3")]) == 0
+        assert report_cli.main(["--html", str(root / "site3")]) == 0
         yield Runs(
             root=root,
             champion=j1["results"][0],
@@ -407,8 +408,8 @@ def test_shown_flags_follow_the_verdict_and_the_baselines(
 
 def test_the_template_pair_with_a_no_skill_verdict_is_not_ok(trained_store: Path, tmp_path: Path) -> None:
     # IBM w1 of the shared template: verdict no-skill, one run. Before: a green OK.
-    assert report.main(["--html", str(tmp_path / "site")]) == 0
-    code, rows = run_json(report.main, ["--json"])
+    assert report_cli.main(["--html", str(tmp_path / "site")]) == 0
+    code, rows = run_json(report_cli.main, ["--json"])
     assert code == 0
     ibm = next(r for r in rows if r["symbol"] == "IBM")
     assert ibm["verdict"] == "no-skill" and "OK" not in ibm["shown"]
@@ -427,8 +428,8 @@ def test_report_folder_is_world_readable_whatever_the_umask(trained_store: Path,
     out = tmp_path / "www" / "site"
     old = os.umask(0o077)  # the strictest umask: nothing would be readable by another user without the chmod
     try:
-        assert report.main(["--html", str(out)]) == 0
-        assert report.main(["--html", str(out)]) == 0  # a rebuild is published the same way
+        assert report_cli.main(["--html", str(out)]) == 0
+        assert report_cli.main(["--html", str(out)]) == 0  # a rebuild is published the same way
     finally:
         os.umask(old)
     modes = modes_under(out)
@@ -449,14 +450,14 @@ def test_report_replaces_only_a_folder_a_report_wrote(
     (mine / "notes.txt").write_text("my notes\n")
     (mine / "sub" / "data.csv").write_text("a,b\n")
     capsys.readouterr()
-    assert report.main(["--html", str(mine)]) == 2
+    assert report_cli.main(["--html", str(mine)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --html: refusing to replace {mine}"), err
     assert (mine / "notes.txt").read_text() == "my notes\n" and (mine / "sub" / "data.csv").is_file()
 
     a_file = tmp_path / "report.html"
     a_file.write_text("<p>mine</p>")
-    assert report.main(["--html", str(a_file)]) == 2
+    assert report_cli.main(["--html", str(a_file)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "it is a file, not a folder" in err[0], err
     assert a_file.read_text() == "<p>mine</p>"
@@ -464,9 +465,9 @@ def test_report_replaces_only_a_folder_a_report_wrote(
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert report.main(["--html", str(empty)]) == 0  # an empty folder is fine, and then it is a report's
+    assert report_cli.main(["--html", str(empty)]) == 0  # an empty folder is fine, and then it is a report's
     (empty / "stale.txt").write_text("an earlier report's leftover")  # inside a report folder: replaced whole
-    assert report.main(["--html", str(empty)]) == 0
+    assert report_cli.main(["--html", str(empty)]) == 0
     assert (empty / MARKER).is_file() and not (empty / "stale.txt").exists()
     capsys.readouterr()
 
@@ -510,7 +511,7 @@ def test_a_hostile_ledger_symbol_never_names_a_file_outside_the_report(
     out = tmp_path / "a" / "b" / "site"
     before = files_under(tmp_path)
     capsys.readouterr()
-    assert report.main(["--html", str(out)]) == 0
+    assert report_cli.main(["--html", str(out)]) == 0
     captured = capsys.readouterr()
     written = files_under(tmp_path) - before
     assert written and all(w == "a" or w.startswith("a/b") for w in written), written

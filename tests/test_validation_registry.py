@@ -11,6 +11,7 @@ import pytest
 from freezegun import freeze_time
 
 from config.settings import Settings
+from ml.src.cli import report as report_cli
 from ml.src.cli.train import main
 from ml.src.data.local_db import SqliteStore
 from ml.src.monitoring import report as monitoring
@@ -250,10 +251,10 @@ def test_monitoring_rules_on_real_history(embedded_store, capsys) -> None:
 
 def test_monitoring_cli(embedded_store, capsys) -> None:
     _history(embedded_store, capsys, "IXIC", "w1", ["2017-12-29", "2018-12-31"])
-    assert monitoring.main(["--json"]) == 0
+    assert report_cli.main(["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["symbol"], r["timeframe"], r["runs"]) for r in rows] == [("IXIC", "w1", 2)]
-    assert monitoring.main([]) == 0
+    assert report_cli.main([]) == 0
     assert "IXIC" in capsys.readouterr().out
 
 
@@ -261,10 +262,10 @@ def test_monitoring_cli_shows_the_verdicts_q_value(embedded_store, capsys) -> No
     hist = _history(embedded_store, capsys, "IXIC", "w1", ["2018-12-31"])
     verdict = hist[-1]["metrics"]["verdict"]
     assert verdict["q_value"] == pytest.approx(verdict["p_value"])  # alone in its run: q = p
-    assert monitoring.main(["--json"]) == 0
+    assert report_cli.main(["--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["verdict"], row["verdict_q"]) == (verdict["verdict"], pytest.approx(verdict["q_value"]))
-    assert monitoring.main([]) == 0
+    assert report_cli.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     head = next(line for line in lines if line.startswith("symbol")).split()
     assert head[head.index("verdict") + 1] == "q"

@@ -36,7 +36,7 @@ COMMANDS: dict[str, Command] = {
         "ml.src.cli.schedule", "run the nightly training and forecasts on a schedule", "ml.src.scheduler"
     ),
     "report": Command(
-        "ml.src.monitoring.report",
+        "ml.src.cli.report",
         "model health per pair (RETRAIN / DISABLE / LIVE flags); --html DIR writes the static report",
         "ml.src.monitoring.report",
     ),

@@ -171,7 +171,10 @@ def train_pairs(
                 finish(i, skipped_result(req, reason, time.perf_counter() - t0))
                 return None, t0
             fill_outcomes_quietly(store, req.symbol, req.timeframe)  # new bars may realise earlier forecasts
-            return prepare_pair(store, req, settings), t0
+            prep = prepare_pair(store, req, settings)
+            for line in prep.notes:  # e.g. a context symbol without bars: the pair trains without it
+                note(line)
+            return prep, t0
         except PairSkipped as exc:  # some bars, fewer than the minimum history: nothing to fix, wait for bars
             finish(i, skipped_result(req, str(exc), time.perf_counter() - t0))
         except NotEnoughHistory as exc:

@@ -55,13 +55,14 @@ def context_columns(symbol: str) -> tuple[str, ...]:
 def joined_index(pair_ts: pd.Series, pair_tf: str, ctx_ts: pd.Series, ctx_tf: str) -> np.ndarray:
     """For each pair bar, the index of the latest context bar closed at or before the pair bar's close; -1 if
     none."""
-    pair_close = timestamps_ns(pair_ts) + BAR_LENGTH[pair_tf] // timedelta(microseconds=1) * 1000
-    ctx_close = timestamps_ns(ctx_ts) + BAR_LENGTH[ctx_tf] // timedelta(microseconds=1) * 1000
+    pair_close = timestamps_ns(pair_ts) + _ns(BAR_LENGTH[pair_tf])
+    ctx_close = timestamps_ns(ctx_ts) + _ns(BAR_LENGTH[ctx_tf])
     return np.searchsorted(ctx_close, pair_close, side="right") - 1
 
 
 def timestamps_ns(ts: pd.Series) -> np.ndarray:
-    return pd.to_datetime(ts, utc=True).astype("int64").to_numpy()
+    """UTC nanoseconds whatever the series' own unit (CSV bars come back in us, a store's may be ns)."""
+    return pd.to_datetime(ts, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
 
 
 def context_features(
@@ -115,7 +116,11 @@ def stale_rows(
     pair_ns = timestamps_ns(bars["ts"])
     ctx_ns = timestamps_ns(ctx_bars["ts"])[np.maximum(idx, 0)]
     age = pair_ns - ctx_ns
-    return int(((idx < 0) | (age > max_age // timedelta(microseconds=1) * 1000)).sum())
+    return int(((idx < 0) | (age > _ns(max_age))).sum())
+
+
+def _ns(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1) * 1000
 
 
 def context_timeframes(pair_tf: str) -> tuple[str, ...]:

@@ -62,7 +62,10 @@ def _compute_missing(
     """
     first = int(np.argmax(missing))  # window row of the first missing feature row
     start = warmup_bars + first - WARMUP_BARS  # >= 0: warmup_bars >= WARMUP_BARS
-    tail = add_technical_features(bars.iloc[start:], vol_features=fset.vol_features)
+    part = bars.iloc[start:]
+    tail = (
+        add_technical_features(part, vol_features=True) if fset.vol_features else add_technical_features(part)
+    )
     tail = tail.iloc[WARMUP_BARS:].reset_index(drop=True)
     return tail.loc[missing[first:], ["ts", *fset.columns]]
 

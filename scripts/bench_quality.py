@@ -265,6 +265,39 @@ def evaluate_config(
     return {"overrides": overrides, "pairs": rows, "wall_s": wall, "cpu_s": cpu}
 
 
+def evaluate_pooled(preps: dict[str, Any], folds: int, tmp: Path, log: Callable) -> dict:
+    """Issue 20 item 3: per timeframe one model on the pooled rows of every pair known by each fold's fit end,
+    scored per pair on its own test blocks (the same rows and labels as its local walk-forward)."""
+    from ml.src.training.pooled import PoolMember, pooled_walk_forward
+    from ml.src.training.scoring import concat
+
+    settings = make_settings(tmp)
+    members = {
+        label: PoolMember(label, p.x, p.returns, p.ts, p.spec.horizon_bars, p.spec.threshold, p.scale)
+        for label, p in preps.items()
+    }
+    rows: dict[str, Any] = {}
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for label, target in members.items():
+        tf = label.split("/")[1]
+        others = [m for k, m in members.items() if k != label and k.split("/")[1] == tf]
+        pooled, info = pooled_walk_forward(target, others, folds, settings)
+        ok = [i for i in info if "error" not in i]
+        entry: dict[str, Any] = {
+            "ok": bool(pooled),
+            "n_folds_ok": len(pooled),
+            "folds": info,
+            "n_fit_other": [i["n_fit_other"] for i in ok],
+        }
+        if pooled:
+            entry["pooled"] = label_free(concat(pooled), target.horizon)
+        rows[label] = entry
+        log(f"pooled {label}: {len(pooled)} folds, other rows per fold {entry['n_fit_other']}")
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    log(f"config pooled: {len(preps)} pairs in {wall:.0f}s wall, {cpu:.0f}s CPU")
+    return {"overrides": {"pooled": True}, "pairs": rows, "wall_s": wall, "cpu_s": cpu}
+
+
 # ------------------------------------------------------------------------------------------- before (REF)
 CHILD = textwrap.dedent(
     r"""
@@ -755,6 +788,11 @@ def main(argv: list[str] | None = None) -> int:
         help="issue 20: the label / volatility-feature / context variants against today's defaults "
         "(implies --no-before --timing-repeats 0 --reference baseline unless --configs is given)",
     )
+    p.add_argument(
+        "--pooled",
+        action="store_true",
+        help="with --skill: also one model per timeframe on every pair's rows known by each fold (item 3)",
+    )
     args = p.parse_args(argv)
     if args.skill:
         if args.configs == list(CONFIGS):
@@ -804,10 +842,17 @@ def main(argv: list[str] | None = None) -> int:
                     partial = {"partial": True, "skill": aggregate_skill(results, "baseline")}
                     args.out.with_suffix(".partial.json").write_text(json.dumps(partial, indent=1) + "\n")
                     print(format_skill(aggregate_skill(results, "baseline")), file=sys.stderr, flush=True)
+            if args.pooled:
+                key = prep_key(CONFIGS["baseline"])
+                if key not in prepared:
+                    prepared[key] = prepare_all(
+                        pairs, store, tmp, args.target_bars, log, {}, as_of=args.as_of
+                    )
+                results["pooled"] = evaluate_pooled(prepared[key], args.folds, tmp, log)
         finally:
             store.close()
     reference = args.reference if args.reference in results else None
-    agg = aggregate(results, reference)
+    agg = aggregate({k: v for k, v in results.items() if k != "pooled"}, reference)
     print(format_tables(agg, reference))
     skill = aggregate_skill(results, "baseline") if args.skill else None
     if skill:

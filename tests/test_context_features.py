@@ -142,7 +142,7 @@ def test_prepare_pair_joins_the_context_columns(embedded_store: SqliteStore) -> 
 @pytest.mark.parametrize(
     ("gspc", "note"),
     [
-        (None, "IBM/d1: context GSPC has no d1 bars: trained without it"),
+        (None, "IBM/d1: context GSPC has no d1 bars between 2009-11-25 and 2013-03-01: trained without it"),
         (  # GSPC's sample bars begin 2009-01-27, inside IBM's window: missing for its first rows
             "sample",
             r"IBM/d1: context GSPC/d1 lacks bars for \d+ of \d+ rows \(bars 2009-01-27.*\): trained without it",

@@ -158,7 +158,10 @@ def load_context(
         if ctx == symbol:
             notes.append(f"{label}: context {ctx} is the pair's own symbol: trained without it")
             continue
-        reason = f"{label}: context {ctx} has no {'/'.join(context_timeframes(timeframe))} bars"
+        reason = (
+            f"{label}: context {ctx} has no {'/'.join(context_timeframes(timeframe))} bars between "
+            f"{first.date().isoformat()} and {last.date().isoformat()}"
+        )
         for ctx_tf in context_timeframes(timeframe):
             start = first - timedelta(days=HISTORY_DAYS[ctx_tf])
             ctx_bars = store.read_bars(ctx, ctx_tf, start=start.to_pydatetime(), end=last.to_pydatetime())

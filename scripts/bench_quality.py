@@ -684,6 +684,25 @@ def aggregate_skill(results: dict[str, dict], reference: str) -> dict[str, Any]:
                 a[f"minus_{reference}.{key}"] = {"mean": m, "se": se, "n": n, "wins": sum(x > 0 for x in d)}
         m, se, n = mean_se([p.get("share_drift") for p in pairs.values()])
         a["share_drift"] = {"mean": m, "se": se, "n": n}
+        with_ctx = [lab for lab, p in pairs.items() if p.get("context")]
+        a["n_context"] = len(with_ctx)
+        if with_ctx and cfg != reference and ref:  # the context variants on the pairs that had context
+            for key in SKILL_KEYS:
+                d = [
+                    pairs[lab]["pooled"]["ensemble"][key] - ref[lab]["pooled"]["ensemble"][key]
+                    for lab in with_ctx
+                    if lab in ref
+                    and "pooled" in ref[lab]
+                    and pairs[lab]["pooled"]["ensemble"][key] is not None
+                    and ref[lab]["pooled"]["ensemble"][key] is not None
+                ]
+                m, se, n = mean_se(d)
+                a[f"context_pairs_minus_{reference}.{key}"] = {
+                    "mean": m,
+                    "se": se,
+                    "n": n,
+                    "wins": sum(x > 0 for x in d),
+                }
         a["per_pair"] = {lab: {k: p["pooled"]["ensemble"][k] for k in SKILL_KEYS} for lab, p in pairs.items()}
         a["wall_s"], a["cpu_s"] = res.get("wall_s"), res.get("cpu_s")
         out[cfg] = a
@@ -710,6 +729,46 @@ def format_skill(skill: dict[str, Any], reference: str = "baseline") -> str:
             cells.append(" ".join(f"d{k} {ms(v)} ({v['wins']}/{v['n']})" for k, v in d.items()))
         cells.append(f"drift {_f(a['share_drift']['mean'], '.4f')}")
         lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def skill_markdown(skill: dict[str, Any], reference: str = "baseline") -> str:
+    """The docs/benchmarks.md table of a --skill run (mean +/- s.e. over pairs; paired differences with wins)."""
+
+    def ms(d: dict[str, Any] | None, fmt: str = "+.4f") -> str:
+        if not d or d.get("mean") is None:
+            return "–"
+        se = f" ± {d['se']:.4f}" if d.get("se") is not None else ""
+        wins = f" ({d['wins']}/{d['n']})" if "wins" in d else ""
+        return f"{d['mean']:{fmt}}{se}{wins}"
+
+    head = (
+        "| variant | pairs | IC | hit rate | log-loss gain | ens − equal: IC | ens − equal: gain | "
+        f"− {reference}: IC | − {reference}: hit | − {reference}: gain | class-share drift | pairs with context |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for cfg, a in skill.items():
+        d = {k: a.get(f"minus_{reference}.{k}") for k in SKILL_KEYS}
+        lines.append(
+            f"| {cfg} | {a['n_pairs']} | {ms(a['ensemble.ic'])} | {ms(a['ensemble.hit_sign'], '.4f')} | "
+            f"{ms(a['ensemble.ll_gain'])} | {ms(a['ens_minus_equal.ic'])} | {ms(a['ens_minus_equal.ll_gain'])} | "
+            f"{ms(d['ic'])} | {ms(d['hit_sign'])} | {ms(d['ll_gain'])} | {_f(a['share_drift']['mean'], '.3f')} | "
+            f"{a.get('n_context', 0)} |"
+        )
+    ctx = [(cfg, a) for cfg, a in skill.items() if f"context_pairs_minus_{reference}.ic" in a]
+    if ctx:
+        lines += [
+            "",
+            f"Context variants on the pairs that had context only (− {reference}, paired):",
+            "",
+            "| variant | pairs | IC | hit rate | log-loss gain |",
+            "|---|---|---|---|---|",
+        ]
+        for cfg, a in ctx:
+            d = {k: a[f"context_pairs_minus_{reference}.{k}"] for k in SKILL_KEYS}
+            lines.append(
+                f"| {cfg} | {a['n_context']} | {ms(d['ic'])} | {ms(d['hit_sign'])} | {ms(d['ll_gain'])} |"
+            )
     return "\n".join(lines)
 
 
@@ -793,7 +852,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --skill: also one model per timeframe on every pair's rows known by each fold (item 3)",
     )
+    p.add_argument(
+        "--markdown-from", type=Path, metavar="JSON", help="print the --skill table of a saved run and exit"
+    )
     args = p.parse_args(argv)
+    if args.markdown_from:
+        saved = json.loads(args.markdown_from.read_text())
+        print(skill_markdown(aggregate_skill(saved["results"], "baseline")))
+        return 0
     if args.skill:
         if args.configs == list(CONFIGS):
             args.configs = list(SKILL_CONFIGS)
@@ -858,6 +924,8 @@ def main(argv: list[str] | None = None) -> int:
     if skill:
         print()
         print(format_skill(skill))
+        print()
+        print(skill_markdown(skill))
     if timing:
         totals = ", ".join(f"{k} {v:.3f}s" for k, v in timing["totals_s"].items())
         print(

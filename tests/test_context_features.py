@@ -204,3 +204,30 @@ def test_a_champion_with_context_ex_ante_labels_and_vol_features_forecasts_with_
         )
     finally:
         store.close()
+
+
+def test_a_champion_with_context_is_replaced_when_the_context_runs_out_of_bars(ml_env) -> None:
+    settings = Settings(_env_file=None, context_symbols=["GSPC"], local_db=ml_env / "store.sqlite3")  # type: ignore[call-arg]
+    store = SqliteStore(ml_env / "store.sqlite3")
+    try:
+        ixic, gspc = sample_bars("IXIC", "d1"), sample_bars("GSPC", "d1")
+        store.upsert_bars("IXIC", "d1", ixic.iloc[:1200])
+        store.upsert_bars(
+            "GSPC", "d1", gspc.iloc[:1210]
+        )  # context bars end 10 sessions after the first run's
+        first = run_job(store, settings, ["IXIC"], ["d1"], workers=1, target_bars=900)
+        assert [r.status for r in first.results] == ["succeeded"] and first.warnings == []
+        store.upsert_bars("IXIC", "d1", ixic.iloc[1200:1300])  # 100 more sessions; GSPC's stop after 10
+        second = run_job(store, settings, ["IXIC"], ["d1"], workers=1, target_bars=900)
+        assert [r.status for r in second.results] == ["succeeded"], second.results[0].error
+        # 90 window rows after GSPC's last bar; the first 8 of them (12 days: d1's 10-day max gap + 2 bars) may
+        # still join it, the other 82 have no context bar recent enough
+        [note] = [w for w in second.warnings if "context" in w]
+        assert note.startswith("IXIC/d1: context GSPC/d1 lacks bars for 82 of 900 rows (bars ")
+        assert note.endswith(f" .. {gspc['ts'].iloc[1209].isoformat()}): trained without it")
+        promotion = second.results[0].promotion or {}
+        assert promotion["promote"] and promotion["reason"] == (
+            "current champion has other columns (context GSPC; this run none)"
+        )
+    finally:
+        store.close()

@@ -170,6 +170,16 @@ def decide_promotion(
         return PromotionDecision(
             True, "current champion uses another feature set", metric, champion_version_id=cid
         )
+    if tuple(champion.feature_names) != tuple(prep.feature_names):
+        # e.g. the champion had a context symbol this window has no bars for: it cannot be fed these rows
+        theirs, ours = model_context(champion), prep.context
+        return PromotionDecision(
+            True,
+            f"current champion has other columns (context {', '.join(theirs) or 'none'}; this run "
+            f"{', '.join(ours) or 'none'})",
+            metric,
+            champion_version_id=cid,
+        )
     if _champion_expired(current, settings, req.timeframe):
         return PromotionDecision(
             True, "current champion is older than max_model_age_days", metric, champion_version_id=cid

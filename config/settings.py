@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 GbBackend = Literal["lightgbm", "hist_gb", "sklearn_gb"]
-ThresholdMode = Literal["fixed", "quantile", "vol"]
+ThresholdMode = Literal["fixed", "quantile", "vol", "ex_ante_vol"]
 ClassWeight = Literal["none", "balanced"]
 # Scores that are sums of per-row contributions, so challenger and champion can be compared row by row.
 PromotionMetric = Literal["test_balanced_accuracy", "test_accuracy"]
@@ -153,6 +153,8 @@ class StoreSettings(BaseModel):
     # HMAC-SHA256 key for model artifacts: when set, every bundle is signed when saved and refused when loaded
     # without a valid signature recorded in the ledger.
     artifact_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("ML_ARTIFACT_KEY"))
+    # The feature cache (both stores): `on` reads cached features and computes only the missing rows, `off` computes
+    # every row and leaves the cache alone. `auto` (the old default) now means `on`. Cost: docs/benchmarks.md.
     feature_cache: Literal["on", "off", "auto"] = "on"
     db_timeout_s: float = Field(default=30.0, gt=0)
     db_max_retries: int = Field(default=4, ge=0)
@@ -164,13 +166,20 @@ class StoreSettings(BaseModel):
 
 
 class UniverseSettings(BaseModel):
-    """What to train: the symbols a flagless run names and the per-timeframe table (horizon, thresholds,
-    window, age limits)."""
+    """What to train on: the symbols a flagless run names, the per-timeframe table (horizon, thresholds,
+    window, age limits), and the inputs besides the pair's own indicators (volatility features, context)."""
 
     # Symbols trained / forecast when no flag selects any. Empty (the default): the universe, i.e. the pairs the
     # store has bars for, so a fresh checkout's `make run` data is what a flagless run covers.
     default_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
     timeframes: dict[str, TimeframeSpec] = Field(default_factory=lambda: dict(DEFAULT_TIMEFRAMES))
+    # ML_VOL_FEATURES: add HAR-style realised volatility, range estimators and vol of vol to the features (the
+    # feature set's version, and with it the cache key, changes). Measured in docs/benchmarks.md (issue 20).
+    vol_features: bool = False
+    # ML_CONTEXT_SYMBOLS: market context (e.g. GSPC): its returns, volatility, rolling correlation and beta with
+    # the pair, and relative strength, joined as of each bar's close. A pair whose context lacks bars trains
+    # without it (one line says so). Empty (the default): no context. Measured in docs/benchmarks.md.
+    context_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
 
 class SplitSettings(BaseModel):
@@ -178,10 +187,12 @@ class SplitSettings(BaseModel):
 
     threshold_mode: ThresholdMode = "vol"
     threshold_k: float = Field(
-        default=0.5, gt=0, le=3, description="vol mode: a move is |return| > k x std of train horizon returns"
+        default=0.5,
+        gt=0,
+        le=3,
+        description="vol mode: a move is |return| > k x std of train horizon returns; ex_ante_vol mode: "
+        "|return| > k x the bar's own EWMA volatility x sqrt(horizon)",
     )
-    # The feature cache (both stores): `on` reads cached features and computes only the missing rows, `off` computes
-    # every row and leaves the cache alone. `auto` (the old default) now means `on`. Cost: docs/benchmarks.md.
     train_fraction: float = Field(default=0.6, gt=0, lt=1)
     valid_fraction: float = Field(default=0.2, gt=0, lt=1)
     min_rows_per_split: int = Field(default=30, ge=5)
@@ -364,7 +375,7 @@ class Settings(
             raise ValueError("must be at least 16 characters (a random secret, e.g. `openssl rand -hex 32`)")
         return value
 
-    @field_validator("default_symbols", mode="before")
+    @field_validator("default_symbols", "context_symbols", mode="before")
     @classmethod
     def _parse_symbols(cls, value: Any) -> Any:
         value = _split_list(value)

@@ -38,6 +38,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "leaf20": {"rf_min_samples_leaf": 20, "gb_min_samples_leaf": 20},
     "leaf100": {"rf_min_samples_leaf": 100, "gb_min_samples_leaf": 100},
     "today_members_fixed": {**TODAY_MEMBERS, "threshold_mode": "fixed"},
+    # issue 20: labels against ex-ante volatility, volatility features, market context (and combinations)
+    "baseline": {},
+    "ex_ante_vol": {"threshold_mode": "ex_ante_vol"},
+    "vol_features": {"vol_features": True},
+    "context_gspc": {"context_symbols": ["GSPC"]},
+    "context_spy": {"context_symbols": ["SPY"]},
+    "ex_ante_vol+vol_features": {"threshold_mode": "ex_ante_vol", "vol_features": True},
+    "vol_features+context_gspc": {"vol_features": True, "context_symbols": ["GSPC"]},
+    "vol_features+context_spy": {"vol_features": True, "context_symbols": ["SPY"]},
+    "ex_ante_vol+vol_features+context_gspc": {
+        "threshold_mode": "ex_ante_vol",
+        "vol_features": True,
+        "context_symbols": ["GSPC"],
+    },
 }
+SKILL_CONFIGS = tuple(
+    k for k in CONFIGS if k == "baseline" or "ex_ante" in k or "vol_f" in k or "context" in k
+)
+# Settings that change what prepare_pair builds (the columns of x); the others only change the fit.
+PREP_KEYS = ("vol_features", "context_symbols")
 
 
 def median(values: Sequence[float]) -> float:
@@ -112,19 +132,63 @@ def mean_se(values: Sequence[float]) -> tuple[float | None, float | None, int]:
 
 
 # --------------------------------------------------------------------------------------------- after (HEAD)
-def prepare_all(pairs: Sequence[tuple[str, str]], store: Any, tmp: Path, target: int, log: Callable) -> dict:
+def prep_key(overrides: dict[str, Any]) -> tuple:
+    return tuple((k, json.dumps(overrides.get(k))) for k in PREP_KEYS)
+
+
+def prepare_all(
+    pairs: Sequence[tuple[str, str]],
+    store: Any,
+    tmp: Path,
+    target: int,
+    log: Callable,
+    overrides: dict[str, Any] | None = None,
+    as_of: Any = None,
+) -> dict:
     from ml.src.training.pipeline import PairFailure, PairRequest, PairSkipped, prepare_pair
 
-    settings = make_settings(tmp, threshold_mode="vol")  # the window's x / returns / ts do not depend on it
+    # the window's x / returns / ts do not depend on the label mode; ex_ante_vol also gives each row's scale
+    extra = {k: v for k, v in (overrides or {}).items() if k in PREP_KEYS}
+    settings = make_settings(tmp, threshold_mode="ex_ante_vol", **extra)
     preps: dict[str, Any] = {}
     for symbol, tf in pairs:
         try:
             preps[f"{symbol}/{tf}"] = prepare_pair(
-                store, PairRequest(symbol, tf, target_bars=target), settings
+                store, PairRequest(symbol, tf, target_bars=target, as_of=as_of), settings
             )
         except (PairFailure, PairSkipped) as exc:
             log(f"{symbol}/{tf}: not prepared: {exc}")
+            continue
+        for note in preps[f"{symbol}/{tf}"].notes:
+            log(note)
     return preps
+
+
+def label_free(sp: Any, horizon: int) -> dict[str, Any]:
+    """Pooled out-of-sample reading of one pair that does not depend on the label definition (but log loss,
+    which is against the prior of the same labels): IC of the direction score with the realised return, hit
+    rate of the directional calls against the sign of the realised return, log loss and its gain over the prior."""
+    import numpy as np
+
+    from ml.src.training.scoring import score_slice
+
+    scores = score_slice(sp, horizon=horizon)
+    out: dict[str, Any] = {}
+    move = np.sign(sp.returns)
+    for name in ("ensemble", "equal_weight", "rf", "gb"):
+        calls = sp.preds[name] != 1
+        call_sign = np.where(sp.preds[name] == 2, 1.0, -1.0)
+        rows = calls & (move != 0)
+        out[name] = {
+            "ic": scores[name]["ic"],
+            "hit_sign": float((call_sign[rows] == move[rows]).mean()) if rows.any() else None,
+            "n_calls": int(rows.sum()),
+            "log_loss": scores[name]["log_loss"],
+            "ll_gain": scores["prior"]["log_loss"] - scores[name]["log_loss"],
+        }
+    out["prior"] = {"log_loss": scores["prior"]["log_loss"]}
+    out["n_rows"] = len(sp.returns)
+    return out
 
 
 def pair_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -157,6 +221,7 @@ def evaluate_config(
     from ml.src.training.walk_forward import walk_forward
 
     settings = make_settings(tmp, **overrides)
+    ex_ante = settings.threshold_mode == "ex_ante_vol"
     rows: dict[str, Any] = {}
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for label, prep in preps.items():
@@ -171,11 +236,13 @@ def evaluate_config(
                 horizon=h,
                 threshold=prep.spec.threshold,
                 settings=settings,
+                scale=prep.scale if ex_ante else None,
             )
         except ValueError as exc:
             rows[label] = {"ok": False, "error": str(exc)}
             continue
         folds_out = wf.report["folds"]
+        ok_folds = [f for f in folds_out if "error" not in f]
         entry: dict[str, Any] = {
             "ok": bool(wf.pooled),
             "n_folds_ok": len(wf.pooled),
@@ -183,9 +250,22 @@ def evaluate_config(
             "summary": pair_summary(folds_out),
             "alphas": [f.get("alpha") for f in folds_out if "error" not in f],
             "weights_rf": [f["weights"]["rf"] for f in folds_out if "error" not in f],
-            "test_class_shares": [f["class_shares"]["test"] for f in folds_out if "error" not in f],
+            "test_class_shares": [f["class_shares"]["test"] for f in ok_folds],
+            # how far each test block's class mix is from its fit rows' (mean absolute share difference)
+            "share_drift": mean_se(
+                [
+                    statistics.fmean(
+                        abs(f["class_shares"]["test"][c] - f["class_shares"]["fit"][c])
+                        for c in f["class_shares"]["fit"]
+                    )
+                    for f in ok_folds
+                ]
+            )[0],
+            "features": len(prep.feature_names),
+            "context": list(prep.context),
         }
         if wf.pooled:
+            entry["pooled"] = label_free(concat(wf.pooled), h)
             entry["verdict"] = judge(
                 concat(wf.pooled), horizon=h, z=settings.verdict_z, basis="walk_forward"
             ).to_dict()
@@ -194,6 +274,39 @@ def evaluate_config(
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     log(f"config {name}: {len(preps)} pairs in {wall:.0f}s wall, {cpu:.0f}s CPU")
     return {"overrides": overrides, "pairs": rows, "wall_s": wall, "cpu_s": cpu}
+
+
+def evaluate_pooled(preps: dict[str, Any], folds: int, tmp: Path, log: Callable) -> dict:
+    """Issue 20 item 3: per timeframe one model on the pooled rows of every pair known by each fold's fit end,
+    scored per pair on its own test blocks (the same rows and labels as its local walk-forward)."""
+    from ml.src.training.pooled import PoolMember, pooled_walk_forward
+    from ml.src.training.scoring import concat
+
+    settings = make_settings(tmp)
+    members = {
+        label: PoolMember(label, p.x, p.returns, p.ts, p.spec.horizon_bars, p.spec.threshold, p.scale)
+        for label, p in preps.items()
+    }
+    rows: dict[str, Any] = {}
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for label, target in members.items():
+        tf = label.split("/")[1]
+        others = [m for k, m in members.items() if k != label and k.split("/")[1] == tf]
+        pooled, info = pooled_walk_forward(target, others, folds, settings)
+        ok = [i for i in info if "error" not in i]
+        entry: dict[str, Any] = {
+            "ok": bool(pooled),
+            "n_folds_ok": len(pooled),
+            "folds": info,
+            "n_fit_other": [i["n_fit_other"] for i in ok],
+        }
+        if pooled:
+            entry["pooled"] = label_free(concat(pooled), target.horizon)
+        rows[label] = entry
+        log(f"pooled {label}: {len(pooled)} folds, other rows per fold {entry['n_fit_other']}")
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    log(f"config pooled: {len(preps)} pairs in {wall:.0f}s wall, {cpu:.0f}s CPU")
+    return {"overrides": {"pooled": True}, "pairs": rows, "wall_s": wall, "cpu_s": cpu}
 
 
 # ------------------------------------------------------------------------------------------- before (REF)
@@ -545,6 +658,132 @@ def aggregate(results: dict[str, dict], reference: str | None) -> dict:
     return out
 
 
+SKILL_KEYS = ("ic", "hit_sign", "ll_gain")
+
+
+def aggregate_skill(results: dict[str, dict], reference: str) -> dict[str, Any]:
+    """Issue 20's reading per configuration, over pairs: pooled walk-forward IC of the ensemble's direction
+    score, hit rate of its directional calls against the realised sign, log-loss gain over the prior of the same
+    labels (mean, s.e., n); the same for the equal-weight blend; the ensemble minus equal weights and minus the
+    reference configuration, paired over pairs; and the mean class-share drift between fit and test rows."""
+    out: dict[str, Any] = {}
+    ref = results.get(reference, {}).get("pairs", {})
+    for cfg, res in results.items():
+        pairs = {k: v for k, v in res["pairs"].items() if v.get("ok") and "pooled" in v}
+        a: dict[str, Any] = {"n_pairs": len(pairs)}
+        for name in ("ensemble", "equal_weight"):
+            for key in SKILL_KEYS:
+                m, se, n = mean_se([p["pooled"][name][key] for p in pairs.values()])
+                a[f"{name}.{key}"] = {"mean": m, "se": se, "n": n}
+        for key in SKILL_KEYS:
+            d = [
+                p["pooled"]["ensemble"][key] - p["pooled"]["equal_weight"][key]
+                for p in pairs.values()
+                if p["pooled"]["ensemble"][key] is not None and p["pooled"]["equal_weight"][key] is not None
+            ]
+            m, se, n = mean_se(d)
+            a[f"ens_minus_equal.{key}"] = {"mean": m, "se": se, "n": n, "wins": sum(x > 0 for x in d)}
+            if cfg != reference and ref:
+                d = [
+                    p["pooled"]["ensemble"][key] - ref[lab]["pooled"]["ensemble"][key]
+                    for lab, p in pairs.items()
+                    if lab in ref
+                    and "pooled" in ref[lab]
+                    and p["pooled"]["ensemble"][key] is not None
+                    and ref[lab]["pooled"]["ensemble"][key] is not None
+                ]
+                m, se, n = mean_se(d)
+                a[f"minus_{reference}.{key}"] = {"mean": m, "se": se, "n": n, "wins": sum(x > 0 for x in d)}
+        m, se, n = mean_se([p.get("share_drift") for p in pairs.values()])
+        a["share_drift"] = {"mean": m, "se": se, "n": n}
+        with_ctx = [lab for lab, p in pairs.items() if p.get("context")]
+        a["n_context"] = len(with_ctx)
+        if with_ctx and cfg != reference and ref:  # the context variants on the pairs that had context
+            for key in SKILL_KEYS:
+                d = [
+                    pairs[lab]["pooled"]["ensemble"][key] - ref[lab]["pooled"]["ensemble"][key]
+                    for lab in with_ctx
+                    if lab in ref
+                    and "pooled" in ref[lab]
+                    and pairs[lab]["pooled"]["ensemble"][key] is not None
+                    and ref[lab]["pooled"]["ensemble"][key] is not None
+                ]
+                m, se, n = mean_se(d)
+                a[f"context_pairs_minus_{reference}.{key}"] = {
+                    "mean": m,
+                    "se": se,
+                    "n": n,
+                    "wins": sum(x > 0 for x in d),
+                }
+        a["per_pair"] = {lab: {k: p["pooled"]["ensemble"][k] for k in SKILL_KEYS} for lab, p in pairs.items()}
+        a["wall_s"], a["cpu_s"] = res.get("wall_s"), res.get("cpu_s")
+        out[cfg] = a
+    return out
+
+
+def format_skill(skill: dict[str, Any], reference: str = "baseline") -> str:
+    def ms(d: dict[str, Any], fmt: str = "+.4f") -> str:
+        return f"{_f(d.get('mean'), fmt)} +/- {_f(d.get('se'))}"
+
+    lines = [
+        "Pooled walk-forward reading per configuration (mean +/- s.e. over pairs): ensemble IC, hit rate of its "
+        "directional calls vs the realised sign, log-loss gain over the prior; ensemble minus equal weights; "
+        f"minus {reference} (paired; wins); class-share drift fit->test",
+    ]
+    for cfg, a in skill.items():
+        cells = [f"{cfg:<38} n={a['n_pairs']:>2}"]
+        cells.append(
+            f"IC {ms(a['ensemble.ic'])} hit {ms(a['ensemble.hit_sign'], '.4f')} gain {ms(a['ensemble.ll_gain'])}"
+        )
+        cells.append(f"ens-eq IC {ms(a['ens_minus_equal.ic'])} gain {ms(a['ens_minus_equal.ll_gain'])}")
+        if f"minus_{reference}.ic" in a:
+            d = {k: a[f"minus_{reference}.{k}"] for k in SKILL_KEYS}
+            cells.append(" ".join(f"d{k} {ms(v)} ({v['wins']}/{v['n']})" for k, v in d.items()))
+        cells.append(f"drift {_f(a['share_drift']['mean'], '.4f')}")
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def skill_markdown(skill: dict[str, Any], reference: str = "baseline") -> str:
+    """The docs/benchmarks.md table of a --skill run (mean +/- s.e. over pairs; paired differences with wins)."""
+
+    def ms(d: dict[str, Any] | None, fmt: str = "+.4f") -> str:
+        if not d or d.get("mean") is None:
+            return "–"
+        se = f" ± {d['se']:.4f}" if d.get("se") is not None else ""
+        wins = f" ({d['wins']}/{d['n']})" if "wins" in d else ""
+        return f"{d['mean']:{fmt}}{se}{wins}"
+
+    head = (
+        "| variant | pairs | IC | hit rate | log-loss gain | ens − equal: IC | ens − equal: gain | "
+        f"− {reference}: IC | − {reference}: hit | − {reference}: gain | class-share drift | pairs with context |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for cfg, a in skill.items():
+        d = {k: a.get(f"minus_{reference}.{k}") for k in SKILL_KEYS}
+        lines.append(
+            f"| {cfg} | {a['n_pairs']} | {ms(a['ensemble.ic'])} | {ms(a['ensemble.hit_sign'], '.4f')} | "
+            f"{ms(a['ensemble.ll_gain'])} | {ms(a['ens_minus_equal.ic'])} | {ms(a['ens_minus_equal.ll_gain'])} | "
+            f"{ms(d['ic'])} | {ms(d['hit_sign'])} | {ms(d['ll_gain'])} | {_f(a['share_drift']['mean'], '.3f')} | "
+            f"{a.get('n_context', 0)} |"
+        )
+    ctx = [(cfg, a) for cfg, a in skill.items() if f"context_pairs_minus_{reference}.ic" in a]
+    if ctx:
+        lines += [
+            "",
+            f"Context variants on the pairs that had context only (− {reference}, paired):",
+            "",
+            "| variant | pairs | IC | hit rate | log-loss gain |",
+            "|---|---|---|---|---|",
+        ]
+        for cfg, a in ctx:
+            d = {k: a[f"context_pairs_minus_{reference}.{k}"] for k in SKILL_KEYS}
+            lines.append(
+                f"| {cfg} | {a['n_context']} | {ms(d['ic'])} | {ms(d['hit_sign'])} | {ms(d['ll_gain'])} |"
+            )
+    return "\n".join(lines)
+
+
 def _f(x: Any, fmt: str = ".4f") -> str:
     return format(x, fmt) if isinstance(x, int | float) else "-"
 
@@ -609,7 +848,34 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", default="before", help="configuration the paired differences are taken against"
     )
     p.add_argument("--out", type=Path, default=REPO / "bench_results" / "quality.json")
+    p.add_argument(
+        "--as-of",
+        type=lambda t: datetime.fromisoformat(t).replace(tzinfo=UTC),
+        help="windows end at this UTC date (e.g. 2017-11-10, inside every context symbol's bars)",
+    )
+    p.add_argument(
+        "--skill",
+        action="store_true",
+        help="issue 20: the label / volatility-feature / context variants against today's defaults "
+        "(implies --no-before --timing-repeats 0 --reference baseline unless --configs is given)",
+    )
+    p.add_argument(
+        "--pooled",
+        action="store_true",
+        help="with --skill: also one model per timeframe on every pair's rows known by each fold (item 3)",
+    )
+    p.add_argument(
+        "--markdown-from", type=Path, metavar="JSON", help="print the --skill table of a saved run and exit"
+    )
     args = p.parse_args(argv)
+    if args.markdown_from:
+        saved = json.loads(args.markdown_from.read_text())
+        print(skill_markdown(aggregate_skill(saved["results"], "baseline")))
+        return 0
+    if args.skill:
+        if args.configs == list(CONFIGS):
+            args.configs = list(SKILL_CONFIGS)
+        args.no_before, args.timing_repeats, args.reference = True, 0, "baseline"
     data_dir = args.data_dir.resolve()
     pairs = args.pairs or [tuple(f.stem.rsplit("_", 1)) for f in sorted(data_dir.glob("*_*.csv"))]
 
@@ -625,9 +891,11 @@ def main(argv: list[str] | None = None) -> int:
         info = machine_info()
         from ml.src.data.local_db import SqliteStore
 
+        context = {sym for name in args.configs for sym in CONFIGS[name].get("context_symbols", [])}
         paths = sorted(
             {csv_path(data_dir, s, t) for s, t in pairs}
-            | {csv_path(data_dir, *parse_pair(t)) for t in TIMING_PAIRS}
+            | {csv_path(data_dir, *parse_pair(t)) for t in (TIMING_PAIRS if args.timing_repeats > 0 else ())}
+            | {f for sym in context for f in data_dir.glob(f"{sym}_*.csv")}
         )
         build_sqlite_template(paths, tmp / "bars.sqlite3")
         store = SqliteStore(tmp / "bars.sqlite3")
@@ -639,14 +907,37 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_before:
                 raw = run_before(args.before, pairs, data_dir, args.target_bars, args.folds, tmp, log)
                 results["before"] = score_before(raw)
-            preps = prepare_all(pairs, store, tmp, args.target_bars, log)
+            prepared: dict[tuple, dict] = {}
             for name in args.configs:
-                results[name] = evaluate_config(preps, name, CONFIGS[name], args.folds, tmp, log)
+                key = prep_key(CONFIGS[name])
+                if key not in prepared:
+                    prepared[key] = prepare_all(
+                        pairs, store, tmp, args.target_bars, log, CONFIGS[name], as_of=args.as_of
+                    )
+                results[name] = evaluate_config(prepared[key], name, CONFIGS[name], args.folds, tmp, log)
+                if args.skill:  # a partial table survives a run cut short
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    partial = {"partial": True, "skill": aggregate_skill(results, "baseline")}
+                    args.out.with_suffix(".partial.json").write_text(json.dumps(partial, indent=1) + "\n")
+                    print(format_skill(aggregate_skill(results, "baseline")), file=sys.stderr, flush=True)
+            if args.pooled:
+                key = prep_key(CONFIGS["baseline"])
+                if key not in prepared:
+                    prepared[key] = prepare_all(
+                        pairs, store, tmp, args.target_bars, log, {}, as_of=args.as_of
+                    )
+                results["pooled"] = evaluate_pooled(prepared[key], args.folds, tmp, log)
         finally:
             store.close()
     reference = args.reference if args.reference in results else None
-    agg = aggregate(results, reference)
+    agg = aggregate({k: v for k, v in results.items() if k != "pooled"}, reference)
     print(format_tables(agg, reference))
+    skill = aggregate_skill(results, "baseline") if args.skill else None
+    if skill:
+        print()
+        print(format_skill(skill))
+        print()
+        print(skill_markdown(skill))
     if timing:
         totals = ", ".join(f"{k} {v:.3f}s" for k, v in timing["totals_s"].items())
         print(
@@ -661,9 +952,11 @@ def main(argv: list[str] | None = None) -> int:
         "target_bars": args.target_bars,
         "folds": args.folds,
         "before_ref": None if args.no_before else args.before,
+        "as_of": args.as_of.isoformat() if args.as_of else None,
         "configs": {k: CONFIGS.get(k, {}) for k in results},
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "aggregate": agg,
+        "skill": skill,
         "timing": timing,
         "results": results,
     }

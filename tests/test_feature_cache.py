@@ -246,3 +246,28 @@ def test_a_cached_night_on_supabase_is_one_read_and_one_append(supabase_env) -> 
         again = features_for_window(store, symbol, "d1", bars)  # e.g. the forecast after the run
         assert transport.paths == ["feature_chunks_read"] and again.n_cached == 2001
         pd.testing.assert_frame_equal(again.frame, tonight.frame)
+
+
+def test_the_vol_feature_set_is_cached_under_its_own_version(embedded_store: SqliteStore) -> None:
+    from ml.src.features.technical_indicators import feature_set
+
+    bars = sample_bars("IBM", "d1", last=500 + WARMUP_BARS)
+    embedded_store.upsert_bars("IBM", "d1", bars)
+    base, vol = feature_set(False), feature_set(True)
+    plain = features_for_window(embedded_store, "IBM", "d1", bars)
+    first = features_for_window(embedded_store, "IBM", "d1", bars, fset=vol)
+    # the base rows already cached are not the vol set's: every row computed once, under "ta-v2+vol1"
+    assert (plain.n_computed, first.n_cached, first.n_computed) == (500, 0, 500)
+    assert list(first.frame.columns) == ["ts", "close", *vol.columns]
+    again = features_for_window(embedded_store, "IBM", "d1", bars, fset=vol)
+    assert (again.n_cached, again.n_computed) == (500, 0)
+    fresh = add_technical_features(bars, vol_features=True).iloc[WARMUP_BARS:].reset_index(drop=True)
+    np.testing.assert_array_equal(
+        again.frame[list(vol.columns)].to_numpy(), fresh[list(vol.columns)].to_numpy()
+    )
+    start, end = bars["ts"].iloc[0], bars["ts"].iloc[-1]
+    for fs in (base, vol):
+        cached = embedded_store.read_feature_cache("IBM", "d1", fs.version, start, end)
+        assert len(cached) == 500 and set(fs.columns) <= set(cached.columns)
+    # the base set is what it was: the same values as before the vol set was cached beside it
+    pd.testing.assert_frame_equal(features_for_window(embedded_store, "IBM", "d1", bars).frame, plain.frame)

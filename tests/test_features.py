@@ -16,8 +16,11 @@ from ml.src.features import technical_indicators as ti
 from ml.src.features.technical_indicators import (
     FEATURE_COLUMNS,
     FEATURE_SET_VERSION,
+    VOL_FEATURE_COLUMNS,
     WARMUP_BARS,
     add_technical_features,
+    ewma_vol,
+    feature_set,
 )
 from tests.factories import SAMPLE_DATA, ml_test_bars, ml_test_files, require_ml_test_data, sample_bars
 
@@ -43,8 +46,13 @@ def bars(name: str, rows: slice | None = None) -> pd.DataFrame:
     return df.reset_index(drop=True).copy()
 
 
-def features(df: pd.DataFrame) -> np.ndarray:
-    return add_technical_features(df).loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype=np.float64)
+def features(df: pd.DataFrame, vol: bool = False) -> np.ndarray:
+    """The feature matrix; with `vol`, ML_VOL_FEATURES' set (FEATURE_COLUMNS + VOL_FEATURE_COLUMNS)."""
+    columns = list(feature_set(vol).columns)
+    return add_technical_features(df, vol_features=vol).loc[:, columns].to_numpy(dtype=np.float64)
+
+
+VOL = pytest.mark.parametrize("vol", [False, True], ids=["base", "vol_features"])
 
 
 def _crash_row(df: pd.DataFrame) -> int:
@@ -61,7 +69,16 @@ def test_public_constants() -> None:
     assert isinstance(FEATURE_SET_VERSION, str) and 0 < len(FEATURE_SET_VERSION) <= 16
     assert isinstance(WARMUP_BARS, int) and 0 < WARMUP_BARS <= 200
     assert sorted(ti.__all__) == sorted(
-        ["FEATURE_COLUMNS", "FEATURE_SET_VERSION", "WARMUP_BARS", "add_technical_features"]
+        [
+            "FEATURE_COLUMNS",
+            "FEATURE_SET_VERSION",
+            "VOL_FEATURE_COLUMNS",
+            "WARMUP_BARS",
+            "FeatureSet",
+            "add_technical_features",
+            "ewma_vol",
+            "feature_set",
+        ]
     )
 
 
@@ -162,6 +179,38 @@ def test_constant_bars_give_exact_neutral_values() -> None:
         assert last[name] == 0.0, name
 
 
+def test_vol_features_are_their_own_feature_set_with_their_own_cache_key() -> None:
+    base, vol = feature_set(False), feature_set(True)
+    assert (base.columns, base.version) == (FEATURE_COLUMNS, FEATURE_SET_VERSION)  # today's set, unchanged
+    assert vol.columns == FEATURE_COLUMNS + VOL_FEATURE_COLUMNS and vol.version == "ta-v2+vol1"
+    assert len(vol.version) <= 16 and vol.version != base.version
+    df = bars("sample/IBM_d1", slice(-400, None))
+    out = add_technical_features(df, vol_features=True)
+    assert list(out.columns) == [*df.columns, *vol.columns]
+    np.testing.assert_array_equal(features(df), features(df, True)[:, : len(FEATURE_COLUMNS)])
+
+
+def test_hand_made_bars_pin_the_vol_features() -> None:
+    # a steady 1 % a bar rise, every bar the same shape: every volatility estimate is a known number
+    n = 200
+    close = 100.0 * 1.01 ** np.arange(n)
+    df = pd.DataFrame(
+        {"open": close / 1.005, "high": close * 1.01, "low": close / 1.01, "close": close, "volume": 1000.0}
+    )
+    last = add_technical_features(df, vol_features=True).iloc[-1]
+    r = np.log(1.01)
+    for name in ("har_rv_1", "har_rv_5", "har_rv_22", "har_rv_66", "ewma_vol_20"):
+        assert last[name] == pytest.approx(r, rel=1e-12), name
+    assert last["har_ratio_5_66"] == pytest.approx(1.0, rel=1e-12)
+    hl = np.log(1.01 * 1.01)
+    assert last["parkinson_5"] == pytest.approx(hl / np.sqrt(4 * np.log(2.0)), rel=1e-12)
+    gk = 0.5 * hl**2 - (2 * np.log(2.0) - 1) * np.log(1.005) ** 2
+    assert last["garman_klass_5"] == pytest.approx(np.sqrt(gk), rel=1e-12)
+    assert last["garman_klass_22"] == pytest.approx(np.sqrt(gk), rel=1e-12)
+    assert last["vol_of_vol_22"] == 0.0  # the 5-bar volatility never changes
+    assert np.isnan(ewma_vol(close)[99]) and np.isfinite(ewma_vol(close)[100])  # 100 returns, then defined
+
+
 # --- causality and history-window invariance ------------------------------------------------------------
 
 PREFIX_CASES = [
@@ -175,12 +224,13 @@ PREFIX_CASES = [
 ]
 
 
+@VOL
 @pytest.mark.parametrize(("name", "rows"), PREFIX_CASES, ids=lambda x: x if isinstance(x, str) else "")
-def test_prefix_invariance_is_exact(name: str, rows: slice | None) -> None:
+def test_prefix_invariance_is_exact(name: str, rows: slice | None, vol: bool) -> None:
     df = bars(name, rows)
-    full = features(df)
+    full = features(df, vol)
     for k in (1, 50, WARMUP_BARS - 1, WARMUP_BARS, WARMUP_BARS + 1, 389, 777, len(df) - 1):
-        prefix = features(df.iloc[:k])
+        prefix = features(df.iloc[:k], vol)
         assert np.array_equal(prefix, full[:k], equal_nan=True), f"{name}: first {k} rows differ"
 
 
@@ -208,13 +258,14 @@ WINDOW_CASES = [
 ]
 
 
+@VOL
 @pytest.mark.parametrize(("name", "rows"), WINDOW_CASES, ids=lambda x: x if isinstance(x, str) else "")
-def test_window_invariance(name: str, rows: slice | None) -> None:
+def test_window_invariance(name: str, rows: slice | None, vol: bool) -> None:
     """A row's features do not depend on where the fetched history starts, given WARMUP_BARS of it."""
     df = bars(name, rows)
-    full = features(df)
+    full = features(df, vol)
     for s in _window_starts(df, name):
-        late = features(df.iloc[s:])
+        late = features(df.iloc[s:], vol)
         np.testing.assert_allclose(
             late[WARMUP_BARS:],
             full[s + WARMUP_BARS :],
@@ -251,14 +302,15 @@ def _finite_cases() -> list[tuple[str, slice | None]]:
     return cases
 
 
+@VOL
 @pytest.mark.parametrize(("name", "rows"), _finite_cases(), ids=lambda x: x if isinstance(x, str) else "")
-def test_finite_after_warmup(name: str, rows: slice | None) -> None:
+def test_finite_after_warmup(name: str, rows: slice | None, vol: bool) -> None:
     if name == "ML_TEST_DATA":
         require_ml_test_data()
     df = bars(name, rows)
-    feats = features(df)[WARMUP_BARS:]
+    feats = features(df, vol)[WARMUP_BARS:]
     bad = ~np.isfinite(feats)
-    bad_cols = sorted({FEATURE_COLUMNS[j] for j in np.nonzero(bad)[1]})
+    bad_cols = sorted({feature_set(vol).columns[j] for j in np.nonzero(bad)[1]})
     assert not bad.any(), f"{name}: non-finite values in {bad_cols}"
 
 
@@ -274,12 +326,13 @@ def test_finite_after_warmup(name: str, rows: slice | None) -> None:
     ],
     ids=lambda x: x if isinstance(x, str) else "",
 )
-def test_scale_free(name: str, rows: slice | None) -> None:
+@VOL
+def test_scale_free(name: str, rows: slice | None, vol: bool) -> None:
     df = bars(name, rows)
     scaled = df.copy()
     scaled[["open", "high", "low", "close"]] = scaled[["open", "high", "low", "close"]] * 7.3
     scaled["volume"] = scaled["volume"] * 11
-    np.testing.assert_allclose(features(scaled), features(df), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(features(scaled, vol), features(df, vol), rtol=1e-7, atol=1e-9)
 
 
 # --- agreement with TA-Lib -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 
 from ml.src.training.labels import (
     CLASS_CODES,
+    ex_ante_scale,
     fixed_thresholds,
     forward_returns,
     label_codes,
@@ -127,3 +128,96 @@ def test_min_usable_rows_is_the_smallest_split_with_min_rows_everywhere():
     assert purged_split(u, purge=0, train_fraction=0.7, valid_fraction=0.15, min_rows=30)
     with pytest.raises(SplitError):
         purged_split(u - 1, purge=0, train_fraction=0.7, valid_fraction=0.15, min_rows=30)
+
+
+# --- ex_ante_vol (issue 20): thresholds at each bar from that bar's own past volatility ---------------------
+
+
+def _ewma_by_hand(close: np.ndarray, i: int) -> float:
+    """An independent reading of the estimate at bar i: the weighted mean square of the 100 returns up to bar i."""
+    r = np.diff(np.log(close[: i + 1]))[-100:][::-1]  # lag 0 first
+    w = (1 - 2 / 21) ** np.arange(100)
+    return float(np.sqrt(np.sum(w * r * r) / w.sum()))
+
+
+def test_ex_ante_scale_at_a_bar_is_its_past_returns_ewma_times_sqrt_h() -> None:
+    close = ml_test_bars("SPY", "d1", last=600)["close"].to_numpy()
+    scale = ex_ante_scale(close, 5)
+    for i in (100, 101, 333, 599):
+        assert scale[i] == pytest.approx(_ewma_by_hand(close, i) * np.sqrt(5), rel=1e-12)
+    assert np.isnan(scale[:100]).all()  # fewer than 100 past returns: unknown, so unlabelled
+    with pytest.raises(ValueError, match="horizon"):
+        ex_ante_scale(close, 0)
+
+
+def test_ex_ante_thresholds_use_only_past_returns_and_labels_are_prefix_invariant() -> None:
+    bars = ml_test_bars("AAPL", "d1", first=1500)  # contains the -51.6 % day of 2000-09-29
+    close = bars["close"].to_numpy()
+    h = 5
+    full_scale = ex_ante_scale(close, h)
+    thr = thresholds_for("ex_ante_vol", forward_returns(close, h), 0.005, k=0.5)
+    assert thr.to_dict() == {
+        "lower": -0.5,
+        "upper": 0.5,
+        "mode": "ex_ante_vol",
+        "k": 0.5,
+        "unit": "ex_ante_horizon_vol",
+    }
+    full_codes = label_codes(forward_returns(close, h), thr, full_scale)
+    crash = int(np.nanargmax(np.abs(np.diff(np.log(close))))) + 1
+    for k in (101, 400, crash - 1, crash, crash + 1, 1499):
+        # the scale of bar k-1 is the same whether or not later bars exist...
+        assert np.array_equal(ex_ante_scale(close[:k], h), full_scale[:k], equal_nan=True)
+        # ... and however those later bars move (the crash itself replaced by a flat day)
+        moved = close.copy()
+        moved[k:] = moved[k - 1]
+        assert np.array_equal(ex_ante_scale(moved, h)[:k], full_scale[:k], equal_nan=True)
+        # labels whose h-bar future lies inside the prefix never change when more bars arrive
+        pre = label_codes(forward_returns(close[:k], h), thr, ex_ante_scale(close[:k], h))
+        assert np.array_equal(pre[: k - h], full_codes[: k - h])
+        assert (pre[k - h :] == -1).all()
+    # the bar before the crash was labelled with the calm volatility known then, not the crash's
+    assert full_scale[crash - 1] < full_scale[crash] / 2
+
+
+def test_ex_ante_labels_pin_the_rule_on_a_hand_made_row() -> None:
+    thr = thresholds_for("ex_ante_vol", np.array([]), 0.005, k=0.5)
+    r = np.array([0.0101, 0.0099, -0.0101, 0.0, 0.02, 0.0, np.nan, 0.01])
+    scale = np.array([0.02, 0.02, 0.02, 0.0, 0.0, np.nan, 0.02, 0.02])
+    assert label_names(label_codes(r, thr, scale)) == [
+        "BULLISH",
+        "NEUTRAL",
+        "BEARISH",
+        "NEUTRAL",
+        "BULLISH",
+        None,
+        None,
+        "NEUTRAL",
+    ]
+    assert thr.at_bar(0.02).lower == pytest.approx(-0.01) and thr.at_bar(0.02).upper == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="scale"):
+        label_codes(r, thr)
+
+
+def test_ex_ante_labels_keep_class_shares_stable_across_volatility_regimes() -> None:
+    # SPY d1 2004..2013: the calm years, 2008's crisis, the calm again. Share of moves (BULLISH + BEARISH) per year
+    bars = ml_test_bars("SPY", "d1")
+    close, ts = bars["close"].to_numpy(), bars["ts"]
+    h = 5
+    r = forward_returns(close, h)
+    years = ts.dt.year.to_numpy()
+    train = (years >= 2004) & (years <= 2006)
+    vol = label_codes(r, thresholds_for("vol", r[train], 0.005, k=0.5))
+    ex = label_codes(r, thresholds_for("ex_ante_vol", r[train], 0.005, k=0.5), ex_ante_scale(close, h))
+
+    def move_share(codes: np.ndarray) -> np.ndarray:
+        return np.array([np.mean(codes[(years == y) & (codes >= 0)] != 1) for y in range(2004, 2014)])
+
+    vol_shares, ex_shares = move_share(vol), move_share(ex)
+    # training-slice thresholds: 60-65 % of the calm years' rows are moves, 77-78 % in 2008-09 (the labels
+    # follow the regime); each bar's own ex-ante volatility keeps every year between 50 and 65 %
+    assert vol_shares[:3].max() < 0.66 and vol_shares[4:6].min() > 0.77
+    assert ex_shares.min() >= 0.5 and ex_shares.max() < 0.65
+    assert ex_shares.std() == pytest.approx(0.037, abs=0.001) and vol_shares.std() == pytest.approx(
+        0.062, abs=0.001
+    )

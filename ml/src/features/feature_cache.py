@@ -24,10 +24,13 @@ from ml.src.data.feature_chunks import timestamps_to_us
 from ml.src.data.store import TrainingStore
 from ml.src.features.technical_indicators import (
     FEATURE_COLUMNS,
-    FEATURE_SET_VERSION,
     WARMUP_BARS,
+    FeatureSet,
     add_technical_features,
+    feature_set,
 )
+
+BASE_SET = feature_set(False)
 
 
 class FeatureError(ValueError):
@@ -43,11 +46,13 @@ class FeatureFrame:
     n_computed: int
 
 
-def _finite_rows(frame: pd.DataFrame) -> np.ndarray:
-    return np.isfinite(frame.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")).all(axis=1)
+def _finite_rows(frame: pd.DataFrame, columns: tuple[str, ...] = FEATURE_COLUMNS) -> np.ndarray:
+    return np.isfinite(frame.loc[:, list(columns)].to_numpy(dtype="float64")).all(axis=1)
 
 
-def _compute_missing(bars: pd.DataFrame, warmup_bars: int, missing: np.ndarray) -> pd.DataFrame:
+def _compute_missing(
+    bars: pd.DataFrame, warmup_bars: int, missing: np.ndarray, fset: FeatureSet = BASE_SET
+) -> pd.DataFrame:
     """`ts` + features of the window rows flagged in `missing` (window = bars[warmup_bars:]).
 
     Computed over the bars from the first missing row's own look-back on, not the whole history: a feature of row
@@ -57,8 +62,12 @@ def _compute_missing(bars: pd.DataFrame, warmup_bars: int, missing: np.ndarray) 
     """
     first = int(np.argmax(missing))  # window row of the first missing feature row
     start = warmup_bars + first - WARMUP_BARS  # >= 0: warmup_bars >= WARMUP_BARS
-    tail = add_technical_features(bars.iloc[start:]).iloc[WARMUP_BARS:].reset_index(drop=True)
-    return tail.loc[missing[first:], ["ts", *FEATURE_COLUMNS]]
+    part = bars.iloc[start:]
+    tail = (
+        add_technical_features(part, vol_features=True) if fset.vol_features else add_technical_features(part)
+    )
+    tail = tail.iloc[WARMUP_BARS:].reset_index(drop=True)
+    return tail.loc[missing[first:], ["ts", *fset.columns]]
 
 
 def features_for_window(
@@ -69,12 +78,15 @@ def features_for_window(
     warmup_bars: int = WARMUP_BARS,
     revision: int | None = None,
     use_cache: bool = True,
+    fset: FeatureSet = BASE_SET,
 ) -> FeatureFrame:
     """Features for bars[warmup_bars:], from the cache where present and computed (and cached) otherwise.
 
     `bars` must carry at least `warmup_bars` rows of history before the window. With use_cache=False the store
-    is not touched: every row is computed (see `cache_in_use` for when that is the cheaper way).
+    is not touched: every row is computed (see `cache_in_use` for when that is the cheaper way). `fset` picks
+    the columns (ML_VOL_FEATURES adds some); its version keys the cache, so two sets never share rows.
     """
+    columns = list(fset.columns)
     warmup_bars = max(warmup_bars, WARMUP_BARS)
     if len(bars) <= warmup_bars:
         raise FeatureError(
@@ -84,18 +96,18 @@ def features_for_window(
     start, end = window["ts"].iloc[0], window["ts"].iloc[-1]
     # Cached rows are matched to the window on int64 microseconds with numpy (pandas' isin/concat/sort of two
     # frames cost about as much as the new row's features)
-    values = np.full((len(window), len(FEATURE_COLUMNS)), np.nan)
+    values = np.full((len(window), len(columns)), np.nan)
     have = np.zeros(len(window), dtype=bool)
     if use_cache:
-        cached = store.read_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, start, end)
-        if not cached.empty and set(FEATURE_COLUMNS).issubset(cached.columns):
+        cached = store.read_feature_cache(symbol, timeframe, fset.version, start, end)
+        if not cached.empty and set(columns).issubset(cached.columns):
             if not cached["ts"].is_monotonic_increasing:
                 cached = cached.sort_values("ts", kind="stable")
             cached_us = timestamps_to_us(cached["ts"])
             window_us = timestamps_to_us(window["ts"])
             at = np.minimum(np.searchsorted(cached_us, window_us), len(cached_us) - 1)
             rows = np.flatnonzero(cached_us[at] == window_us)
-            found = cached.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")[at[rows]]
+            found = cached.loc[:, columns].to_numpy(dtype="float64")[at[rows]]
             usable = np.isfinite(found).all(axis=1)
             values[rows[usable]] = found[usable]
             have[rows[usable]] = True
@@ -103,18 +115,18 @@ def features_for_window(
 
     n_computed = int(missing.sum())
     if n_computed:
-        computed = _compute_missing(bars, warmup_bars, missing)
-        bad = ~_finite_rows(computed)
+        computed = _compute_missing(bars, warmup_bars, missing, fset)
+        bad = ~_finite_rows(computed, fset.columns)
         if bad.any():
             first = computed.loc[bad, "ts"].iloc[0]
             raise FeatureError(
                 f"{symbol}/{timeframe}: non-finite features at {first.isoformat()} after warm-up"
             )
         if use_cache:
-            store.upsert_feature_cache(symbol, timeframe, FEATURE_SET_VERSION, computed, revision=revision)
-        values[missing] = computed.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype="float64")
+            store.upsert_feature_cache(symbol, timeframe, fset.version, computed, revision=revision)
+        values[missing] = computed.loc[:, columns].to_numpy(dtype="float64")
     # One float block built at once: assigning 63 columns one by one cost more than computing the features.
-    frame = pd.DataFrame(values, columns=list(FEATURE_COLUMNS))
+    frame = pd.DataFrame(values, columns=columns)
     # the same rows as the window; the bars' own ts dtype whichever part they came from
     frame.insert(0, "ts", window["ts"].array)
     frame.insert(1, "close", window["close"].to_numpy())
@@ -138,11 +150,12 @@ def fetch_or_build_features(
     timeframes: Iterable[str],
     limits: Mapping[str, int],
     as_of: datetime | None = None,
+    fset: FeatureSet = BASE_SET,
 ) -> dict[str, FeatureFrame]:
     """Features for the latest `limits[tf]` bars of each timeframe (as of `as_of`), via the cache."""
     out: dict[str, FeatureFrame] = {}
     for tf in timeframes:
         revision = store.bar_revision(symbol, tf)  # before the bars: a later change makes the write a no-op
         bars = store.read_bars(symbol, tf, end=as_of, limit=limits[tf] + WARMUP_BARS)
-        out[tf] = features_for_window(store, symbol, tf, bars, revision=revision)
+        out[tf] = features_for_window(store, symbol, tf, bars, revision=revision, fset=fset)
     return out

@@ -18,11 +18,22 @@ run over exactly the trailing ``taps`` inputs, evaluated for every row at once w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import talib
 
-__all__ = ["FEATURE_COLUMNS", "FEATURE_SET_VERSION", "WARMUP_BARS", "add_technical_features"]
+__all__ = [
+    "FEATURE_COLUMNS",
+    "FEATURE_SET_VERSION",
+    "VOL_FEATURE_COLUMNS",
+    "WARMUP_BARS",
+    "FeatureSet",
+    "add_technical_features",
+    "ewma_vol",
+    "feature_set",
+]
 
 # Bump on ANY change to a feature's definition, window, order or the tap counts below: it keys the cache.
 FEATURE_SET_VERSION = "ta-v2"
@@ -124,6 +135,47 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "regime_strong_trend",
 )
 
+# ML_VOL_FEATURES: volatility forecasts as features in their own right (issue 20). Off by default; when on, the
+# feature set's version (the cache key) becomes FEATURE_SET_VERSION + VOL_FEATURE_SUFFIX.
+VOL_FEATURE_COLUMNS: tuple[str, ...] = (
+    # HAR-style realised volatility (root mean squared 1-bar log return) over a bar, a "week", a "month", a "quarter"
+    "har_rv_1",
+    "har_rv_5",
+    "har_rv_22",
+    "har_rv_66",
+    "har_ratio_5_66",
+    # range estimators
+    "parkinson_5",
+    "garman_klass_5",
+    "garman_klass_22",
+    # the causal EWMA volatility the ex_ante_vol labels are scaled by, and the volatility of volatility
+    "ewma_vol_20",
+    "vol_of_vol_22",
+)
+VOL_FEATURE_SUFFIX = "+vol1"
+# EWMA(span 20) of squared 1-bar log returns, truncated to EWMA_TAPS bars (weight of the cut tail ~5e-5) so that
+# it has finite memory like every other feature: a bar's value never depends on where the history begins.
+EWMA_SPAN = 20
+EWMA_TAPS = 100
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The columns a model is fed and the version that keys the cache for them."""
+
+    columns: tuple[str, ...]
+    version: str
+    vol_features: bool
+
+
+def feature_set(vol_features: bool = False) -> FeatureSet:
+    if vol_features:
+        return FeatureSet(
+            FEATURE_COLUMNS + VOL_FEATURE_COLUMNS, FEATURE_SET_VERSION + VOL_FEATURE_SUFFIX, True
+        )
+    return FeatureSet(FEATURE_COLUMNS, FEATURE_SET_VERSION, False)
+
+
 _REQUIRED = ("open", "high", "low", "close", "volume")
 
 
@@ -205,8 +257,44 @@ def _rank(x: np.ndarray, window: int) -> np.ndarray:
     return pd.Series(x).rolling(window).rank(pct=True).to_numpy(dtype=np.float64)
 
 
-def add_technical_features(df: pd.DataFrame) -> pd.DataFrame:
-    """Return a copy of `df` (bars ascending in time) with the FEATURE_COLUMNS appended.
+def ewma_vol(close: np.ndarray | pd.Series) -> np.ndarray:
+    """Causal per-bar volatility of 1-bar log returns: sqrt of an EWMA (span EWMA_SPAN) of squared returns over
+    the last EWMA_TAPS returns up to and including bar i (known at bar i's close). NaN for the first EWMA_TAPS
+    rows; finite memory, so a bar's value is the same whatever history precedes its window or follows it."""
+    lc = np.log(np.ascontiguousarray(np.asarray(close, dtype=np.float64)))
+    r = lc - _shift(lc, 1)
+    alpha = 2.0 / (EWMA_SPAN + 1)
+    w = (1.0 - alpha) ** np.arange(EWMA_TAPS)
+    return np.sqrt(_trailing(r * r, w / w.sum()))
+
+
+def _vol_features(
+    o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, r1: np.ndarray
+) -> dict[str, np.ndarray]:
+    f: dict[str, np.ndarray] = {}
+    r2 = r1 * r1
+    har = {n: np.sqrt(_rolling_sum(r2, n) / n) for n in (1, 5, 22, 66)}
+    for n, v in har.items():
+        f[f"har_rv_{n}"] = v
+    f["har_ratio_5_66"] = _div(har[5], har[66], 1.0)
+    hl = np.log(h / lo)
+    f["parkinson_5"] = np.sqrt(_rolling_sum(hl * hl, 5) / (5 * 4.0 * np.log(2.0)))
+    co = np.log(c / o)
+    gk = 0.5 * hl * hl - (2.0 * np.log(2.0) - 1.0) * co * co
+    for n in (5, 22):
+        f[f"garman_klass_{n}"] = np.sqrt(np.maximum(_rolling_sum(gk, n) / n, 0.0))
+    f["ewma_vol_20"] = ewma_vol(c)
+    # coefficient of variation of the 5-bar volatility over 22 bars: scale-free, 0 for a flat stretch
+    rv5 = _rolling_std(r1, 5)
+    s1, s2 = _rolling_sum(rv5, 22), _rolling_sum(rv5 * rv5, 22)
+    sd = np.sqrt(np.maximum((s2 - s1 * s1 / 22) / 21, 0.0))
+    f["vol_of_vol_22"] = _div(sd, s1 / 22, 0.0)
+    return f
+
+
+def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.DataFrame:
+    """Return a copy of `df` (bars ascending in time) with the FEATURE_COLUMNS appended (and, with
+    `vol_features`, the VOL_FEATURE_COLUMNS after them: feature_set(True).columns).
 
     Only open/high/low/close/volume are read; `ts` is never used. Same rows and index as `df`.
     """
@@ -355,6 +443,9 @@ def add_technical_features(df: pd.DataFrame) -> pd.DataFrame:
 
     if set(f) != set(FEATURE_COLUMNS) or len(f) != len(FEATURE_COLUMNS):
         raise AssertionError("computed features drifted from FEATURE_COLUMNS")
-    feats = pd.DataFrame({name: f[name] for name in FEATURE_COLUMNS}, index=df.index)
-    base = df.drop(columns=[col for col in FEATURE_COLUMNS if col in df.columns])
+    columns = feature_set(vol_features).columns
+    if vol_features:
+        f.update(_vol_features(o, h, lo, c, r1))
+    feats = pd.DataFrame({name: f[name] for name in columns}, index=df.index)
+    base = df.drop(columns=[col for col in columns if col in df.columns])
     return pd.concat([base, feats], axis=1)

@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from config.settings import Settings
 from ml.src.data.records import ForecastRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.features.feature_cache import FeatureError, cache_in_use, features_for_window
-from ml.src.features.technical_indicators import FEATURE_COLUMNS, WARMUP_BARS
+from ml.src.features.technical_indicators import VOL_FEATURE_SUFFIX, WARMUP_BARS, feature_set
 from ml.src.inference.bar_clock import SessionGrid, latest_closed_index, target_ts
 from ml.src.training.artifacts import ArtifactError
 from ml.src.training.ensemble import EnsembleModel, MissingFeaturesError
+from ml.src.training.labels import EX_ANTE_MODE, ex_ante_scale
 from ml.src.training.outcomes import fill_outcomes, realised_label
-from ml.src.training.pipeline import PairFailure, check_bars
-from ml.src.training.registry import ChampionError, load_champion
+from ml.src.training.pipeline import PairFailure, check_bars, context_for_window
+from ml.src.training.registry import ChampionError, load_champion, model_context
 
 
 @dataclass
@@ -139,6 +141,7 @@ def forecast_pair(
         except PairFailure as exc:
             return done("failed", str(exc))
         # the same cache as training: the bar's features are read when a run (or an earlier forecast) cached them
+        fset = feature_set(str(model.metadata.get("feature_version", "")).endswith(VOL_FEATURE_SUFFIX))
         try:
             feats = features_for_window(
                 store,
@@ -148,10 +151,18 @@ def forecast_pair(
                 warmup,
                 revision=revision,
                 use_cache=cache_in_use(settings.feature_cache, revision),
+                fset=fset,
             )
         except FeatureError as exc:
             return done("failed", f"{label}: at bar {bar_ts.isoformat()}: {exc}")
-        features = feats.frame.loc[:, list(FEATURE_COLUMNS)].iloc[[-1]]
+        frame = feats.frame
+        context = model_context(model)
+        if context:  # the champion's context symbols, joined as of this bar's close as in training
+            ctx = context_for_window(store, symbol, timeframe, window, warmup, context, settings)
+            if ctx.notes:
+                return done("failed", f"{label}: at bar {bar_ts.isoformat()}: {ctx.notes[0]}")
+            frame = pd.concat([frame, ctx.frame], axis=1)
+        features = frame.loc[:, list(model.feature_names)].iloc[[-1]]
         try:
             proba = model.predict_proba(features)[0]
         except MissingFeaturesError as exc:
@@ -161,8 +172,24 @@ def forecast_pair(
         thresholds = model.metadata.get("thresholds") or {}
         lower, upper = thresholds.get("lower"), thresholds.get("upper")
         close = window["close"].to_numpy(dtype="float64")
+        past_lower, past_upper = lower, upper
+        if thresholds.get("mode") == EX_ANTE_MODE:
+            # multiples of each bar's own ex-ante volatility: this bar's return thresholds (and, for the
+            # persistence label, those of the bar h earlier)
+            scale = ex_ante_scale(close, h)
+            lower, upper = float(thresholds["lower"] * scale[-1]), float(thresholds["upper"] * scale[-1])
+            past = float(scale[-1 - h]) if len(close) > h else float("nan")
+            past_lower, past_upper = thresholds["lower"] * past, thresholds["upper"] * past
+            if not (np.isfinite(lower) and np.isfinite(past)):
+                return done(
+                    "failed",
+                    f"{label}: at bar {bar_ts.isoformat()}: too little history for the "
+                    "ex-ante volatility of the thresholds",
+                )
         persistence = (
-            realised_label(float(close[-1] / close[-1 - h] - 1.0), lower, upper) if len(close) > h else None
+            realised_label(float(close[-1] / close[-1 - h] - 1.0), past_lower, past_upper)
+            if len(close) > h
+            else None
         )
         target = target_ts(bar_ts.to_pydatetime(), timeframe, h, grid)
         record = ForecastRecord(

@@ -33,6 +33,11 @@ class PreparedPair:
     n_cached: int
     n_computed: int
     timings: dict[str, float] = field(default_factory=dict)
+    feature_names: tuple[str, ...] = ()  # the columns of x, in order
+    feature_version: str = ""  # the version of the cached columns (ML_VOL_FEATURES changes it)
+    scale: np.ndarray | None = None  # ex_ante_vol: each row's ex-ante horizon volatility (labels use it)
+    context: tuple[str, ...] = ()  # context symbols whose columns are in x
+    notes: tuple[str, ...] = ()  # one line per context symbol the pair trains without
 
 
 @dataclass

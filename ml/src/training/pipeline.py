@@ -26,11 +26,14 @@ from config.settings import FitSettings, Settings, TimeframeSpec
 from ml.src.data.bar_checks import first_bad_bar
 from ml.src.data.records import ModelVersionRecord
 from ml.src.data.store import StoreError, TrainingStore
+from ml.src.features.context import ContextResult, load_context
 from ml.src.features.feature_cache import FeatureError, cache_in_use, features_for_window
-from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VERSION, WARMUP_BARS
+from ml.src.features.technical_indicators import WARMUP_BARS, feature_set
 from ml.src.training import artifacts, report_data
 from ml.src.training.labels import (
     CLASSES,
+    EX_ANTE_MODE,
+    ex_ante_scale,
     forward_returns,
     label_codes,
     thresholds_for,
@@ -168,6 +171,7 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         raise PairSkipped(f"{label}: insufficient history: {len(bars)} bars, needs {need} ({how})")
 
     t0 = time.perf_counter()
+    fset = feature_set(settings.vol_features)
     try:
         feats = features_for_window(
             store,
@@ -177,12 +181,23 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
             warmup,
             revision=revision,
             use_cache=cache_in_use(settings.feature_cache, revision),
+            fset=fset,
         )
     except FeatureError as exc:
         raise PairFailure(str(exc)) from exc
+    columns = list(fset.columns)
+    frame = feats.frame
+    context: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    if settings.context_symbols:
+        ctx = context_for_window(
+            store, req.symbol, req.timeframe, bars, warmup, settings.context_symbols, settings
+        )
+        frame = pd.concat([frame, ctx.frame], axis=1)
+        columns += list(ctx.frame.columns)
+        context, notes = ctx.used, ctx.notes  # the run's warnings (run_loop) say which were left out
     timings["features"] = time.perf_counter() - t0
 
-    frame = feats.frame
     returns_all = forward_returns(frame["close"], h)
     n_labelled = len(frame) - h  # the last h rows have no known future
     try:
@@ -193,7 +208,11 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
     thresholds = thresholds_for(
         settings.threshold_mode, returns[split.train], spec.threshold, settings.threshold_k
     )
-    codes = label_codes(returns, thresholds)
+    scale = None
+    if settings.threshold_mode == EX_ANTE_MODE:
+        # each row's volatility as of its own bar, from the bars before the window on (the warm-up covers it)
+        scale = ex_ante_scale(bars["close"], h)[len(bars) - len(frame) :][:n_labelled]
+    codes = label_codes(returns, thresholds, scale)
     empty = empty_classes(codes[split.train])
     if empty:
         raise PairFailure(
@@ -205,7 +224,7 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         request=req,
         spec=spec,
         ts=ts,
-        x=frame.loc[: n_labelled - 1, list(FEATURE_COLUMNS)].to_numpy(dtype="float64"),
+        x=frame.loc[: n_labelled - 1, columns].to_numpy(dtype="float64"),
         codes=codes,
         returns=returns,
         thresholds=thresholds,
@@ -219,7 +238,39 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         n_cached=feats.n_cached,
         n_computed=feats.n_computed,
         timings=timings,
+        feature_names=tuple(columns),
+        feature_version=fset.version,
+        scale=scale,
+        context=context,
+        notes=notes,
     )
+
+
+def context_for_window(
+    store: TrainingStore,
+    symbol: str,
+    timeframe: str,
+    bars: pd.DataFrame,
+    warmup: int,
+    symbols: list[str] | tuple[str, ...],
+    settings: Settings,
+) -> ContextResult:
+    """The ML_CONTEXT_SYMBOLS columns for the window rows (bars[warmup:], index from 0), and the notes of the
+    context symbols left out (no bars, bars missing for some rows, or undefined values in the window)."""
+    gaps = {tf: spec.max_gap_days for tf, spec in settings.timeframes.items()}
+    ctx = load_context(store, symbol, timeframe, bars, symbols, gaps)
+    window = ctx.frame.iloc[warmup:].reset_index(drop=True)
+    used, notes = list(ctx.used), list(ctx.notes)
+    for name in ctx.used:
+        cols = [c for c in window.columns if c.startswith(f"ctx_{name}_")]
+        block = window[cols].to_numpy(dtype="float64")
+        if not np.isfinite(block).all():
+            first = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            at = bars["ts"].iloc[warmup + first].isoformat()
+            notes.append(f"{symbol}/{timeframe}: context {name} undefined at {at}: trained without it")
+            window = window.drop(columns=cols)
+            used.remove(name)
+    return ContextResult(window, tuple(used), tuple(notes))
 
 
 # ------------------------------------------------------------------------------------------------------- fit
@@ -343,6 +394,7 @@ def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> F
                 threshold=prep.spec.threshold,
                 settings=settings,
                 n_threads=n_threads,
+                scale=prep.scale,
             )
         except ValueError as exc:
             wf = {"error": str(exc), "folds": [], "summary": {}}
@@ -407,7 +459,7 @@ def chart_data(
             allow_short=settings.trading_allow_short,
         ),
         "reliability": report_data.reliability(test_proba, prep.codes[s.test]),
-        "feature_importance": report_data.feature_importance(models, weights, FEATURE_COLUMNS),
+        "feature_importance": report_data.feature_importance(models, weights, prep.feature_names),
     }
 
 
@@ -443,8 +495,9 @@ def build_bundle(
         "models": fitted.models,
         "weights": fitted.weights,
         "classes": list(CLASSES),
-        "feature_names": list(FEATURE_COLUMNS),
-        "feature_version": FEATURE_SET_VERSION,
+        "feature_names": list(prep.feature_names),
+        "feature_version": prep.feature_version,
+        "context": {"symbols": list(prep.context), "notes": list(prep.notes)},
         "timeframe_settings": prep.spec.model_dump(),
         "thresholds": prep.thresholds.to_dict(),
         "split": prep.split_info,
@@ -510,7 +563,7 @@ def persist_pair(
         artifact_path=saved.relative,
         artifact_sha256=saved.sha256,
         artifact_signature=saved.signature,
-        feature_version=FEATURE_SET_VERSION,
+        feature_version=prep.feature_version,
         trained_at=trained_at,
         weights=fitted.weights,
         metrics={k: fitted.metrics[k] for k in ("ensemble", "majority", "persistence", "prior", "verdict")},

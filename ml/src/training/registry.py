@@ -29,7 +29,13 @@ from config.settings import Settings
 from ml.src.data.identifiers import IdentifierError, check_pair
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.data.store_factory import open_store
-from ml.src.features.technical_indicators import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from ml.src.features.context import context_columns
+from ml.src.features.technical_indicators import (
+    FEATURE_COLUMNS,
+    FEATURE_SET_VERSION,
+    VOL_FEATURE_COLUMNS,
+    VOL_FEATURE_SUFFIX,
+)
 from ml.src.training.artifacts import ArtifactError, ArtifactIdentity, load_ensemble, resolve_artifact
 from ml.src.training.ensemble import EnsembleModel
 from ml.src.training.metrics import balanced_accuracy_rows, majority_class
@@ -115,14 +121,33 @@ def _champion_expired(current: dict[str, Any], settings: Settings, timeframe: st
     return pd.Timestamp(datetime.now(UTC)) - pd.Timestamp(trained) > max_age
 
 
-def uses_current_feature_set(model: EnsembleModel) -> bool:
-    """Trained on this feature set: the same columns AND the same FEATURE_SET_VERSION.
+def current_feature_set(settings: Settings | None = None) -> tuple[tuple[str, ...], str]:
+    """The base columns and version the settings train on (ML_VOL_FEATURES adds columns and changes it)."""
+    if settings is not None and settings.vol_features:
+        return tuple(FEATURE_COLUMNS) + VOL_FEATURE_COLUMNS, FEATURE_SET_VERSION + VOL_FEATURE_SUFFIX
+    return tuple(FEATURE_COLUMNS), FEATURE_SET_VERSION
+
+
+def model_context(model: EnsembleModel) -> tuple[str, ...]:
+    """The context symbols (ML_CONTEXT_SYMBOLS) whose columns the model was trained on."""
+    return tuple((model.metadata.get("context") or {}).get("symbols") or ())
+
+
+def uses_current_feature_set(model: EnsembleModel, settings: Settings | None = None) -> bool:
+    """Trained on this feature set: the same columns AND the same feature-set version.
 
     Same columns under another version (other smoothing lengths, say) are other inputs: a model fed them is
-    judged, or asked to forecast, on features it was not trained on.
+    judged, or asked to forecast, on features it was not trained on. Context columns count when their symbol is
+    still among the settings' ML_CONTEXT_SYMBOLS (a pair whose context lacked bars trained without them).
     """
+    columns, current = current_feature_set(settings)
     version = model.metadata.get("feature_version", FEATURE_SET_VERSION)
-    return tuple(model.feature_names) == tuple(FEATURE_COLUMNS) and version == FEATURE_SET_VERSION
+    context = model_context(model)
+    allowed = set(settings.context_symbols) if settings is not None else set()
+    if not set(context) <= allowed:
+        return False
+    expected = columns + tuple(c for sym in context for c in context_columns(sym))
+    return tuple(model.feature_names) == expected and version == current
 
 
 def decide_promotion(
@@ -140,9 +165,19 @@ def decide_promotion(
         return PromotionDecision(
             True, f"current champion is unusable ({exc})", metric, champion_version_id=cid
         )
-    if not uses_current_feature_set(champion):
+    if not uses_current_feature_set(champion, settings):
         return PromotionDecision(
             True, "current champion uses another feature set", metric, champion_version_id=cid
+        )
+    if tuple(champion.feature_names) != tuple(prep.feature_names):
+        # e.g. the champion had a context symbol this window has no bars for: it cannot be fed these rows
+        theirs, ours = model_context(champion), prep.context
+        return PromotionDecision(
+            True,
+            f"current champion has other columns (context {', '.join(theirs) or 'none'}; this run "
+            f"{', '.join(ours) or 'none'})",
+            metric,
+            champion_version_id=cid,
         )
     if _champion_expired(current, settings, req.timeframe):
         return PromotionDecision(
@@ -311,10 +346,10 @@ def load_champion(
             f"{max_age.days} days (max_model_age_days); retrain it"
         )
     model = load_recorded(row, settings, symbol, timeframe)
-    if not uses_current_feature_set(model):
+    if not uses_current_feature_set(model, settings):
         raise ChampionError(
             f"{symbol}/{timeframe}: champion was trained on a different feature list or version "
-            f"({model.metadata.get('feature_version')}) than the current feature set ({FEATURE_SET_VERSION}); "
-            "retrain it"
+            f"({model.metadata.get('feature_version')}) than the current feature set "
+            f"({current_feature_set(settings)[1]}); retrain it"
         )
     return model

@@ -149,7 +149,10 @@ class PairScheduler:
                 self.finish(i, skipped_result(req, reason, time.perf_counter() - t0))
                 return None, t0
             fill_outcomes_quietly(self.store, req.symbol, req.timeframe)  # new bars may realise forecasts
-            return prepare_pair(self.store, req, self.settings), t0
+            prep = prepare_pair(self.store, req, self.settings)
+            for line in prep.notes:  # e.g. a context symbol without bars: the pair trains without it
+                self.note(line)
+            return prep, t0
         except Exception as exc:
             self.finish(i, self.unprepared(req, exc, time.perf_counter() - t0))
         return None, t0

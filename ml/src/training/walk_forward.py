@@ -82,6 +82,7 @@ def run_fold(
     threshold: float,
     settings: FitSettings,
     n_threads: int = 1,
+    scale: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], SlicePredictions]:
     history = start - horizon
     n_fit = int((history - horizon) * 0.75)
@@ -89,7 +90,7 @@ def run_fold(
     if min(n_fit, history - n_fit - horizon) < settings.min_rows_per_split:
         raise ValueError(f"fold history of {history} rows is too short for fit and valid slices")
     thresholds = thresholds_for(settings.threshold_mode, returns[fit], threshold, settings.threshold_k)
-    codes = label_codes(returns, thresholds)
+    codes = label_codes(returns, thresholds, scale)
     missing = empty_classes(codes[fit])
     if missing:
         raise ValueError(f"class {', '.join(missing)} has no samples in the fold's training rows")
@@ -126,8 +127,11 @@ def walk_forward(
     threshold: float,
     settings: FitSettings,
     n_threads: int = 1,
+    scale: np.ndarray | None = None,
 ) -> WalkForward:
-    """Per-fold scores and their mean/std; a fold that cannot be fitted is reported with its reason."""
+    """Per-fold scores and their mean/std; a fold that cannot be fitted is reported with its reason.
+
+    `scale`: each row's ex-ante horizon volatility, needed by the ex_ante_vol threshold mode."""
     bounds = fold_bounds(len(returns), folds, horizon, settings.min_rows_per_split)
     out_folds: list[dict[str, Any]] = []
     pooled: list[SlicePredictions] = []
@@ -148,6 +152,7 @@ def walk_forward(
                 threshold=threshold,
                 settings=settings,
                 n_threads=n_threads,
+                scale=scale,
             )
         except ValueError as exc:
             fold["error"] = str(exc)

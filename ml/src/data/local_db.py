@@ -236,6 +236,93 @@ create index if not exists ml_forecasts_unrealised on ml_forecasts (symbol, time
     where realised_return is null;
 """
 
+# Replays (python -m ml.src.training.replay): same tables as supabase/migrations/20261216001900_replay_record.sql,
+# apart from the live record (ml_forecasts) and the registry (model_versions), which a replay never touches.
+REPLAY_SCHEMA = """
+create table if not exists ml_replays (
+    replay_id text primary key,
+    started_at text not null,
+    finished_at text,
+    status text not null default 'running'
+        check (status in ('running','succeeded','failed','interrupted')),
+    error text,
+    config text not null default '{}',
+    scope text not null default '{}'
+);
+create table if not exists ml_replay_pairs (
+    id integer primary key autoincrement,
+    replay_id text not null references ml_replays (replay_id) on delete cascade,
+    symbol text not null,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    status text not null check (status in ('succeeded','skipped','failed')),
+    error text,
+    retrain_every integer,
+    horizon_bars integer,
+    retrains integer not null default 0,
+    promotions integer not null default 0,
+    failed_retrains integer not null default 0,
+    n_forecasts integer not null default 0,
+    n_realised integer not null default 0,
+    first_bar_ts text,
+    last_bar_ts text,
+    record text,
+    steps text not null default '[]',
+    duration_s real,
+    created_at text not null,
+    unique (replay_id, symbol, timeframe)
+);
+create table if not exists ml_replay_forecasts (
+    id integer primary key autoincrement,
+    replay_id text not null references ml_replays (replay_id) on delete cascade,
+    symbol text not null,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    bar_ts text not null,
+    trained_through text not null,
+    horizon_bars integer not null,
+    p_bearish real not null check (p_bearish between 0 and 1),
+    p_neutral real not null check (p_neutral between 0 and 1),
+    p_bullish real not null check (p_bullish between 0 and 1),
+    label text not null check (label in ('BEARISH','NEUTRAL','BULLISH')),
+    direction_score real not null,
+    bar_close real,
+    threshold_lower real,
+    threshold_upper real,
+    persistence_label text check (persistence_label in ('BEARISH','NEUTRAL','BULLISH')),
+    realised_return real,
+    realised_label text check (realised_label in ('BEARISH','NEUTRAL','BULLISH')),
+    check (trained_through <= bar_ts),
+    check (abs(p_bearish + p_neutral + p_bullish - 1) < 1e-6),
+    unique (replay_id, symbol, timeframe, bar_ts)
+);
+"""
+_REPLAY_TS_COLUMNS = frozenset(
+    {"started_at", "finished_at", "first_bar_ts", "last_bar_ts", "created_at", "bar_ts", "trained_through"}
+)
+_REPLAY_JSON_COLUMNS = frozenset({"config", "scope", "record", "steps"})
+
+
+def _replay_row(r: sqlite3.Row) -> dict[str, Any]:
+    row = dict(zip(r.keys(), tuple(r), strict=True))
+    for key, value in row.items():
+        if value is None:
+            continue
+        if key in _REPLAY_TS_COLUMNS:
+            row[key] = pd.Timestamp(value).isoformat()
+        elif key in _REPLAY_JSON_COLUMNS:
+            row[key] = json.loads(value)
+    return row
+
+
+def _replay_value(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in _REPLAY_JSON_COLUMNS:
+        return json.dumps(value, allow_nan=False, default=str)
+    if isinstance(value, datetime):
+        return format_ts(value)
+    return value
+
+
 _FORECAST_TS_COLUMNS = frozenset(
     {"bar_ts", "target_ts", "model_trained_at", "created_at", "realised_bar_ts", "realised_at"}
 )
@@ -351,6 +438,7 @@ class SqliteStore(TrainingStore):
             self._conn.execute("pragma foreign_keys=on")
             self._conn.executescript(SCHEMA)
             self._conn.executescript(FORECAST_SCHEMA)
+            self._conn.executescript(REPLAY_SCHEMA)
             self._upgrade()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open embedded store {self.path}: {exc}") from exc
@@ -787,6 +875,71 @@ class SqliteStore(TrainingStore):
             " and realised_return is not null and (realised_revision is null or realised_revision < ?)",
             (int(revision), *ids, int(revision)),
         )
+
+    # --- replays ------------------------------------------------------------------------------------------
+    def start_replay(self, replay_id, started_at, config, scope) -> None:
+        self._write(
+            "insert into ml_replays (replay_id, started_at, status, config, scope) values (?, ?, 'running', ?, ?)",
+            (
+                replay_id,
+                format_ts(started_at),
+                _replay_value("config", config),
+                _replay_value("scope", scope),
+            ),
+        )
+
+    def record_replay_pair(self, replay_id, pair) -> None:
+        checked_pair(pair.symbol, pair.timeframe)
+        row = {**pair.to_row(replay_id), "created_at": _now()}
+        keys = list(row)
+        forecasts = pair.forecast_rows()
+        fkeys = ["replay_id", "symbol", "timeframe", *(forecasts[0] if forecasts else [])]
+        key = (replay_id, pair.symbol, pair.timeframe)
+        with self._lock:
+            try:
+                with self._conn:  # one transaction: the pair's row and all its forecasts, or nothing
+                    where = "where replay_id = ? and symbol = ? and timeframe = ?"
+                    self._conn.execute(f"delete from ml_replay_forecasts {where}", key)
+                    self._conn.execute(f"delete from ml_replay_pairs {where}", key)
+                    self._conn.execute(
+                        f"insert into ml_replay_pairs ({', '.join(keys)})"
+                        f" values ({', '.join('?' for _ in keys)})",
+                        tuple(_replay_value(k, row[k]) for k in keys),
+                    )
+                    if forecasts:
+                        self._conn.executemany(
+                            f"insert into ml_replay_forecasts ({', '.join(fkeys)})"
+                            f" values ({', '.join('?' for _ in fkeys)})",
+                            [(*key, *(_replay_value(k, f[k]) for k in fkeys[3:])) for f in forecasts],
+                        )
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"cannot record the replay of {pair.symbol}/{pair.timeframe}: {exc}"
+                ) from exc
+
+    def finish_replay(self, replay_id, status, finished_at, error=None) -> None:
+        self._write(
+            "update ml_replays set status = ?, finished_at = ?, error = ? where replay_id = ?",
+            (status, format_ts(finished_at), error, replay_id),
+        )
+
+    def get_replay(self, replay_id) -> dict | None:
+        rows = self._query("select * from ml_replays where replay_id = ?", (replay_id,))
+        return _replay_row(rows[0]) if rows else None
+
+    def list_replay_pairs(self, replay_id) -> list[dict]:
+        rows = self._query(
+            "select * from ml_replay_pairs where replay_id = ? order by symbol, timeframe", (replay_id,)
+        )
+        return [_replay_row(r) for r in rows]
+
+    def list_replay_forecasts(self, replay_id, symbol, timeframe) -> list[dict]:
+        rows = self._query(
+            "select * from ml_replay_forecasts where replay_id = ? and symbol = ? and timeframe = ?"
+            " order by bar_ts",
+            (replay_id, symbol, timeframe),
+        )
+        return [_replay_row(r) for r in rows]
 
     def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
         cutoff = format_ts(datetime.now(UTC) - timedelta(seconds=ttl_s))

@@ -58,6 +58,7 @@ __all__ = [
     "build_bundle",
     "evaluate",
     "fit_pair",
+    "label_window",
     "library_versions",
     "persist_pair",
     "prepare_pair",
@@ -187,10 +188,8 @@ def warmup_bars(spec: TimeframeSpec) -> int:
 def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> PreparedPair:
     label = f"{req.symbol}/{req.timeframe}"
     spec = settings.timeframes[req.timeframe]
-    h = spec.horizon_bars
     target = req.target_bars or spec.target_bars
     warmup = warmup_bars(spec)
-    min_rows = settings.min_rows_per_split
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -221,11 +220,33 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         raise PairFailure(str(exc)) from exc
     timings["features"] = time.perf_counter() - t0
 
-    frame = feats.frame
+    prep = label_window(req, spec, feats.frame, settings, data_end=bars["ts"].iloc[-1], revision=revision)
+    prep.n_bars, prep.n_cached, prep.n_computed = len(bars), feats.n_cached, feats.n_computed
+    prep.timings = timings
+    return prep
+
+
+def label_window(
+    req: PairRequest,
+    spec: TimeframeSpec,
+    frame: pd.DataFrame,
+    settings: Settings,
+    *,
+    data_end: pd.Timestamp,
+    revision: int | None,
+) -> PreparedPair:
+    """Labels, split and thresholds of a training window whose features are computed (`frame`: ts, close and
+    FEATURE_COLUMNS of the window's bars, warm-up excluded): what the job trains on. Shared by prepare_pair and
+    the replay (ml.src.training.replay_loop), which computes a pair's features once and cuts windows from them."""
+    label = f"{req.symbol}/{req.timeframe}"
+    h = spec.horizon_bars
+    frame = frame.reset_index(drop=True)
     returns_all = forward_returns(frame["close"], h)
     n_labelled = len(frame) - h  # the last h rows have no known future
     try:
-        split = purged_split(n_labelled, h, settings.train_fraction, settings.valid_fraction, min_rows)
+        split = purged_split(
+            n_labelled, h, settings.train_fraction, settings.valid_fraction, settings.min_rows_per_split
+        )
     except SplitError as exc:
         raise PairFailure(f"{label}: {exc}") from exc
     returns = returns_all[:n_labelled]
@@ -251,13 +272,12 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         split=split,
         split_info={
             **split.boundaries(ts),
-            "data_end": bars["ts"].iloc[-1].isoformat(),
+            "data_end": pd.Timestamp(data_end).isoformat(),
             "data_revision": revision,
         },
-        n_bars=len(bars),
-        n_cached=feats.n_cached,
-        n_computed=feats.n_computed,
-        timings=timings,
+        n_bars=len(frame),
+        n_cached=0,
+        n_computed=len(frame),
     )
 
 

@@ -146,6 +146,16 @@ def test_replay_forecasts_every_bar_causally_with_realised_outcomes_of_the_store
         assert (s["label"], s["realised_label"]) == (f["label"], f["realised_label"])
         assert s["realised_return"] == f["realised_return"]
 
+    if env["kind"] == "supabase":  # the replay_performance view reads the same record off the stored rows
+        view = store.client.table("replay_performance").select("*").eq("replay_id", rid).execute().data
+        (v,) = view
+        assert (v["n_forecasts"], v["n_realised"], v["retrains"]) == (last, last - h, pair["retrains"])
+        assert v["balanced_accuracy"] == pytest.approx(rec["balanced_accuracy"], abs=1e-12)
+        assert v["hit_rate"] == pytest.approx(rec["hit_rate"], abs=1e-12)
+        assert v["persistence_balanced_accuracy"] == pytest.approx(rec["persistence_balanced_accuracy"])
+        assert v["ic"] == pytest.approx(rec["ic"], abs=1e-9)
+        assert v["net_sharpe"] == pytest.approx(rec["net_sharpe"])
+
     # a replay creates no live champion, no model version, no live forecast and no model file
     assert store.get_champion(ticker, "d1") is None
     assert store.list_model_versions(ticker, "d1") == []

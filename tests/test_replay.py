@@ -276,3 +276,21 @@ def test_a_named_pair_without_bars_fails_the_replay(
     out = json.loads(capsys.readouterr().out)
     assert code == 1 and out["status"] == "failed"
     assert out["pairs"][0]["status"] == "failed" and "no bars" in out["pairs"][0]["error"]
+
+
+def test_a_dask_cluster_gives_exactly_the_in_process_replay(
+    embedded_store: TrainingStore, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import dask.config
+
+    from tests.plugins.dask_cluster import local_cluster
+
+    load(embedded_store, "DASKR", "d1", sample_bars("GOOG", "d1", first=600))
+    args = ("--pairs", "DASKR:d1", "--last", "42", "--retrain-every", "21")
+    here = replay(capsys, *args, "--workers", "1")
+    with local_cluster(tmp_path / "dask", 2) as cluster, dask.config.set(cluster.client_config):
+        remote = replay(capsys, *args, "--dask", cluster.address)
+    assert remote["executor"]["kind"] == "dask" and remote["executor"]["workers"] == 2
+    (a,), (b,) = here["pairs"], remote["pairs"]
+    assert a["status"] == b["status"] == "succeeded" and a["retrains"] == 2
+    assert a["forecasts"] == b["forecasts"] and a["record"] == b["record"] and a["steps"] == b["steps"]

@@ -294,3 +294,37 @@ def test_a_dask_cluster_gives_exactly_the_in_process_replay(
     (a,), (b,) = here["pairs"], remote["pairs"]
     assert a["status"] == b["status"] == "succeeded" and a["retrains"] == 2
     assert a["forecasts"] == b["forecasts"] and a["record"] == b["record"] and a["steps"] == b["steps"]
+
+
+def test_history_before_the_first_window_changes_nothing_and_the_first_model_is_the_jobs(
+    embedded_store: TrainingStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the replay reads last + target_bars + warm-up bars: a store holding only those gives the same replay as
+    # one holding 1,000 bars more (features are prefix-invariant), and its first window is the job's
+    bars = sample_bars("GSPC", "d1", first=1800)
+    load(embedded_store, "LONG", "d1", bars)
+    load(embedded_store, "SHORT", "d1", bars.iloc[-(60 + 500 + 120) :])
+    a = replay(capsys, "--pairs", "LONG:d1", "--last", "60", "--retrain-every", "30")["pairs"][0]
+    b = replay(capsys, "--pairs", "SHORT:d1", "--last", "60", "--retrain-every", "30")["pairs"][0]
+    assert a["status"] == b["status"] == "succeeded" and a["retrains"] == 2
+    assert a["forecasts"] == b["forecasts"] and a["record"] == b["record"]
+
+    # the first replayed bar's model is the one the training job builds as of that bar: same probabilities
+    from ml.src.features.technical_indicators import FEATURE_COLUMNS, add_technical_features
+    from ml.src.training.registry import load_champion
+    from ml.src.training.run_loop import run_job
+
+    settings = Settings()
+    short = bars.iloc[-(60 + 500 + 120) :].reset_index(drop=True)
+    k = len(short) - 60
+    t0 = short["ts"].iloc[k].to_pydatetime()
+    job = run_job(embedded_store, settings, ["SHORT"], ["d1"], as_of=t0, force=True, workers=1)
+    assert [r.status for r in job.results] == ["succeeded"]
+    model = load_champion("SHORT", "d1", settings=settings, store=embedded_store, now=t0)
+    assert pd.Timestamp(model.metadata["split"]["data_end"]) == pd.Timestamp(
+        b["forecasts"][0]["trained_through"]
+    )
+    x = add_technical_features(short.iloc[: k + 1]).iloc[[-1]].loc[:, list(FEATURE_COLUMNS)]
+    p = model.predict_proba(x)[0]
+    f = b["forecasts"][0]
+    assert (f["p_bearish"], f["p_neutral"], f["p_bullish"]) == (p[0], p[1], p[2])

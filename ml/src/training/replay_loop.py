@@ -118,13 +118,17 @@ class PairSeries:
 
 
 def load_series(store: TrainingStore, settings: Settings, plan: ReplayPlan) -> PairSeries:
-    """Every bar of the pair closed by now, and the features of every bar after the warm-up (via the feature
-    cache, as training reads them)."""
+    """The pair's bars closed by now, from the first retrain window's first bar on, and the features of every
+    bar after the warm-up (via the feature cache, as training reads them)."""
     label = f"{plan.symbol}/{plan.timeframe}"
     spec = settings.timeframes[plan.timeframe]
     warmup = warmup_bars(spec)
     revision = store.bar_revision(plan.symbol, plan.timeframe)  # before the bars, as in training
-    bars = store.read_bars(plan.symbol, plan.timeframe, end=read_end(None))
+    # only what the first retrain window needs before the first replayed bar: the features are prefix-invariant,
+    # so a longer read would give the same rows at more cost
+    bars = store.read_bars(
+        plan.symbol, plan.timeframe, end=read_end(None), limit=plan.last + spec.target_bars + warmup
+    )
     if bars.empty:
         raise NotEnoughHistory(f"{label}: no bars in the {store.name} store")
     if len(bars) <= warmup:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 from sklearn.metrics import balanced_accuracy_score
 
 from config.settings import Settings
@@ -118,7 +119,12 @@ def test_replay_forecasts_every_bar_causally_with_realised_outcomes_of_the_store
     assert rec["hit_rate"] == pytest.approx(np.mean([a == b for a, b in moved]), abs=1e-12)
     persist = [CLASS_CODES[f["persistence_label"]] for f in done]
     assert rec["persistence_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, persist))
-    assert rec["log_loss"] > 0 and rec["prior_log_loss"] > 0
+    p_true = [f[f"p_{f['realised_label'].lower()}"] for f in done]
+    assert rec["log_loss"] == pytest.approx(float(np.mean(-np.log(p_true))), abs=1e-12)
+    assert rec["prior_log_loss"] > 0
+    score = [f["p_bullish"] - f["p_bearish"] for f in done]
+    ic = spearmanr(score, [f["realised_return"] for f in done]).statistic
+    assert rec["ic"] == pytest.approx(ic, abs=1e-9)
     for key in ("ic", "ic_p_value", "net_sharpe", "buy_and_hold_net_sharpe", "majority_balanced_accuracy"):
         assert key in rec
 

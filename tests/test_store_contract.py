@@ -1050,3 +1050,107 @@ def test_a_legacy_row_with_a_hostile_symbol_never_reaches_a_report_path(
     assert all(p.symbol != hostile for p in got.pairs)
     for lines in (refused, got.refused):
         assert any(f"invalid symbol '{hostile}'" in line for line in lines), lines
+
+
+def _replay_pair(symbol: str, bars: pd.DataFrame, *, bad: bool = False) -> Any:
+    """A replayed pair of three forecasts at real bars (hand-made numbers: the store must keep them exactly)."""
+    from ml.src.training.replay_record import PairReplay, ReplayForecast, ReplayScores, RetrainStep
+
+    ts = [t.to_pydatetime() for t in bars["ts"].iloc[:3]]
+    close = bars["close"].to_numpy()
+    forecasts = [
+        ReplayForecast(
+            ts[0], ts[0], 0.2, 0.3, 0.5, "BULLISH", float(close[0]), -0.01, 0.01, "NEUTRAL", 0.0123, "BULLISH"
+        ),
+        ReplayForecast(
+            ts[1],
+            ts[0],
+            0.1 + 1e-17,
+            0.6,
+            0.3,
+            "NEUTRAL",
+            float(close[1]),
+            -0.01,
+            0.01,
+            None,
+            -0.02,
+            "BEARISH",
+        ),
+        # bad: trained through a bar after its own (the causal check refuses it)
+        ReplayForecast(
+            ts[2],
+            ts[2] + timedelta(days=1) if bad else ts[1],
+            1 / 3,
+            1 / 3,
+            1 / 3,
+            "BEARISH",
+            float(close[2]),
+            -0.01,
+            0.01,
+            "BEARISH",
+        ),
+    ]
+    record = ReplayScores(2, 0.5, 2, 0.5, 0.9, 1.0, None, None, 0.25, 1 / 3, None, 1.5)
+    return PairReplay(
+        symbol,
+        "d1",
+        "succeeded",
+        retrain_every=1,
+        horizon_bars=5,
+        retrains=2,
+        promotions=1,
+        n_forecasts=3,
+        n_realised=2,
+        first_bar_ts=ts[0],
+        last_bar_ts=ts[2],
+        record=record,
+        steps=[RetrainStep(ts[0], "promoted", "first version of the pair"), RetrainStep(ts[1], "kept", "x")],
+        forecasts=forecasts,
+    )
+
+
+def test_a_replay_pair_is_stored_whole_exactly_and_apart_from_the_live_record(
+    store: TrainingStore, symbol: str
+) -> None:
+    bars = sample_bars("GOOG", "d1", last=10)
+    rid = str(uuid.uuid4())
+    started = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    store.start_replay(rid, started, {"last": 3}, {"pairs": [f"{symbol}:d1"]})
+    assert store.get_replay(rid)["status"] == "running"
+    pair = _replay_pair(symbol, bars)
+    store.record_replay_pair(rid, pair)
+    store.record_replay_pair(rid, pair)  # a retry after a lost reply replaces, never duplicates
+    (row,) = store.list_replay_pairs(rid)
+    assert (row["symbol"], row["timeframe"], row["retrains"], row["promotions"], row["n_forecasts"]) == (
+        symbol,
+        "d1",
+        2,
+        1,
+        3,
+    )
+    assert row["record"]["balanced_accuracy"] == 0.5 and row["record"]["ic"] is None
+    assert row["record"]["majority_balanced_accuracy"] == 1 / 3
+    assert [s["status"] for s in row["steps"]] == ["promoted", "kept"]
+    got = store.list_replay_forecasts(rid, symbol, "d1")
+    assert [pd.Timestamp(r["bar_ts"]) for r in got] == list(bars["ts"].iloc[:3])
+    assert [r["p_bearish"] for r in got] == [0.2, 0.1 + 1e-17, 1 / 3]  # doubles kept to the bit
+    assert [r["realised_return"] for r in got] == [0.0123, -0.02, None]
+    assert [r["persistence_label"] for r in got] == ["NEUTRAL", None, "BEARISH"]
+    assert pd.Timestamp(got[1]["trained_through"]) == bars["ts"].iloc[0]
+    assert got[0]["direction_score"] == 0.5 - 0.2
+
+    # all or nothing: a pair whose forecast breaks the causal check leaves neither row nor forecasts
+    other = symbol + "B"
+    with pytest.raises(StoreError):
+        store.record_replay_pair(rid, _replay_pair(other, bars, bad=True))
+    assert [r["symbol"] for r in store.list_replay_pairs(rid)] == [symbol]
+    assert store.list_replay_forecasts(rid, other, "d1") == []
+
+    store.finish_replay(rid, "succeeded", started + timedelta(minutes=1))
+    done = store.get_replay(rid)
+    assert done["status"] == "succeeded" and pd.Timestamp(done["finished_at"]) == started + timedelta(
+        minutes=1
+    )
+    assert done["scope"] == {"pairs": [f"{symbol}:d1"]}
+    # nothing of the live record or the registry
+    assert store.list_forecasts(symbol, "d1") == [] and store.get_champion(symbol, "d1") is None

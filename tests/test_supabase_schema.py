@@ -37,11 +37,21 @@ TABLES = (
     "model_versions",
     "job_leases",
     "ml_forecasts",
+    "ml_replays",  # before the replay tables that reference it (insert_all's order)
+    "ml_replay_pairs",
+    "ml_replay_forecasts",
 )
 SINGLETON_TABLES = ("monitoring_settings",)  # one row, created by its migration
 PUBLIC_TABLES = ("symbols", "ohlc_bars")  # the only ones anon may read
 ML_TABLES = tuple(t for t in TABLES if t not in PUBLIC_TABLES)
-VIEWS = ("latest_models", "accuracy_history", "latest_forecasts", "forecast_performance", "model_health")
+VIEWS = (
+    "latest_models",
+    "accuracy_history",
+    "latest_forecasts",
+    "forecast_performance",
+    "model_health",
+    "replay_performance",
+)
 SHA = "0123456789abcdef" * 4
 TS0 = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -56,6 +66,9 @@ KEY_COLUMN = {
     "model_versions": "symbol",
     "job_leases": "name",
     "ml_forecasts": "symbol",
+    "ml_replays": "replay_id",
+    "ml_replay_pairs": "symbol",
+    "ml_replay_forecasts": "symbol",
 }
 
 
@@ -86,7 +99,37 @@ def metrics(ens: float, bal: float, rf: float, gb: float, base: float, pers: flo
 
 def sample_rows(ticker: str, run_id: str) -> dict[str, dict[str, Any]]:
     """One valid row per table, all tied to `ticker` (training_results/model_versions need an existing run)."""
+    replay_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"replay:{ticker}"))
     return {
+        "ml_replays": {"replay_id": replay_id, "started_at": iso(TS0), "status": "succeeded"},
+        "ml_replay_pairs": {
+            "replay_id": replay_id,
+            "symbol": ticker,
+            "timeframe": "d1",
+            "status": "succeeded",
+            "retrain_every": 21,
+            "horizon_bars": 5,
+            "retrains": 1,
+            "promotions": 1,
+            "n_forecasts": 1,
+            "n_realised": 1,
+            "record": {"balanced_accuracy": 1.0},
+        },
+        "ml_replay_forecasts": {
+            "replay_id": replay_id,
+            "symbol": ticker,
+            "timeframe": "d1",
+            "bar_ts": iso(TS0),
+            "trained_through": iso(TS0),
+            "horizon_bars": 5,
+            "p_bearish": 0.25,
+            "p_neutral": 0.25,
+            "p_bullish": 0.5,
+            "label": "BULLISH",
+            "direction_score": 0.25,
+            "realised_return": 0.02,
+            "realised_label": "BULLISH",
+        },
         "symbols": {"ticker": ticker},
         "ohlc_bars": {
             "symbol": ticker,

@@ -40,6 +40,11 @@ COMMANDS: dict[str, Command] = {
         "model health per pair (RETRAIN / DISABLE / LIVE flags); --html DIR writes the static report",
         "ml.src.monitoring.report",
     ),
+    "replay": Command(
+        "ml.src.cli.replay",
+        "the nightly loop re-run over each pair's last N bars: forecasts, outcomes and their record",
+        "ml.src.training.replay",
+    ),
     "load-bars": Command(
         "ml.src.data.load_bars", "load OHLCV bars from CSV files into the store", "ml.src.data.load_bars"
     ),

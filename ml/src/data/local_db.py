@@ -34,6 +34,7 @@ from ml.src.data.records import (
     LeaseGrant,
     ModelVersionRecord,
     MonitoringThresholds,
+    ReplayPairRows,
     ResultRecord,
     RunOutcome,
     RunRecord,
@@ -78,6 +79,8 @@ CHECKED_TABLES = (
     "training_results",
     "model_versions",
     "ml_forecasts",
+    "ml_replay_pairs",
+    "ml_replay_forecasts",
 )
 
 
@@ -93,6 +96,34 @@ def _statements(script: str) -> list[str]:
                 out.append(buf.strip())
             buf = ""
     return out
+
+
+_REPLAY_TS_COLUMNS = frozenset(
+    {"started_at", "finished_at", "first_bar_ts", "last_bar_ts", "created_at", "bar_ts", "trained_through"}
+)
+_REPLAY_JSON_COLUMNS = frozenset({"config", "scope", "record", "steps"})
+
+
+def _replay_row(r: sqlite3.Row) -> dict[str, Any]:
+    row = dict(zip(r.keys(), tuple(r), strict=True))
+    for key, value in row.items():
+        if value is None:
+            continue
+        if key in _REPLAY_TS_COLUMNS:
+            row[key] = pd.Timestamp(value).isoformat()
+        elif key in _REPLAY_JSON_COLUMNS:
+            row[key] = json.loads(value)
+    return row
+
+
+def _replay_value(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in _REPLAY_JSON_COLUMNS:
+        return json.dumps(value, allow_nan=False, default=str)
+    if isinstance(value, datetime):
+        return format_ts(value)
+    return value
 
 
 _FORECAST_TS_COLUMNS = frozenset(
@@ -700,6 +731,70 @@ class SqliteStore(TrainingStore):
             " and realised_return is not null and (realised_revision is null or realised_revision < ?)",
             (int(revision), *ids, int(revision)),
         )
+
+    # --- replays ------------------------------------------------------------------------------------------
+    def start_replay(self, replay_id, started_at, config, scope) -> None:
+        self._write(
+            "insert into ml_replays (replay_id, started_at, status, config, scope) values (?, ?, 'running', ?, ?)",
+            (
+                replay_id,
+                format_ts(started_at),
+                _replay_value("config", config),
+                _replay_value("scope", scope),
+            ),
+        )
+
+    def _write_replay_pair(self, replay_id: str, pair: ReplayPairRows) -> None:
+        row = {**pair.to_row(replay_id), "created_at": _now()}
+        keys = list(row)
+        forecasts = pair.forecast_rows()
+        fkeys = ["replay_id", "symbol", "timeframe", *(forecasts[0] if forecasts else [])]
+        key = (replay_id, pair.symbol, pair.timeframe)
+        with self._lock:
+            try:
+                with self._conn:  # one transaction: the pair's row and all its forecasts, or nothing
+                    where = "where replay_id = ? and symbol = ? and timeframe = ?"
+                    self._conn.execute(f"delete from ml_replay_forecasts {where}", key)
+                    self._conn.execute(f"delete from ml_replay_pairs {where}", key)
+                    self._conn.execute(
+                        f"insert into ml_replay_pairs ({', '.join(keys)})"
+                        f" values ({', '.join('?' for _ in keys)})",
+                        tuple(_replay_value(k, row[k]) for k in keys),
+                    )
+                    if forecasts:
+                        self._conn.executemany(
+                            f"insert into ml_replay_forecasts ({', '.join(fkeys)})"
+                            f" values ({', '.join('?' for _ in fkeys)})",
+                            [(*key, *(_replay_value(k, f[k]) for k in fkeys[3:])) for f in forecasts],
+                        )
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"cannot record the replay of {pair.symbol}/{pair.timeframe}: {exc}"
+                ) from exc
+
+    def finish_replay(self, replay_id, status, finished_at, error=None) -> None:
+        self._write(
+            "update ml_replays set status = ?, finished_at = ?, error = ? where replay_id = ?",
+            (status, format_ts(finished_at), error, replay_id),
+        )
+
+    def get_replay(self, replay_id) -> dict | None:
+        rows = self._query("select * from ml_replays where replay_id = ?", (replay_id,))
+        return _replay_row(rows[0]) if rows else None
+
+    def list_replay_pairs(self, replay_id) -> list[dict]:
+        rows = self._query(
+            "select * from ml_replay_pairs where replay_id = ? order by symbol, timeframe", (replay_id,)
+        )
+        return [_replay_row(r) for r in rows]
+
+    def list_replay_forecasts(self, replay_id, symbol, timeframe) -> list[dict]:
+        rows = self._query(
+            "select * from ml_replay_forecasts where replay_id = ? and symbol = ? and timeframe = ?"
+            " order by bar_ts",
+            (replay_id, symbol, timeframe),
+        )
+        return [_replay_row(r) for r in rows]
 
     def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
         cutoff = format_ts(datetime.now(UTC) - timedelta(seconds=ttl_s))

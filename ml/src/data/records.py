@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -206,3 +206,15 @@ def thresholds_from_settings(settings: Settings) -> MonitoringThresholds:
         history_runs=int(settings.monitor_history_runs),
         max_model_age_days={tf: float(spec.max_model_age_days) for tf, spec in settings.timeframes.items()},
     )
+
+
+class ReplayPairRows(Protocol):
+    """What a store writes of one replayed pair (training.replay_record.PairReplay is one): its row and the rows
+    of its forecasts. A protocol here, so the store layer does not import the training layer."""
+
+    symbol: str
+    timeframe: str
+
+    def to_row(self, replay_id: str) -> dict[str, Any]: ...
+
+    def forecast_rows(self) -> list[dict[str, Any]]: ...

@@ -188,3 +188,62 @@ create table if not exists ml_forecasts (
 );
 create index if not exists ml_forecasts_unrealised on ml_forecasts (symbol, timeframe, bar_ts)
     where realised_return is null;
+
+-- Replays (supabase/migrations/20261216001900_replay_record.sql): what the nightly loop would have told, kept
+-- apart from the live record.
+create table if not exists ml_replays (
+    replay_id text primary key,
+    started_at text not null,
+    finished_at text,
+    status text not null default 'running'
+        check (status in ('running','succeeded','failed','interrupted')),
+    error text,
+    config text not null default '{}',
+    scope text not null default '{}'
+);
+create table if not exists ml_replay_pairs (
+    id integer primary key autoincrement,
+    replay_id text not null references ml_replays (replay_id) on delete cascade,
+    symbol text not null @ml_replay_pairs.symbol,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    status text not null check (status in ('succeeded','skipped','failed')),
+    error text,
+    retrain_every integer,
+    horizon_bars integer,
+    retrains integer not null default 0,
+    promotions integer not null default 0,
+    failed_retrains integer not null default 0,
+    n_forecasts integer not null default 0,
+    n_realised integer not null default 0,
+    first_bar_ts text,
+    last_bar_ts text,
+    record text,
+    steps text not null default '[]',
+    duration_s real,
+    created_at text not null,
+    unique (replay_id, symbol, timeframe)
+);
+create table if not exists ml_replay_forecasts (
+    id integer primary key autoincrement,
+    replay_id text not null references ml_replays (replay_id) on delete cascade,
+    symbol text not null @ml_replay_forecasts.symbol,
+    timeframe text not null check (timeframe in ('m15','h1','h4','d1','w1')),
+    bar_ts text not null,
+    trained_through text not null,
+    horizon_bars integer not null,
+    p_bearish real not null,
+    p_neutral real not null,
+    p_bullish real not null,
+    label text not null check (label in ('BEARISH','NEUTRAL','BULLISH')),
+    direction_score real not null,
+    bar_close real,
+    threshold_lower real,
+    threshold_upper real,
+    persistence_label text check (persistence_label in ('BEARISH','NEUTRAL','BULLISH')),
+    realised_return real,
+    realised_label text check (realised_label in ('BEARISH','NEUTRAL','BULLISH')),
+    check (trained_through <= bar_ts),
+    check (p_bearish between 0 and 1 and p_neutral between 0 and 1 and p_bullish between 0 and 1
+        and abs(p_bearish + p_neutral + p_bullish - 1) < 1e-6),
+    unique (replay_id, symbol, timeframe, bar_ts)
+);

@@ -23,6 +23,7 @@ from ml.src.data.records import (
     LeaseGrant,
     ModelVersionRecord,
     MonitoringThresholds,
+    ReplayPairRows,
     ResultRecord,
     RunOutcome,
     RunRecord,
@@ -270,6 +271,36 @@ class TrainingStore(ABC):
     def stamp_outcome_revision(self, forecast_ids: Sequence[int], revision: int) -> int:
         """Mark realised outcomes as computed from `revision` (recomputed and found unchanged); returns how many
         rows changed. Rows already at a newer revision are left alone."""
+
+    # --- replays: the nightly loop re-run over history, stored apart from the live record ---------------------
+    @abstractmethod
+    def start_replay(self, replay_id: str, started_at: datetime, config: dict, scope: dict) -> None:
+        """Create the ml_replays row (status running)."""
+
+    def record_replay_pair(self, replay_id: str, pair: ReplayPairRows) -> None:
+        """Write one pair's replay row and all its forecasts in one transaction (a retry replaces them)."""
+        checked_pair(pair.symbol, pair.timeframe)
+        self._write_replay_pair(replay_id, pair)
+
+    @abstractmethod
+    def _write_replay_pair(self, replay_id: str, pair: ReplayPairRows) -> None:
+        """Hook: the checked pair's replay row and its forecasts, in one transaction."""
+
+    @abstractmethod
+    def finish_replay(
+        self, replay_id: str, status: str, finished_at: datetime, error: str | None = None
+    ) -> None: ...
+
+    @abstractmethod
+    def get_replay(self, replay_id: str) -> dict | None: ...
+
+    @abstractmethod
+    def list_replay_pairs(self, replay_id: str) -> list[dict]:
+        """The replay's pair rows (record and steps decoded), by (symbol, timeframe)."""
+
+    @abstractmethod
+    def list_replay_forecasts(self, replay_id: str, symbol: str, timeframe: str) -> list[dict]:
+        """One pair's replayed forecasts, ascending by bar_ts (timestamps as ISO strings)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

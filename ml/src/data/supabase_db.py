@@ -38,6 +38,7 @@ from ml.src.data.records import (
     LeaseGrant,
     ModelVersionRecord,
     MonitoringThresholds,
+    ReplayPairRows,
     ResultRecord,
     RunOutcome,
     RunRecord,
@@ -764,6 +765,94 @@ class SupabaseStore(TrainingStore):
                 res = self._call("stamp forecast outcomes", stamp)
                 changed += len(res.data or [])
         return changed
+
+    # --- replays ------------------------------------------------------------------------------------------
+    def start_replay(self, replay_id, started_at, config, scope) -> None:
+        row = _jsonable(
+            {
+                "replay_id": replay_id,
+                "started_at": started_at,
+                "status": "running",
+                "config": config,
+                "scope": scope,
+            }
+        )
+        self._call(
+            f"start replay {replay_id}",
+            lambda: self._table("ml_replays").insert(row, returning=ReturnMethod.minimal).execute(),
+            on_retry_conflict_ok=True,
+        )
+
+    def _write_replay_pair(self, replay_id: str, pair: ReplayPairRows) -> None:
+        # One SQL function, one transaction: the pair's row and every forecast, or nothing (a retry replaces them).
+        params = {
+            "p_pair": _jsonable(pair.to_row(replay_id)),
+            "p_forecasts": _jsonable(pair.forecast_rows()),
+        }
+        self._rpc(f"record replay {pair.symbol}/{pair.timeframe}", "record_replay_pair", params)
+
+    def finish_replay(self, replay_id, status, finished_at, error=None) -> None:
+        row = _jsonable({"status": status, "finished_at": finished_at, "error": error})
+        self._call(
+            f"finish replay {replay_id}",
+            lambda: (
+                self._table("ml_replays")
+                .update(row, returning=ReturnMethod.minimal)
+                .eq("replay_id", replay_id)
+                .execute()
+            ),
+        )
+
+    @staticmethod
+    def _replay_row(row: dict[str, Any]) -> dict[str, Any]:
+        for key in (
+            "started_at",
+            "finished_at",
+            "first_bar_ts",
+            "last_bar_ts",
+            "created_at",
+            "bar_ts",
+            "trained_through",
+        ):
+            if row.get(key) is not None:
+                row[key] = pd.Timestamp(row[key]).isoformat()
+        return row
+
+    def get_replay(self, replay_id) -> dict | None:
+        res = self._call(
+            f"read replay {replay_id}",
+            lambda: self._table("ml_replays").select("*").eq("replay_id", replay_id).execute(),
+        )
+        return self._replay_row(res.data[0]) if res.data else None
+
+    def list_replay_pairs(self, replay_id) -> list[dict]:
+        rows = self._select_keyset(
+            f"read replay {replay_id}",
+            "ml_replay_pairs",
+            "*",
+            [("eq", "replay_id", replay_id)],
+            "id",
+            descending=False,
+            limit=None,
+        )
+        return sorted((self._replay_row(r) for r in rows), key=lambda r: (r["symbol"], r["timeframe"]))
+
+    def list_replay_forecasts(self, replay_id, symbol, timeframe) -> list[dict]:
+        filters: list[tuple[str, str, Any]] = [
+            ("eq", "replay_id", replay_id),
+            ("eq", "symbol", symbol),
+            ("eq", "timeframe", timeframe),
+        ]
+        rows = self._select_keyset(
+            f"read replay forecasts {symbol}/{timeframe}",
+            "ml_replay_forecasts",
+            "*",
+            filters,
+            "id",
+            descending=False,
+            limit=None,
+        )
+        return sorted((self._replay_row(r) for r in rows), key=lambda r: pd.Timestamp(r["bar_ts"]))
 
     def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
         params = {"p_ttl_seconds": int(ttl_s), "p_reason": reason, "p_exclude": exclude}

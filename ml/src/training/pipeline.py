@@ -28,7 +28,12 @@ from ml.src.data.records import ModelVersionRecord
 from ml.src.data.store import StoreError, TrainingStore
 from ml.src.features.context import ContextResult, load_context
 from ml.src.features.feature_cache import FeatureError, cache_in_use, features_for_window
-from ml.src.features.technical_indicators import WARMUP_BARS, feature_set
+from ml.src.features.technical_indicators import (
+    FEATURE_COLUMNS,
+    FEATURE_SET_VERSION,
+    WARMUP_BARS,
+    feature_set,
+)
 from ml.src.training import artifacts, report_data
 from ml.src.training.labels import (
     CLASSES,
@@ -154,7 +159,6 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
     h = spec.horizon_bars
     target = req.target_bars or spec.target_bars
     warmup = warmup_bars(spec)
-    min_rows = settings.min_rows_per_split
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -198,21 +202,59 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         context, notes = ctx.used, ctx.notes  # the run's warnings (run_loop) say which were left out
     timings["features"] = time.perf_counter() - t0
 
+    scale = None
+    if settings.threshold_mode == EX_ANTE_MODE:
+        # each row's volatility as of its own bar, from the bars before the window on (the warm-up covers it)
+        scale = ex_ante_scale(bars["close"], h)[len(bars) - len(frame) :]
+    prep = label_window(
+        req,
+        spec,
+        frame,
+        settings,
+        data_end=bars["ts"].iloc[-1],
+        revision=revision,
+        columns=tuple(columns),
+        scale=scale,
+        feature_version=fset.version,
+    )
+    prep.n_bars, prep.n_cached, prep.n_computed = len(bars), feats.n_cached, feats.n_computed
+    prep.timings, prep.context, prep.notes = timings, context, notes
+    return prep
+
+
+def label_window(
+    req: PairRequest,
+    spec: TimeframeSpec,
+    frame: pd.DataFrame,
+    settings: Settings,
+    *,
+    data_end: pd.Timestamp,
+    revision: int | None,
+    columns: tuple[str, ...] = FEATURE_COLUMNS,
+    scale: np.ndarray | None = None,
+    feature_version: str = FEATURE_SET_VERSION,
+) -> PreparedPair:
+    """Labels, split and thresholds of a training window whose features are computed (`frame`: ts, close and
+    the `columns` of the window's bars, warm-up excluded; `scale`: ex_ante_vol's per-row volatility): what the
+    job trains on. Shared by prepare_pair and the replay (ml.src.training.replay_loop), which computes a pair's
+    features once and cuts windows from them."""
+    label = f"{req.symbol}/{req.timeframe}"
+    h = spec.horizon_bars
+    frame = frame.reset_index(drop=True)
     returns_all = forward_returns(frame["close"], h)
     n_labelled = len(frame) - h  # the last h rows have no known future
     try:
-        split = purged_split(n_labelled, h, settings.train_fraction, settings.valid_fraction, min_rows)
+        split = purged_split(
+            n_labelled, h, settings.train_fraction, settings.valid_fraction, settings.min_rows_per_split
+        )
     except SplitError as exc:
         raise PairFailure(f"{label}: {exc}") from exc
     returns = returns_all[:n_labelled]
     thresholds = thresholds_for(
         settings.threshold_mode, returns[split.train], spec.threshold, settings.threshold_k
     )
-    scale = None
-    if settings.threshold_mode == EX_ANTE_MODE:
-        # each row's volatility as of its own bar, from the bars before the window on (the warm-up covers it)
-        scale = ex_ante_scale(bars["close"], h)[len(bars) - len(frame) :][:n_labelled]
-    codes = label_codes(returns, thresholds, scale)
+    row_scale = scale[:n_labelled] if scale is not None else None
+    codes = label_codes(returns, thresholds, row_scale)
     empty = empty_classes(codes[split.train])
     if empty:
         raise PairFailure(
@@ -224,25 +266,22 @@ def prepare_pair(store: TrainingStore, req: PairRequest, settings: Settings) -> 
         request=req,
         spec=spec,
         ts=ts,
-        x=frame.loc[: n_labelled - 1, columns].to_numpy(dtype="float64"),
+        x=frame.loc[: n_labelled - 1, list(columns)].to_numpy(dtype="float64"),
         codes=codes,
         returns=returns,
         thresholds=thresholds,
         split=split,
         split_info={
             **split.boundaries(ts),
-            "data_end": bars["ts"].iloc[-1].isoformat(),
+            "data_end": pd.Timestamp(data_end).isoformat(),
             "data_revision": revision,
         },
-        n_bars=len(bars),
-        n_cached=feats.n_cached,
-        n_computed=feats.n_computed,
-        timings=timings,
+        n_bars=len(frame),
+        n_cached=0,
+        n_computed=len(frame),
         feature_names=tuple(columns),
-        feature_version=fset.version,
-        scale=scale,
-        context=context,
-        notes=notes,
+        feature_version=feature_version,
+        scale=row_scale,
     )
 
 

@@ -74,6 +74,125 @@ def decision_rule(model: EnsembleModel) -> tuple[str, dict[str, float] | None]:
     return "argmax", None
 
 
+class _Stop(Exception):
+    """A step ended the pair's forecast: its status and one-line reason."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _champion(
+    store: TrainingStore, settings: Settings, symbol: str, timeframe: str, now: datetime, explicit: bool
+) -> tuple[dict[str, Any], EnsembleModel]:
+    """The pair's champion row and its loaded, verified model."""
+    label = f"{symbol}/{timeframe}"
+    row = store.get_champion(symbol, timeframe)
+    if row is None:
+        if explicit and not store.pairs_with_bars([symbol], [timeframe]):
+            raise _Stop("failed", f"{label}: no bars in the {store.name} store")
+        raise _Stop("skipped", f"{label}: no champion model yet (train the pair first)")
+    try:
+        model = load_champion(symbol, timeframe, settings=settings, store=store, now=now)
+    except ChampionError as exc:
+        raise _Stop("skipped", str(exc)) from None
+    except (ArtifactError, OSError) as exc:
+        raise _Stop("failed", f"{label}: champion unusable: {exc}") from None
+    if model.metadata.get("run_id") != row.get("run_id"):
+        raise _Stop("failed", f"{label}: the champion changed while forecasting; run again")
+    return row, model
+
+
+def _closed_window(
+    store: TrainingStore,
+    settings: Settings,
+    model: EnsembleModel,
+    symbol: str,
+    timeframe: str,
+    clock: datetime,
+) -> tuple[pd.DataFrame, SessionGrid, int, int | None]:
+    """The bars up to the latest closed one (its warm-up before it), the session grid, the warm-up, the revision."""
+    label = f"{symbol}/{timeframe}"
+    spec = settings.timeframes[timeframe]
+    warmup = _warmup(model, settings, timeframe)
+    revision = store.bar_revision(symbol, timeframe)  # before the bars, as in training (see feature_cache)
+    bars = store.read_bars(symbol, timeframe, end=clock, limit=warmup + 2)
+    if bars.empty:
+        raise _Stop("failed", f"{label}: no bars up to {clock.isoformat()}")
+    grid = SessionGrid.from_history(bars["ts"])
+    last = latest_closed_index(bars["ts"], timeframe, clock, grid)
+    if last is None:
+        raise _Stop("skipped", f"{label}: no closed bar at {clock.isoformat()} yet")
+    window = bars.iloc[max(0, last - warmup) : last + 1].reset_index(drop=True)
+    bar_ts = window["ts"].iloc[-1]
+    data_end = (model.metadata.get("split") or {}).get("data_end")
+    if data_end is not None and bar_ts < pd.Timestamp(data_end):
+        raise _Stop(
+            "skipped",
+            f"{label}: bar {bar_ts.isoformat()} is inside the champion's training data (up to "
+            f"{pd.Timestamp(data_end).isoformat()}): not a forecast",
+        )
+    try:
+        check_bars(window, label, spec)
+    except PairFailure as exc:
+        raise _Stop("failed", str(exc)) from None
+    return window, grid, warmup, revision
+
+
+def _features_at(
+    store: TrainingStore,
+    settings: Settings,
+    model: EnsembleModel,
+    symbol: str,
+    timeframe: str,
+    window: pd.DataFrame,
+    warmup: int,
+    revision: int | None,
+) -> pd.DataFrame:
+    """The model's input row at the window's last bar, from the same cache (and context) as training."""
+    at = f"{symbol}/{timeframe}: at bar {window['ts'].iloc[-1].isoformat()}"
+    fset = feature_set(str(model.metadata.get("feature_version", "")).endswith(VOL_FEATURE_SUFFIX))
+    try:
+        feats = features_for_window(
+            store,
+            symbol,
+            timeframe,
+            window,
+            warmup,
+            revision=revision,
+            use_cache=cache_in_use(settings.feature_cache, revision),
+            fset=fset,
+        )
+    except FeatureError as exc:
+        raise _Stop("failed", f"{at}: {exc}") from None
+    frame = feats.frame
+    context = model_context(model)
+    if context:  # the champion's context symbols, joined as of this bar's close as in training
+        ctx = context_for_window(store, symbol, timeframe, window, warmup, context, settings)
+        if ctx.notes:
+            raise _Stop("failed", f"{at}: {ctx.notes[0]}")
+        frame = pd.concat([frame, ctx.frame], axis=1)
+    return frame.loc[:, list(model.feature_names)].iloc[[-1]]
+
+
+def _thresholds_at(
+    model: EnsembleModel, close: np.ndarray, h: int, at: str
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """This bar's return thresholds and those of the bar h earlier (the persistence label's)."""
+    thresholds = model.metadata.get("thresholds") or {}
+    lower, upper = thresholds.get("lower"), thresholds.get("upper")
+    if thresholds.get("mode") != EX_ANTE_MODE:
+        return lower, upper, lower, upper
+    # multiples of each bar's own ex-ante volatility: this bar's return thresholds (and, for the persistence
+    # label, those of the bar h earlier)
+    scale = ex_ante_scale(close, h)
+    lower, upper = float(thresholds["lower"] * scale[-1]), float(thresholds["upper"] * scale[-1])
+    past = float(scale[-1 - h]) if len(close) > h else float("nan")
+    if not (np.isfinite(lower) and np.isfinite(past)):
+        raise _Stop("failed", f"{at}: too little history for the ex-ante volatility of the thresholds")
+    return lower, upper, thresholds["lower"] * past, thresholds["upper"] * past
+
+
 def forecast_pair(
     store: TrainingStore,
     settings: Settings,
@@ -90,7 +209,6 @@ def forecast_pair(
     t0 = time.perf_counter()
     now = now or datetime.now(UTC)
     clock = min(as_of, now) if as_of else now  # a bar after now has not closed: never forecast at it
-    label = f"{symbol}/{timeframe}"
     result = ForecastResult(symbol=symbol, timeframe=timeframe, status="failed")
 
     def done(status: str, reason: str | None = None) -> ForecastResult:
@@ -100,92 +218,19 @@ def forecast_pair(
 
     try:
         result.outcomes_realised = fill_outcomes(store, symbol, timeframe)
-        row = store.get_champion(symbol, timeframe)
-        if row is None:
-            if explicit and not store.pairs_with_bars([symbol], [timeframe]):
-                return done("failed", f"{label}: no bars in the {store.name} store")
-            return done("skipped", f"{label}: no champion model yet (train the pair first)")
-        try:
-            model = load_champion(symbol, timeframe, settings=settings, store=store, now=now)
-        except ChampionError as exc:
-            return done("skipped", str(exc))
-        except (ArtifactError, OSError) as exc:
-            return done("failed", f"{label}: champion unusable: {exc}")
-        if model.metadata.get("run_id") != row.get("run_id"):
-            return done("failed", f"{label}: the champion changed while forecasting; run again")
-
-        spec = settings.timeframes[timeframe]
-        h = spec.horizon_bars
-        warmup = _warmup(model, settings, timeframe)
-        revision = store.bar_revision(
-            symbol, timeframe
-        )  # before the bars, as in training (see feature_cache)
-        bars = store.read_bars(symbol, timeframe, end=clock, limit=warmup + 2)
-        if bars.empty:
-            return done("failed", f"{label}: no bars up to {clock.isoformat()}")
-        grid = SessionGrid.from_history(bars["ts"])
-        last = latest_closed_index(bars["ts"], timeframe, clock, grid)
-        if last is None:
-            return done("skipped", f"{label}: no closed bar at {clock.isoformat()} yet")
-        window = bars.iloc[max(0, last - warmup) : last + 1].reset_index(drop=True)
+        row, model = _champion(store, settings, symbol, timeframe, now, explicit)
+        window, grid, warmup, revision = _closed_window(store, settings, model, symbol, timeframe, clock)
         bar_ts = window["ts"].iloc[-1]
-        data_end = (model.metadata.get("split") or {}).get("data_end")
-        if data_end is not None and bar_ts < pd.Timestamp(data_end):
-            return done(
-                "skipped",
-                f"{label}: bar {bar_ts.isoformat()} is inside the champion's training data (up to "
-                f"{pd.Timestamp(data_end).isoformat()}): not a forecast",
-            )
-        try:
-            check_bars(window, label, spec)
-        except PairFailure as exc:
-            return done("failed", str(exc))
-        # the same cache as training: the bar's features are read when a run (or an earlier forecast) cached them
-        fset = feature_set(str(model.metadata.get("feature_version", "")).endswith(VOL_FEATURE_SUFFIX))
-        try:
-            feats = features_for_window(
-                store,
-                symbol,
-                timeframe,
-                window,
-                warmup,
-                revision=revision,
-                use_cache=cache_in_use(settings.feature_cache, revision),
-                fset=fset,
-            )
-        except FeatureError as exc:
-            return done("failed", f"{label}: at bar {bar_ts.isoformat()}: {exc}")
-        frame = feats.frame
-        context = model_context(model)
-        if context:  # the champion's context symbols, joined as of this bar's close as in training
-            ctx = context_for_window(store, symbol, timeframe, window, warmup, context, settings)
-            if ctx.notes:
-                return done("failed", f"{label}: at bar {bar_ts.isoformat()}: {ctx.notes[0]}")
-            frame = pd.concat([frame, ctx.frame], axis=1)
-        features = frame.loc[:, list(model.feature_names)].iloc[[-1]]
+        at = f"{symbol}/{timeframe}: at bar {bar_ts.isoformat()}"
+        features = _features_at(store, settings, model, symbol, timeframe, window, warmup, revision)
         try:
             proba = model.predict_proba(features)[0]
         except MissingFeaturesError as exc:
-            return done("failed", f"{label}: at bar {bar_ts.isoformat()}: {exc}")
-
-        p = {name: float(v) for name, v in zip(model.classes, proba, strict=True)}
-        thresholds = model.metadata.get("thresholds") or {}
-        lower, upper = thresholds.get("lower"), thresholds.get("upper")
+            raise _Stop("failed", f"{at}: {exc}") from None
+        h = settings.timeframes[timeframe].horizon_bars
         close = window["close"].to_numpy(dtype="float64")
-        past_lower, past_upper = lower, upper
-        if thresholds.get("mode") == EX_ANTE_MODE:
-            # multiples of each bar's own ex-ante volatility: this bar's return thresholds (and, for the
-            # persistence label, those of the bar h earlier)
-            scale = ex_ante_scale(close, h)
-            lower, upper = float(thresholds["lower"] * scale[-1]), float(thresholds["upper"] * scale[-1])
-            past = float(scale[-1 - h]) if len(close) > h else float("nan")
-            past_lower, past_upper = thresholds["lower"] * past, thresholds["upper"] * past
-            if not (np.isfinite(lower) and np.isfinite(past)):
-                return done(
-                    "failed",
-                    f"{label}: at bar {bar_ts.isoformat()}: too little history for the "
-                    "ex-ante volatility of the thresholds",
-                )
+        lower, upper, past_lower, past_upper = _thresholds_at(model, close, h, at)
+        p = {name: float(v) for name, v in zip(model.classes, proba, strict=True)}
         persistence = (
             realised_label(float(close[-1] / close[-1 - h] - 1.0), past_lower, past_upper)
             if len(close) > h
@@ -213,8 +258,10 @@ def forecast_pair(
             persistence_label=persistence,
         )
         written = store.insert_forecast(record)
+    except _Stop as stop:
+        return done(stop.status, stop.reason)
     except StoreError as exc:
-        return done("failed", f"{label}: {exc}")
+        return done("failed", f"{symbol}/{timeframe}: {exc}")
 
     result.bar_ts = bar_ts.isoformat()
     result.target_ts = target.isoformat()

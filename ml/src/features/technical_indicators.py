@@ -292,21 +292,10 @@ def _vol_features(
     return f
 
 
-def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.DataFrame:
-    """Return a copy of `df` (bars ascending in time) with the FEATURE_COLUMNS appended (and, with
-    `vol_features`, the VOL_FEATURE_COLUMNS after them: feature_set(True).columns).
-
-    Only open/high/low/close/volume are read; `ts` is never used. Same rows and index as `df`.
-    """
-    missing = [c for c in _REQUIRED if c not in df.columns]
-    if missing:
-        raise ValueError(f"add_technical_features: missing columns {missing}")
-    if "ts" in df.columns and not df["ts"].is_monotonic_increasing:
-        raise ValueError("add_technical_features: bars must be sorted by ts ascending")
-
-    o, h, lo, c, v = (np.ascontiguousarray(df[col].to_numpy(dtype=np.float64)) for col in _REQUIRED)
-    f: dict[str, np.ndarray] = {}
-
+# The families of FEATURE_COLUMNS, each adding its columns to `f`; what a later family reuses is returned.
+def _returns_and_shape(
+    o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, f: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     # --- returns -------------------------------------------------------------------------------------
     lc = np.log(c)
     for k in (1, 2, 5, 10, 20, 60):
@@ -320,6 +309,12 @@ def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.D
     f["upper_wick"] = _div(h - np.maximum(o, c), rng, 0.0)
     f["lower_wick"] = _div(np.minimum(o, c) - lo, rng, 0.0)
 
+    return lc, rng
+
+
+def _trend(
+    h: np.ndarray, lo: np.ndarray, c: np.ndarray, lc: np.ndarray, f: dict[str, np.ndarray]
+) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     # --- trend ---------------------------------------------------------------------------------------
     sma = {n: talib.SMA(c, timeperiod=n) for n in (10, 20, 50, 100)}
     for n, s in sma.items():
@@ -356,6 +351,12 @@ def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.D
     f["di_spread_14"] = di_plus - di_minus
     f["aroon_osc_25"] = talib.AROONOSC(h, lo, timeperiod=25) / 100.0
 
+    return sma, tr, atr, adx
+
+
+def _momentum(
+    h: np.ndarray, lo: np.ndarray, c: np.ndarray, tr: np.ndarray, f: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     # --- momentum (oscillators rescaled from 0..100 to 0..1) ------------------------------------------
     dc = np.diff(c, prepend=np.nan)
     rsi_w = _wilder_weights(14, _SMOOTH_TAPS)
@@ -385,6 +386,18 @@ def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.D
     ultosc = talib.ULTOSC(h, lo, c, timeperiod1=7, timeperiod2=14, timeperiod3=28) / 100.0
     f["ultosc"] = np.where(_rolling_sum(tr, 28) == 0, 0.5, ultosc)  # TA-Lib says 0 with no range at all
 
+    return rsi, dc
+
+
+def _volatility(
+    h: np.ndarray,
+    lo: np.ndarray,
+    c: np.ndarray,
+    lc: np.ndarray,
+    rng: np.ndarray,
+    atr: np.ndarray,
+    f: dict[str, np.ndarray],
+) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
     # --- volatility ----------------------------------------------------------------------------------
     natr = atr / c
     f["natr_14"] = natr
@@ -403,6 +416,18 @@ def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.D
     f["bb_pctb_20"] = _div(lc - lower, width, 0.5)
     f["bb_width_20"] = width
 
+    return r1, rv, hl
+
+
+def _volume(
+    h: np.ndarray,
+    lo: np.ndarray,
+    c: np.ndarray,
+    v: np.ndarray,
+    rng: np.ndarray,
+    dc: np.ndarray,
+    f: dict[str, np.ndarray],
+) -> None:
     # --- volume (ratios only; never raw counts or a cumulative OBV) ---------------------------------
     vsum20 = _rolling_sum(v, 20)
     vmean20 = vsum20 / 20.0
@@ -421,6 +446,19 @@ def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.D
     mf_mult = _div((c - lo) - (h - c), rng, 0.0)
     f["cmf_20"] = _div(_rolling_sum(mf_mult * v, 20), vsum20, 0.0)
 
+
+def _ranks_changes_regimes(
+    c: np.ndarray,
+    v: np.ndarray,
+    r1: np.ndarray,
+    rv: dict[int, np.ndarray],
+    hl: np.ndarray,
+    rsi: np.ndarray,
+    atr: np.ndarray,
+    sma: dict[int, np.ndarray],
+    adx: np.ndarray,
+    f: dict[str, np.ndarray],
+) -> None:
     # --- rolling percentile ranks (close and volume rank as given: rescaling cannot reorder them) ------
     f["close_rank_100"] = _rank(c, _RANK_WINDOW)
     f["ret_rank_100"] = _rank(np.round(r1, _RANK_DECIMALS), _RANK_WINDOW)
@@ -440,6 +478,28 @@ def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.D
     f["regime_trend_up"] = _flag(sma[20], sma[50])
     f["regime_high_vol"] = _flag(rv[20], rv[60])
     f["regime_strong_trend"] = _flag(adx, np.full(len(adx), 0.25))
+
+
+def add_technical_features(df: pd.DataFrame, vol_features: bool = False) -> pd.DataFrame:
+    """Return a copy of `df` (bars ascending in time) with the FEATURE_COLUMNS appended (and, with
+    `vol_features`, the VOL_FEATURE_COLUMNS after them: feature_set(True).columns).
+
+    Only open/high/low/close/volume are read; `ts` is never used. Same rows and index as `df`.
+    """
+    missing = [c for c in _REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"add_technical_features: missing columns {missing}")
+    if "ts" in df.columns and not df["ts"].is_monotonic_increasing:
+        raise ValueError("add_technical_features: bars must be sorted by ts ascending")
+
+    o, h, lo, c, v = (np.ascontiguousarray(df[col].to_numpy(dtype=np.float64)) for col in _REQUIRED)
+    f: dict[str, np.ndarray] = {}
+    lc, rng = _returns_and_shape(o, h, lo, c, f)
+    sma, tr, atr, adx = _trend(h, lo, c, lc, f)
+    rsi, dc = _momentum(h, lo, c, tr, f)
+    r1, rv, hl = _volatility(h, lo, c, lc, rng, atr, f)
+    _volume(h, lo, c, v, rng, dc, f)
+    _ranks_changes_regimes(c, v, r1, rv, hl, rsi, atr, sma, adx, f)
 
     if set(f) != set(FEATURE_COLUMNS) or len(f) != len(FEATURE_COLUMNS):
         raise AssertionError("computed features drifted from FEATURE_COLUMNS")

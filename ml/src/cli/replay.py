@@ -10,9 +10,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from config.timeframes import TIMEFRAMES
 from ml.src.cli.failures import UsageError, one_line_failure
-from ml.src.common.cli_parser import OneLineParser, timeframe_arg
+from ml.src.cli.options import add_execution, add_output, add_pair_selection
+from ml.src.common.cli_parser import OneLineParser
 from ml.src.common.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
 from ml.src.common.log_setup import setup_logging
 from ml.src.training.replay import run_replay
@@ -46,29 +46,12 @@ def build_parser() -> OneLineParser:
             "can run beside the job."
         ),
     )
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--symbol", help="replay one symbol (x --timeframes)")
-    who.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="replay these symbols (x --timeframes)")
-    who.add_argument(
-        "--all",
-        action="store_true",
-        help="replay every active symbol of the store x --timeframes where the store has bars (the others, "
-        "and pairs with too little history, are skipped); also what no selection flag means",
-    )
-    who.add_argument(
-        "--pairs",
-        nargs="+",
-        metavar="SYMBOL:TF",
-        help="replay exactly these pairs, e.g. --pairs GOOG:d1 IBM:w1 (not with --timeframes)",
-    )
-    p.add_argument(
-        "--timeframes",
-        nargs="+",
-        type=timeframe_arg,
-        choices=TIMEFRAMES,
-        default=None,
-        metavar="TF",
-        help=f"timeframes to replay (default: all of {' '.join(TIMEFRAMES)})",
+    add_pair_selection(
+        p,
+        "replay",
+        "replay every active symbol of the store x --timeframes where the store has bars (the others, and pairs "
+        "with too little history, are skipped); also what no selection flag means",
+        "GOOG:d1 IBM:w1",
     )
     p.add_argument(
         "--last",
@@ -86,27 +69,13 @@ def build_parser() -> OneLineParser:
         "cadence for the timeframe: the daily group trains once per trading day, so d1 every bar, h1 every "
         "7 bars; the weekly group once a week, so w1 every bar)",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="retrain fits run in N parallel processes (default: ML_WORKERS, 0 = one per core; 1 = here)",
+    add_execution(p, "retrain fits")
+    add_output(
+        p,
+        "print one JSON object on stdout: replay_id, status, and per pair its record and every forecast (bar_ts, "
+        "trained_through, p_bearish, p_neutral, p_bullish, label, realised_return, realised_label); the summary "
+        "table goes to stderr",
     )
-    p.add_argument(
-        "--dask",
-        metavar="ADDRESS",
-        help="fit on the Dask cluster whose scheduler is at ADDRESS (tls://host:8786; plain tcp:// is refused "
-        "unless ML_DASK_ALLOW_INSECURE=1); default: ML_DASK_ADDRESS, else local processes",
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object on stdout: replay_id, status, and per pair its record and every forecast "
-        "(bar_ts, trained_through, p_bearish, p_neutral, p_bullish, label, realised_return, realised_label); "
-        "the summary table goes to stderr",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

@@ -16,7 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from config.timeframes import TIMEFRAMES
-from ml.src.common.cli_parser import OneLineParser, timeframe_arg
+from ml.src.common.cli_parser import OneLineParser
 from ml.src.common.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from ml.src.common.log_setup import setup_logging
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ml.src.training.universe import PlannedPair
 
 from ml.src.cli.failures import UsageError, missing_bars_note, one_line_failure, parse_as_of
+from ml.src.cli.options import add_execution, add_output, add_pair_selection
 
 log = logging.getLogger("ml.training")
 
@@ -44,30 +45,13 @@ def build_parser() -> OneLineParser:
             "settings; 75 another run holds an overlapping lease (nothing trained); 130 interrupted."
         ),
     )
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--symbol", help="train one symbol")
-    who.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="train these symbols")
-    who.add_argument(
-        "--all",
-        action="store_true",
-        help="train the pairs that exist: every active symbol of the store's symbols table x --timeframes, "
-        "where the store has bars (the others are recorded as skipped); also what a run with no selection "
-        "flag trains, unless ML_DEFAULT_SYMBOLS names symbols",
-    )
-    who.add_argument(
-        "--pairs",
-        nargs="+",
-        metavar="SYMBOL:TF",
-        help="train exactly these pairs, e.g. --pairs AAPL:d1 SPY:h1 (not with --timeframes)",
-    )
-    p.add_argument(
-        "--timeframes",
-        nargs="+",
-        type=timeframe_arg,
-        choices=TIMEFRAMES,
-        default=None,
-        metavar="TF",
-        help=f"timeframes to train (default: all of {' '.join(TIMEFRAMES)})",
+    add_pair_selection(
+        p,
+        "train",
+        "train the pairs that exist: every active symbol of the store's symbols table x --timeframes, where the "
+        "store has bars (the others are recorded as skipped); also what a run with no selection flag trains, "
+        "unless ML_DEFAULT_SYMBOLS names symbols",
+        "AAPL:d1 SPY:h1",
     )
     p.add_argument(
         "--lookback",
@@ -98,24 +82,7 @@ def build_parser() -> OneLineParser:
         action="store_true",
         help="train even pairs whose latest bar was already trained on (default: skip them as 'no new bars')",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="pairs fitted in parallel processes (default: ML_WORKERS, 0 = one per core)",
-    )
-    p.add_argument(
-        "--dask",
-        metavar="ADDRESS",
-        help="fit the pairs on the Dask cluster whose scheduler is at ADDRESS (tls://host:8786, mutual TLS "
-        "from Dask's distributed.comm.tls.* settings; plain tcp:// is refused unless ML_DASK_ALLOW_INSECURE=1); "
-        "default: ML_DASK_ADDRESS, else local processes",
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object on stdout (run_id, status, results); logs go to stderr",
-    )
+    add_execution(p, "pairs")
     p.add_argument(
         "--trigger",
         choices=("manual", "scheduled", "api"),
@@ -129,8 +96,7 @@ def build_parser() -> OneLineParser:
         "(charts, verdicts, live record) "
         "to DIR (see python -m ml.src.monitoring.report --html)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output(p, "print one JSON object on stdout (run_id, status, results); logs go to stderr")
     return p
 
 
@@ -284,6 +250,54 @@ def write_run_report(store: TrainingStore, settings: Settings, report: Any, out_
     return 0
 
 
+def _checked_settings(args: argparse.Namespace) -> Settings:
+    """The run's settings, with every check that must pass before a store is opened or anything computed."""
+    from config.settings import Settings
+    from ml.src.training.artifacts import ensure_models_dir
+
+    _check_args(args)
+    settings = Settings()
+    if _pool_likely(args, settings.execution):
+        from ml.src.training.executors import start_pool_server
+
+        start_pool_server()  # imports the learners on another core while this process gets going
+    if args.walk_forward is not None:
+        settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
+    if not selects_universe(args, settings):
+        resolve_pairs(args, settings, None)  # named pairs are checked before anything is opened
+    dask_address = args.dask or settings.dask_address
+    if dask_address:
+        from ml.src.training.dask_executor import InsecureDaskAddress, check_dask_address
+
+        try:  # a worker can run code in this process: no cluster without TLS (before anything is opened)
+            check_dask_address(dask_address, settings.dask_allow_insecure)
+        except InsecureDaskAddress as exc:
+            raise UsageError(str(exc)) from None
+    # before any store or compute: a run that cannot save its models must not start
+    ensure_models_dir(settings.models_dir)
+    return settings
+
+
+def _print_outcome(args: argparse.Namespace, report: Any, missing: str | None, report_code: int) -> int:
+    """The summary table (or JSON), the run's one-line error if any, and the exit code."""
+    from ml.src.training.run_report import summary_table
+
+    if report.locked_by:
+        print(f"error: {report.error}; this run ({report.run_id}) is recorded as skipped", file=sys.stderr)
+    elif report.status == "failed" and report.error:
+        print(f"error: {report.error}", file=sys.stderr)
+    table = summary_table(report)
+    if args.json:
+        print(table, file=sys.stderr)
+        print(json.dumps(report.to_json(), default=str))
+    else:
+        print(table)
+    if missing:
+        print(missing, file=sys.stderr)
+    code = report.exit_code()
+    return EXIT_FAILED if code == 0 and report_code else code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_or_exit_code(argv)
@@ -292,33 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet, args.verbose)
     from pydantic import ValidationError
 
-    from config.settings import Settings
     from ml.src.common.stop import install_stop_handlers
     from ml.src.data.store import StoreError
     from ml.src.data.store_factory import open_store
-    from ml.src.training.artifacts import ArtifactError, ensure_models_dir
+    from ml.src.training.artifacts import ArtifactError
 
     try:
-        _check_args(args)
-        settings = Settings()
-        if _pool_likely(args, settings.execution):
-            from ml.src.training.executors import start_pool_server
-
-            start_pool_server()  # imports the learners on another core while this process gets going
-        if args.walk_forward is not None:
-            settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
-        if not selects_universe(args, settings):
-            resolve_pairs(args, settings, None)  # named pairs are checked before anything is opened
-        dask_address = args.dask or settings.dask_address
-        if dask_address:
-            from ml.src.training.dask_executor import InsecureDaskAddress, check_dask_address
-
-            try:  # a worker can run code in this process: no cluster without TLS (before anything is opened)
-                check_dask_address(dask_address, settings.dask_allow_insecure)
-            except InsecureDaskAddress as exc:
-                raise UsageError(str(exc)) from None
-        # before any store or compute: a run that cannot save its models must not start
-        ensure_models_dir(settings.models_dir)
+        settings = _checked_settings(args)
         store = open_store(settings)
     except (UsageError, ValidationError, ArtifactError, StoreError) as exc:
         return one_line_failure(exc)
@@ -360,20 +354,4 @@ def main(argv: list[str] | None = None) -> int:
         if args.report and not report.locked_by:
             report_code = write_run_report(store, settings, report, args.report)
         missing = missing_bars_note(store, report.results)
-
-    if report.locked_by:
-        print(f"error: {report.error}; this run ({report.run_id}) is recorded as skipped", file=sys.stderr)
-    elif report.status == "failed" and report.error:
-        print(f"error: {report.error}", file=sys.stderr)
-    from ml.src.training.run_report import summary_table
-
-    table = summary_table(report)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(report.to_json(), default=str))
-    else:
-        print(table)
-    if missing:
-        print(missing, file=sys.stderr)
-    code = report.exit_code()
-    return EXIT_FAILED if code == 0 and report_code else code
+    return _print_outcome(args, report, missing, report_code)

@@ -135,12 +135,26 @@ def persist_pair(
         metrics={k: fitted.metrics[k] for k in ("ensemble", "majority", "persistence", "prior", "verdict")},
         is_champion=bool(promotion and promotion.promote),
     )
+    _record_or_roll_back(store, result, version, run_id, saved, warn)
+    return result
+
+
+def _record_or_roll_back(
+    store: TrainingStore,
+    result: PairResult,
+    version: ModelVersionRecord,
+    run_id: str,
+    saved: artifacts.SavedArtifact,
+    warn: Callable[[str], None] | None,
+) -> None:
+    """Record the result and its version; on a failure read the store back before deleting anything: a write
+    whose reply was lost after it committed is a success, and the artifact goes only when its row is absent."""
     try:
         store.record_result(result.to_record(run_id), version)
     except StoreError as exc:
-        label = f"{req.symbol}/{req.timeframe}"
+        label = f"{result.symbol}/{result.timeframe}"
         try:
-            row = store.find_result(run_id, req.symbol, req.timeframe)
+            row = store.find_result(run_id, result.symbol, result.timeframe)
         except StoreError as again:
             # Unknown outcome: the row may exist and point at the file, so the file stays (an orphan file is
             # harmless, a champion pointing at nothing is not).
@@ -152,7 +166,6 @@ def persist_pair(
             log.warning("%s", note)
             if warn is not None:
                 warn(note)
-            return result
+            return
         saved.path.unlink(missing_ok=True)  # the row is known to be absent: an artifact nobody can find
         raise
-    return result

@@ -64,7 +64,7 @@ def check_dask_address(address: str, allow_insecure: bool = False) -> str:
         raise InsecureDaskAddress(
             f"Dask address {address!r} is not TLS: whoever reaches a plain {scheme}:// scheduler can run code in "
             "this job and get its bytes signed; use tls:// with mutual TLS (distributed.comm.tls.* settings, "
-            "see README 'Scaling out on Dask'), or set ML_DASK_ALLOW_INSECURE=1 on a trusted network"
+            "see docs/scaling-out.md), or set ML_DASK_ALLOW_INSECURE=1 on a trusted network"
         )
     import dask.config
 

@@ -159,7 +159,7 @@ def summary_table(report: RunReport) -> str:
         "IC with its block-permutation p-value; net Sharpe of the calls, with the valid-fitted confidence "
         "threshold, and of buy-and-hold; verdict skill / no-skill / worse with its one-sided p-value and its "
         f"Benjamini-Hochberg q-value across the run's succeeded pairs (skill needs q <= the FDR"
-        f"{_fdr_of(report)}; README: How the numbers are kept honest)"
+        f"{_fdr_of(report)}; docs/validation.md)"
     )
     for warning in report.warnings:
         lines.append(f"warning: {warning}")

@@ -947,13 +947,13 @@ def test_a_symbol_with_a_caret_inside_is_valid_in_both_schemas(
 def test_an_embedded_file_from_schema_3_gets_the_checks_and_keeps_its_rows(tmp_path: Path) -> None:
     """A file written before schema version 4: its tables are rebuilt with the checks, every row kept (an invalid
     one too, as Postgres' NOT VALID keeps it), the bar triggers still fire, and new invalid rows are refused."""
-    from ml.src.data import local_db
+    from ml.src.data import sqlite_schema
 
     path = tmp_path / "v3.sqlite3"
     old_ticker = "check (ticker = upper(ticker) and length(ticker) between 1 and 20)"
     conn = sqlite3.connect(path)
     conn.executescript(
-        local_db.fill_schema(local_db.SCHEMA_TEMPLATE, lambda t, c: old_ticker if t == "symbols" else "")
+        sqlite_schema.fill_schema(sqlite_schema.SCHEMA_TEMPLATE, lambda t, c: old_ticker if t == "symbols" else "")
     )
     bars = sample_bars("IBM", "w1", last=30)
     now = format_ts(datetime.now(UTC))
@@ -981,8 +981,8 @@ def test_an_embedded_file_from_schema_3_gets_the_checks_and_keeps_its_rows(tmp_p
         assert store.bar_revision("IBM", "w1") == (revision or 0) + 1  # the rebuilt table's trigger fired
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("pragma user_version").fetchone()[0] == local_db.SCHEMA_VERSION == 4
-        for table in local_db.CHECKED_TABLES:
+        assert conn.execute("pragma user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION == 4
+        for table in sqlite_schema.CHECKED_TABLES:
             sql = conn.execute("select sql from sqlite_master where name = ?", (table,)).fetchone()[0]
             assert f"{table}_{'ticker' if table == 'symbols' else 'symbol'}_format" in sql, table
         with pytest.raises(sqlite3.IntegrityError, match="ohlc_bars_symbol_format"):

@@ -953,7 +953,9 @@ def test_an_embedded_file_from_schema_3_gets_the_checks_and_keeps_its_rows(tmp_p
     old_ticker = "check (ticker = upper(ticker) and length(ticker) between 1 and 20)"
     conn = sqlite3.connect(path)
     conn.executescript(
-        sqlite_schema.fill_schema(sqlite_schema.SCHEMA_TEMPLATE, lambda t, c: old_ticker if t == "symbols" else "")
+        sqlite_schema.fill_schema(
+            sqlite_schema.SCHEMA_TEMPLATE, lambda t, c: old_ticker if t == "symbols" else ""
+        )
     )
     bars = sample_bars("IBM", "w1", last=30)
     now = format_ts(datetime.now(UTC))

@@ -11,16 +11,10 @@
 from __future__ import annotations
 
 import base64
-import logging
-import math
-import struct
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import numpy as np
 import pandas as pd
 from postgrest.exceptions import APIError, APIErrorFromJSON
 from postgrest.types import CountMethod, ReturnMethod
@@ -33,254 +27,33 @@ from ml.src.data.feature_chunks import (
     timestamps_to_us,
 )
 from ml.src.data.records import (
-    ForecastOutcome,
-    ForecastRecord,
     LeaseGrant,
     ModelVersionRecord,
     MonitoringThresholds,
-    ReplayPairRows,
     ResultRecord,
     RunOutcome,
     RunRecord,
 )
 from ml.src.data.store import (
     BAR_COLUMNS,
-    StoreError,
-    StoreUnavailable,
-    TrainingStore,
     checked_symbol,
     empty_bars,
     format_ts,
 )
 
 if TYPE_CHECKING:
-    from config.settings import StoreSettings
-
-log = logging.getLogger("ml.store.supabase")
-
-T = TypeVar("T")
-
-PAGE_SIZE = 1000  # hosted Supabase's default max_rows; a lower server cap still pages correctly
-WRITE_BATCH = 1000  # well under nginx/Kong body limits (~7000 bar rows break a 1 MB limit)
-TRANSIENT_HTTP = frozenset({"408", "425", "429", "500", "502", "503", "504", "520", "522", "524"})
-# SQLSTATEs worth another try: serialization failure, deadlock, too many connections, statement timeout,
-# the server shutting down or restarting under the request (admin/crash shutdown, cannot connect now)
-TRANSIENT_SQLSTATE = frozenset(
-    {
-        "40001",
-        "40P01",
-        "53300",
-        "57014",
-        "57P01",
-        "57P02",
-        "57P03",
-        "08000",
-        "08003",
-        "08006",
-        "PGRST000",
-        "PGRST001",
-        "PGRST002",
-        "PGRST003",
-    }
-)
+    pass
 
 
-def classify_api_error(code: str, message: object, details: object = None) -> tuple[bool, str]:
-    """(worth another try, the one-line reason) for an error PostgREST answered.
+from ml.src.data.supabase_base import classify_api_error, jsonable, parse_chunk_stream
+from ml.src.data.supabase_live import SupabaseLiveRecord
 
-    An empty code is PostgREST losing its database connection under an in-flight request (a Postgres
-    restart answers `400 {"code": ""}` with no message): transient, and the reason says so, since the
-    line would otherwise be empty.
-    """
-    text = " ".join(str(message or "").split())
-    if not code:
-        return True, text or "PostgREST answered an error without a code (its database connection was lost?)"
-    transient = code in TRANSIENT_HTTP or code in TRANSIENT_SQLSTATE
-    reason = f"SQLSTATE {code}: {text}" if text else f"SQLSTATE {code} (no message)"
-    if details and not transient:
-        reason += f" ({details})"
-    return transient, reason
+__all__ = ["SupabaseStore", "classify_api_error"]
 
 
-def parse_chunk_stream(data: bytes) -> list[FeatureChunk]:
-    """The chunks of a feature_chunks_read result (layout in its migration, 20261210001600)."""
-    out: list[FeatureChunk] = []
-    view, pos = memoryview(data), 0
-    while pos < len(data):
-        if pos + 16 > len(data):
-            raise StoreError("feature cache read: truncated chunk header")
-        start_us, n_rows, n_names = struct.unpack_from(">qii", view, pos)
-        pos += 16
-        columns = bytes(view[pos : pos + n_names]).decode("utf-8").split(",")
-        pos += n_names
-        n_ts, n_values = 8 * n_rows, 8 * n_rows * len(columns)
-        if pos + n_ts + n_values > len(data):
-            raise StoreError("feature cache read: truncated chunk data")
-        ts_data, values_data = view[pos : pos + n_ts], view[pos + n_ts : pos + n_ts + n_values]
-        out.append(FeatureChunk.from_bytes(start_us, columns, bytes(ts_data), bytes(values_data)))
-        pos += n_ts + n_values
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime | pd.Timestamp):
-        return format_ts(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; a missing metric is null
-    return value
-
-
-class SupabaseStore(TrainingStore):
-    name = "supabase"
-
-    def __init__(
-        self,
-        url: str,
-        key: str,
-        *,
-        timeout_s: float = 30.0,
-        max_retries: int = 4,
-        backoff_s: float = 0.5,
-        sleep: Callable[[float], None] = time.sleep,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        from supabase import ClientOptions, create_client  # ~0.4 s import: only when Supabase is used
-
-        self.url = url.rstrip("/")
-        self._key = key
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self._sleep = sleep
-        # Our own httpx client: explicit timeout, closed on close(); the client's built-in GET retry is off
-        # because this class owns the retry policy (bounded, and for writes too).
-        # (tests may pass a real client with a wrapping transport, e.g. one that loses replies)
-        self._http = http_client or httpx.Client(timeout=httpx.Timeout(timeout_s))
-        try:
-            self.client = create_client(
-                self.url, key, ClientOptions(httpx_client=self._http, postgrest_client_retry=False)
-            )
-        except Exception as exc:  # bad URL etc.
-            self._http.close()
-            raise StoreError(self._clean(f"cannot create Supabase client for {self.url}: {exc}")) from None
-
-    @classmethod
-    def from_settings(cls, settings: StoreSettings) -> SupabaseStore:
-        if not settings.supabase_url or settings.supabase_service_role_key is None:
-            raise StoreError("Supabase store needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
-        return cls(
-            settings.supabase_url,
-            settings.supabase_service_role_key.get_secret_value(),
-            timeout_s=settings.db_timeout_s,
-            max_retries=settings.db_max_retries,
-            backoff_s=settings.db_backoff_s,
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    # --- the one place that talks to the network -------------------------------------------------
-    def _clean(self, text: str) -> str:
-        text = " ".join(str(text).split())
-        return text.replace(self._key, "***") if self._key else text
-
-    def _call(self, what: str, fn: Callable[[], T], *, on_retry_conflict_ok: bool = False) -> T:
-        t0 = time.perf_counter()
-        try:
-            return self._call_with_retries(what, fn, on_retry_conflict_ok)
-        finally:
-            self.io_seconds += time.perf_counter() - t0
-
-    def _call_with_retries(self, what: str, fn: Callable[[], T], on_retry_conflict_ok: bool) -> T:
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except APIError as exc:
-                code = str(exc.code or "")
-                if on_retry_conflict_ok and attempt > 0 and code == "23505":
-                    # an earlier attempt landed before its response was lost: the write is done
-                    return None  # type: ignore[return-value]
-                transient, reason = classify_api_error(code, exc.message, exc.details)
-                if not transient or attempt >= self.max_retries:
-                    cls = StoreUnavailable if transient else StoreError
-                    tries = f" after {attempt + 1} attempts" if attempt else ""
-                    raise cls(self._clean(f"supabase {what} failed{tries}: {reason}")) from None
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                text = " ".join(str(exc).split())
-                reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-                if attempt >= self.max_retries:
-                    raise StoreUnavailable(
-                        self._clean(f"supabase {what} failed after {attempt + 1} attempts: {reason}")
-                    ) from None
-            delay = self.backoff_s * (2**attempt)
-            log.warning(
-                "supabase %s: transient failure (%s), retry %d/%d in %.1fs",
-                what,
-                self._clean(reason),
-                attempt + 1,
-                self.max_retries,
-                delay,
-            )
-            self._sleep(delay)
-            attempt += 1
-
-    def _table(self, name: str) -> Any:
-        return self.client.table(name)
-
-    def _rpc(self, what: str, fn: str, params: dict[str, Any]) -> Any:
-        """Call a SQL function; its JSON result, untyped."""
-        return self._call(what, lambda: self.client.rpc(fn, params).execute()).data
-
-    def _select_keyset(
-        self,
-        what: str,
-        table: str,
-        columns: str,
-        filters: Sequence[tuple[str, str, Any]],
-        key: str,
-        descending: bool,
-        limit: int | None,
-    ) -> list[dict[str, Any]]:
-        """All rows matching `filters`, ordered by the unique `key`, paged by key (no offset drift)."""
-        rows: list[dict[str, Any]] = []
-        last: Any = None
-        while limit is None or len(rows) < limit:
-            page = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(rows))
-
-            def fetch(last: Any = last, page: int = page) -> Any:
-                q = self._table(table).select(columns)
-                for op, col, value in filters:
-                    q = getattr(q, op)(col, value)
-                if last is not None:
-                    q = q.lt(key, last) if descending else q.gt(key, last)
-                return q.order(key, desc=descending).limit(page).execute()
-
-            data = self._call(what, fetch).data or []
-            if not data:
-                break
-            rows.extend(data)
-            last = data[-1][key]
-        return rows
-
-    def _write_batches(self, what: str, table: str, rows: list[dict[str, Any]], on_conflict: str) -> int:
-        for i in range(0, len(rows), WRITE_BATCH):
-            batch = rows[i : i + WRITE_BATCH]
-
-            def upsert(batch: list[dict[str, Any]] = batch) -> Any:
-                return (
-                    self._table(table)
-                    .upsert(batch, on_conflict=on_conflict, returning=ReturnMethod.minimal)
-                    .execute()
-                )
-
-            self._call(what, upsert)
-        return len(rows)
+class SupabaseStore(SupabaseLiveRecord):
+    """The Supabase store: market data, the feature cache, the run ledger and registry, monitoring thresholds,
+    leases (forecasts and replays: SupabaseLiveRecord; the client and its retries: SupabaseBase)."""
 
     # --- market data ------------------------------------------------------------------------------
     def read_bars(self, symbol, timeframe, *, end=None, start=None, limit=None) -> pd.DataFrame:
@@ -478,7 +251,7 @@ class SupabaseStore(TrainingStore):
 
     # --- run ledger and registry ------------------------------------------------------------------
     def start_run(self, run: RunRecord) -> None:
-        row = _jsonable(run.to_row())
+        row = jsonable(run.to_row())
         self._call(
             f"record run {run.run_id}",
             lambda: self._table("training_runs").insert(row, returning=ReturnMethod.minimal).execute(),
@@ -486,7 +259,7 @@ class SupabaseStore(TrainingStore):
         )
 
     def finish_run(self, run_id, outcome: RunOutcome) -> None:
-        row = _jsonable(outcome.to_row())
+        row = jsonable(outcome.to_row())
         self._call(
             f"finish run {run_id}",
             lambda: (
@@ -500,8 +273,8 @@ class SupabaseStore(TrainingStore):
     def _write_result(self, result: ResultRecord, model_version: ModelVersionRecord | None) -> None:
         # One SQL function, one transaction: the result row and its model version land together or not at all.
         params = {
-            "p_result": _jsonable(result.to_row()),
-            "p_model_version": _jsonable(model_version.to_row()) if model_version else None,
+            "p_result": jsonable(result.to_row()),
+            "p_model_version": jsonable(model_version.to_row()) if model_version else None,
         }
         self._call(
             f"record result {result.symbol}/{result.timeframe}",
@@ -516,7 +289,7 @@ class SupabaseStore(TrainingStore):
         params = {
             "p_run_id": run_id,
             "p_verdicts": [
-                {"symbol": symbol, "timeframe": timeframe, "verdict": _jsonable(verdict)}
+                {"symbol": symbol, "timeframe": timeframe, "verdict": jsonable(verdict)}
                 for (symbol, timeframe), verdict in verdicts.items()
             ],
         }
@@ -662,197 +435,6 @@ class SupabaseStore(TrainingStore):
             ),
         )
         return len(res.data or [])
-
-    # --- forecasts ---------------------------------------------------------------------------------------
-    def insert_forecast(self, forecast: ForecastRecord) -> bool:
-        row = _jsonable(forecast.to_row())
-        # insert ... on conflict do nothing: PostgREST returns only the rows it inserted
-        res = self._call(
-            f"write forecast {forecast.symbol}/{forecast.timeframe}",
-            lambda: (
-                self._table("ml_forecasts")
-                .upsert(
-                    row,
-                    on_conflict="symbol,timeframe,bar_ts,model_version_id",
-                    ignore_duplicates=True,
-                    returning=ReturnMethod.representation,
-                )
-                .execute()
-            ),
-        )
-        return bool(res is not None and res.data)
-
-    def list_forecasts(self, symbol=None, timeframe=None, *, unrealised_only=False) -> list[dict]:
-        filters: list[tuple[str, str, Any]] = []
-        if symbol is not None:
-            filters.append(("eq", "symbol", symbol))
-        if timeframe is not None:
-            filters.append(("eq", "timeframe", timeframe))
-        if unrealised_only:
-            filters.append(("is_", "realised_return", "null"))
-        rows = self._select_keyset(
-            "read forecasts", "ml_forecasts", "*", filters, "id", descending=False, limit=None
-        )
-        return sorted(rows, key=lambda r: (r["symbol"], r["timeframe"], pd.Timestamp(r["bar_ts"]), r["id"]))
-
-    def list_outcome_candidates(self, symbol, timeframe, revision) -> list[dict]:
-        filters: list[tuple[str, str, Any]] = [("eq", "symbol", symbol), ("eq", "timeframe", timeframe)]
-        if revision is None:
-            filters.append(("is_", "realised_return", "null"))
-        else:  # postgrest's or_(filters, reference_table): not yet realised, or realised from another revision
-            rev = int(revision)
-            filters.append(
-                (
-                    "or_",
-                    f"realised_return.is.null,realised_revision.is.null,realised_revision.neq.{rev}",
-                    None,
-                )
-            )
-        rows = self._select_keyset(
-            "read forecast outcomes", "ml_forecasts", "*", filters, "id", descending=False, limit=None
-        )
-        return sorted(rows, key=lambda r: (pd.Timestamp(r["bar_ts"]), r["id"]))
-
-    def record_forecast_outcomes(self, outcomes: Sequence[ForecastOutcome]) -> int:
-        changed = 0
-        now = format_ts(pd.Timestamp.now(tz="UTC"))
-        for o in outcomes:
-            row = _jsonable({**o.to_row(), "realised_at": None if o.realised_return is None else now})
-            # Not yet realised, or (with a revision) realised before revisions or from an older one. One plain
-            # filter per call: PostgREST applies an or= filter of a PATCH to the returned rows too, which the
-            # update itself made fail it, so the reply would not say whether a row changed.
-            conditions: list[tuple[str, str, Any]] = [("is_", "realised_return", "null")]
-            if o.realised_revision is not None:
-                conditions += [
-                    ("is_", "realised_revision", "null"),
-                    ("lt", "realised_revision", o.realised_revision),
-                ]
-            for op, col, value in conditions:
-
-                def update(
-                    row: dict[str, Any] = row,
-                    fid: int = o.forecast_id,
-                    op: str = op,
-                    col: str = col,
-                    value: Any = value,
-                ) -> Any:
-                    q = self._table("ml_forecasts").update(row).eq("id", fid)
-                    return getattr(q, op)(col, value).execute()
-
-                res = self._call(f"record forecast outcome {o.forecast_id}", update)
-                if res.data:
-                    changed += 1
-                    break
-        return changed
-
-    def stamp_outcome_revision(self, forecast_ids, revision) -> int:
-        ids = [int(i) for i in forecast_ids]
-        rev = int(revision)
-        changed = 0
-        for k in range(0, len(ids), 200):  # ids travel in the URL: bounded batches
-            chunk = ids[k : k + 200]
-            for op, value in (("is_", "null"), ("lt", rev)):  # plain filters: see record_forecast_outcomes
-
-                def stamp(chunk: list[int] = chunk, op: str = op, value: Any = value) -> Any:
-                    q = (
-                        self._table("ml_forecasts")
-                        .update({"realised_revision": rev})
-                        .in_("id", chunk)
-                        .not_.is_("realised_return", "null")
-                    )
-                    return getattr(q, op)("realised_revision", value).execute()
-
-                res = self._call("stamp forecast outcomes", stamp)
-                changed += len(res.data or [])
-        return changed
-
-    # --- replays ------------------------------------------------------------------------------------------
-    def start_replay(self, replay_id, started_at, config, scope) -> None:
-        row = _jsonable(
-            {
-                "replay_id": replay_id,
-                "started_at": started_at,
-                "status": "running",
-                "config": config,
-                "scope": scope,
-            }
-        )
-        self._call(
-            f"start replay {replay_id}",
-            lambda: self._table("ml_replays").insert(row, returning=ReturnMethod.minimal).execute(),
-            on_retry_conflict_ok=True,
-        )
-
-    def _write_replay_pair(self, replay_id: str, pair: ReplayPairRows) -> None:
-        # One SQL function, one transaction: the pair's row and every forecast, or nothing (a retry replaces them).
-        params = {
-            "p_pair": _jsonable(pair.to_row(replay_id)),
-            "p_forecasts": _jsonable(pair.forecast_rows()),
-        }
-        self._rpc(f"record replay {pair.symbol}/{pair.timeframe}", "record_replay_pair", params)
-
-    def finish_replay(self, replay_id, status, finished_at, error=None) -> None:
-        row = _jsonable({"status": status, "finished_at": finished_at, "error": error})
-        self._call(
-            f"finish replay {replay_id}",
-            lambda: (
-                self._table("ml_replays")
-                .update(row, returning=ReturnMethod.minimal)
-                .eq("replay_id", replay_id)
-                .execute()
-            ),
-        )
-
-    @staticmethod
-    def _replay_row(row: dict[str, Any]) -> dict[str, Any]:
-        for key in (
-            "started_at",
-            "finished_at",
-            "first_bar_ts",
-            "last_bar_ts",
-            "created_at",
-            "bar_ts",
-            "trained_through",
-        ):
-            if row.get(key) is not None:
-                row[key] = pd.Timestamp(row[key]).isoformat()
-        return row
-
-    def get_replay(self, replay_id) -> dict | None:
-        res = self._call(
-            f"read replay {replay_id}",
-            lambda: self._table("ml_replays").select("*").eq("replay_id", replay_id).execute(),
-        )
-        return self._replay_row(res.data[0]) if res.data else None
-
-    def list_replay_pairs(self, replay_id) -> list[dict]:
-        rows = self._select_keyset(
-            f"read replay {replay_id}",
-            "ml_replay_pairs",
-            "*",
-            [("eq", "replay_id", replay_id)],
-            "id",
-            descending=False,
-            limit=None,
-        )
-        return sorted((self._replay_row(r) for r in rows), key=lambda r: (r["symbol"], r["timeframe"]))
-
-    def list_replay_forecasts(self, replay_id, symbol, timeframe) -> list[dict]:
-        filters: list[tuple[str, str, Any]] = [
-            ("eq", "replay_id", replay_id),
-            ("eq", "symbol", symbol),
-            ("eq", "timeframe", timeframe),
-        ]
-        rows = self._select_keyset(
-            f"read replay forecasts {symbol}/{timeframe}",
-            "ml_replay_forecasts",
-            "*",
-            filters,
-            "id",
-            descending=False,
-            limit=None,
-        )
-        return sorted((self._replay_row(r) for r in rows), key=lambda r: pd.Timestamp(r["bar_ts"]))
 
     def abandon_stale_runs(self, ttl_s: int, reason: str, exclude: str | None = None) -> list[str]:
         params = {"p_ttl_seconds": int(ttl_s), "p_reason": reason, "p_exclude": exclude}

@@ -18,7 +18,7 @@ from ml.src.common import stop
 from ml.src.data.local_db import SqliteStore
 from ml.src.data.records import RunRecord
 from ml.src.data.store import StoreUnavailable
-from ml.src.training import run_loop
+from ml.src.training import run_session
 from ml.src.training.registry import load_champion
 from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars
@@ -171,7 +171,7 @@ def test_an_exception_escaping_the_pair_loop_is_recorded(
     def broken(*a: Any, **k: Any) -> None:
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(run_loop, "train_pairs", broken)
+    monkeypatch.setattr(run_session, "train_pairs", broken)
     assert main(["--pairs", "IBM:w1", "--quiet"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert err == ["error: run failed: RuntimeError: boom"]

@@ -17,7 +17,7 @@ from ml.src.cli import schedule as scheduler_cli
 from ml.src.cli.train import main
 from ml.src.data import load_bars
 from ml.src.data.local_db import SqliteStore, format_ts
-from ml.src.training import run_loop
+from ml.src.training import pair_scheduler
 from ml.src.training.registry import load_champion
 from tests.factories import SAMPLE_DATA, sample_bars, sample_csv
 
@@ -284,7 +284,7 @@ def test_an_unwritable_models_dir_stops_before_anything(ml_env: Path, monkeypatc
     def no_compute(*a, **k):
         raise AssertionError("computed with nowhere to save the model")
 
-    monkeypatch.setattr(run_loop, "prepare_pair", no_compute)
+    monkeypatch.setattr(pair_scheduler, "prepare_pair", no_compute)
     assert main(["--pairs", "IBM:w1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ML_MODELS_DIR") and "not a writable directory" in err and "\n" not in err

@@ -41,7 +41,11 @@ TIMEFRAMES = ("d1", "w1")
 
 # (name, module, arguments); the output of each is stdout (JSON) except the HTML report (a directory).
 STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("train", "ml.src.training.ensemble_training_job", ("--all", "--timeframes", *TIMEFRAMES, "--walk-forward", "2", "--json")),
+    (
+        "train",
+        "ml.src.training.ensemble_training_job",
+        ("--all", "--timeframes", *TIMEFRAMES, "--walk-forward", "2", "--json"),
+    ),
     ("forecast", "ml.src.inference.forecast_job", ("--all", "--timeframes", *TIMEFRAMES, "--json")),
     ("report", "ml.src.monitoring.report", ("--json",)),
 )
@@ -157,7 +161,12 @@ def run_checkout(root: Path, sample: Sequence[Path], python: str, work: Path) ->
     )
     out = Checkout(root=root)
     probe = subprocess.run(
-        [python, "-c", "import ml; print(ml.__file__)"], cwd=root, env=env, capture_output=True, text=True, check=True
+        [python, "-c", "import ml; print(ml.__file__)"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     out.module_file = probe.stdout.strip()
     if not out.module_file.startswith(str(root)):
@@ -165,7 +174,9 @@ def run_checkout(root: Path, sample: Sequence[Path], python: str, work: Path) ->
     load = [python, "-m", "ml.src.data.load_bars", "--quiet", *map(str, sample)]
     subprocess.run(load, cwd=root, env=env, check=True, capture_output=True)
     for name, module, args in STEPS:
-        proc = subprocess.run([python, "-m", module, *args], cwd=root, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [python, "-m", module, *args], cwd=root, env=env, capture_output=True, text=True
+        )
         out.exit_codes[name] = proc.returncode
         (work / f"{name}.stdout.json").write_text(proc.stdout)
         (work / f"{name}.stderr.txt").write_text(proc.stderr)
@@ -175,7 +186,10 @@ def run_checkout(root: Path, sample: Sequence[Path], python: str, work: Path) ->
             out.outputs[name] = {"<not json>": proc.stdout[-2000:], "<stderr>": proc.stderr[-2000:]}
     html = work / "html"
     proc = subprocess.run(
-        [python, "-m", "ml.src.monitoring.report", "--html", str(html)], cwd=root, env=env, capture_output=True
+        [python, "-m", "ml.src.monitoring.report", "--html", str(html)],
+        cwd=root,
+        env=env,
+        capture_output=True,
     )
     out.exit_codes["html"] = proc.returncode
     for page in sorted(html.rglob("*")) if html.is_dir() else []:
@@ -204,11 +218,15 @@ def summarise(diff: StepDiff) -> list[str]:
     by_field: dict[str, list[tuple[str, Any, Any]]] = {}
     for k, b, a in diff.changed:
         by_field.setdefault(generalise(k), []).append((k, b, a))
-    lines.append(f"- changed values: {len(diff.changed)} in {len(by_field)} fields" + ("" if by_field else " (none)"))
+    lines.append(
+        f"- changed values: {len(diff.changed)} in {len(by_field)} fields" + ("" if by_field else " (none)")
+    )
     for f, rows in sorted(by_field.items()):
         k, b, a = rows[0]
-        lines.append(f"  - `{f}` ({len(rows)}x), e.g. `{k}`: `{json.dumps(b)[:80]}` -> `{json.dumps(a)[:80]}`")
-    return lines + [""]
+        lines.append(
+            f"  - `{f}` ({len(rows)}x), e.g. `{k}`: `{json.dumps(b)[:80]}` -> `{json.dumps(a)[:80]}`"
+        )
+    return [*lines, ""]
 
 
 def page_lines(text: str) -> list[str]:
@@ -244,13 +262,16 @@ def diff_pages(before: dict[str, str], after: dict[str, str], out: Path | None) 
         lines.extend(f"  - {n}x `{k}`" for k, n in sorted(bucket.items()) if title.startswith("lines before"))
     if out is not None:
         (out / "html.diff").write_text("\n".join(full) + "\n")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def diff_images(before: Path, after: Path) -> list[str]:
     """The report's charts (PNG) by content hash."""
+
     def hashes(root: Path) -> dict[str, str]:
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.png")}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.png")
+        }
 
     b, a = hashes(before), hashes(after)
     common = sorted(set(a) & set(b))
@@ -266,7 +287,9 @@ def diff_images(before: Path, after: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, required=True, help="the checkout before (e.g. a git worktree)")
+    parser.add_argument(
+        "--before", type=Path, required=True, help="the checkout before (e.g. a git worktree)"
+    )
     parser.add_argument("--after", type=Path, default=REPO, help="the checkout after (default: this one)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for both (default: this one)")
     parser.add_argument("--out", type=Path, default=None, help="keep the raw outputs and write diff.md here")

@@ -56,6 +56,8 @@ TIME_KEY = re.compile(r"(_at|_time|_ts)$|^(now|generated|timestamp)", re.IGNOREC
 VERSION_KEY = re.compile(r"version|^(python|lightgbm|sklearn|scikit-learn|numpy|pandas|joblib|talib)$", re.I)
 UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.IGNORECASE)
 HEX_TOKEN = re.compile(r"\b[0-9a-f]{12,64}\b", re.IGNORECASE)
+NUMBER = re.compile(r"(?<![\w#])\d+(?:\.\d+)?(?![\w])")
+MODEL_VERSION = re.compile(r"\bversion \d+\b")
 MEMORY_KEY = re.compile(r"rss|_mb$|memory", re.IGNORECASE)
 HOST_PID = re.compile(r"^[\w.-]+:\d+$")  # a worker's name: host:pid
 RUN_FILE = re.compile(r"_\d{8}T?\d{6}Z?_[0-9a-f]{8}\.joblib")  # SYMBOL_TF_<time>_<run>.joblib
@@ -94,6 +96,7 @@ def mask_text(text: str, roots: Sequence[Path]) -> str:
         text = text.replace(str(root), "<path>")
     text = _today_pattern().sub("<now>", text)
     text = UUID.sub("<uuid>", text)
+    text = MODEL_VERSION.sub("version <id>", text)  # a model_versions row id: pairs finish in any order
     return HEX_TOKEN.sub("<hex>", text)
 
 
@@ -144,6 +147,7 @@ def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def generalise(path: str) -> str:
     """A flattened path with pair labels and list indices removed: one line per field, not per pair."""
+    path = re.sub(r"^(walk-forward )?[A-Z0-9^.]+/\w+", r"\1<pair>", path)  # a table's SYMBOL/TF row
     return re.sub(r"\[[^\]]*\]", "[]", path)
 
 
@@ -180,6 +184,8 @@ def run_checkout(root: Path, sample: Sequence[Path], python: str, work: Path) ->
         out.exit_codes[name] = proc.returncode
         (work / f"{name}.stdout.json").write_text(proc.stdout)
         (work / f"{name}.stderr.txt").write_text(proc.stderr)
+        if name != "report":
+            out.outputs[f"{name} table (stderr)"] = stderr_table(proc.stderr)
         try:
             out.outputs[name] = json.loads(proc.stdout)
         except json.JSONDecodeError:
@@ -196,6 +202,34 @@ def run_checkout(root: Path, sample: Sequence[Path], python: str, work: Path) ->
         if page.is_file() and page.suffix in (".html", ".json", ".csv", ".svg", ".txt"):
             out.pages[str(page.relative_to(html))] = mask_text(page.read_text(errors="replace"), [work, root])
     return out
+
+
+TABLE_MASK = {"secs", "model"}  # the pair's seconds; a model_versions row id (pairs finish in any order)
+
+
+def stderr_table(text: str) -> dict[str, dict[str, str]]:
+    """The job's table on stderr (header `symbol tf ...`, a dashed line, one row per pair) as
+    `SYMBOL/TF -> {column: cell}`, seconds and model ids masked. A cell like `no-skill (wf)` is one cell."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("symbol ") and set(lines[i + 1]) == {"-"}:
+            header = line.split()
+            rows: dict[str, dict[str, str]] = {}
+            for j, row in enumerate(lines[i + 2 :]):
+                if not row or row.startswith((" ", "-")):
+                    # the training job's walk-forward lines under its table, one per pair
+                    for wf in lines[i + 2 + j :]:
+                        if m := re.match(r"  walk-forward (\S+) (.*)", wf):
+                            rows[f"walk-forward {m[1]}"] = {"line": m[2]}
+                    break
+                cells = re.sub(r" \((\w+)\)", r"(\1)", row).split()
+                cells += [""] * (len(header) - len(cells))
+                named = {
+                    h: ("<masked>" if h in TABLE_MASK else c) for h, c in zip(header, cells, strict=False)
+                }
+                rows[f"{named.get('symbol')}/{named.get('tf')}"] = named
+            return rows
+    return {}
 
 
 def diff_step(step: str, before: Any, after: Any) -> StepDiff:
@@ -241,7 +275,7 @@ def diff_pages(before: dict[str, str], after: dict[str, str], out: Path | None) 
     only_a = sorted(set(after) - set(before))
     only_b = sorted(set(before) - set(after))
     lines.append(f"- pages only after: {only_a or 'none'}; only before: {only_b or 'none'}")
-    same, removed, added, full = 0, dict[str, int](), dict[str, int](), []
+    same, removed, added, full, lost = 0, dict[str, int](), dict[str, int](), [], set[str]()
     common = sorted(set(before) & set(after))
     for name in common:
         b, a = page_lines(before[name]), page_lines(after[name])
@@ -250,6 +284,11 @@ def diff_pages(before: dict[str, str], after: dict[str, str], out: Path | None) 
             continue
         delta = list(difflib.unified_diff(b, a, f"before/{name}", f"after/{name}", lineterm="", n=0))
         full += delta
+        # a number an existing (changed) line showed that the page after no longer shows anywhere
+        after_numbers = set(NUMBER.findall(after[name]))
+        for ln in delta:
+            if ln.startswith("-") and not ln.startswith("---"):
+                lost.update(f"{name}: {n}" for n in NUMBER.findall(ln[1:]) if n not in after_numbers)
         for ln in delta:
             if ln.startswith(("---", "+++")) or ln[:1] not in "+-":
                 continue
@@ -260,6 +299,9 @@ def diff_pages(before: dict[str, str], after: dict[str, str], out: Path | None) 
     for title, bucket in (("lines before only (changed or removed)", removed), ("lines after only", added)):
         lines.append(f"- {title}: {sum(bucket.values())} ({len(bucket)} kinds)")
         lines.extend(f"  - {n}x `{k}`" for k, n in sorted(bucket.items()) if title.startswith("lines before"))
+    lines.append(
+        f"- numbers in changed lines before that the page after no longer shows: {sorted(lost) or 'none'}"
+    )
     if out is not None:
         (out / "html.diff").write_text("\n".join(full) + "\n")
     return [*lines, ""]
@@ -305,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = ["# compare_outputs", "", f"- before: `{before.root}` ({before.module_file})"]
         report += [f"- after: `{after.root}` ({after.module_file})"]
         report += [f"- exit codes before {before.exit_codes}, after {after.exit_codes}", ""]
-        for step, _, _ in STEPS:
+        steps = [name for name, _, _ in STEPS] + ["train table (stderr)", "forecast table (stderr)"]
+        for step in steps:
             b = mask(before.outputs[step], [base / "before", before.root])
             a = mask(after.outputs[step], [base / "after", after.root])
             report += summarise(diff_step(step, b, a))

@@ -7,15 +7,18 @@ For each checkout: a fresh embedded store and models directory in a temporary di
 Each command runs as `python -m ...` with the checkout as working directory and first on PYTHONPATH, so the
 checkout's own modules are imported (the script checks `ml.__file__`), with this interpreter's packages.
 
-Masked before diffing: timings (keys ending in _s / _ms / _seconds, duration, elapsed, cpu, wall), ids (run_id,
-keys ending in _id, uuids, hex run tokens), timestamps of the run itself (ISO times on the day the script runs,
-*_at keys), paths (the temporary directory, the checkout) and library versions (keys naming a version). The JSON
-outputs are flattened to `path -> value` and compared key by key: keys only after (new fields), keys only
-before (removed fields) and changed values. The HTML pages are compared file by file after the same masking of
-their text.
+Masked before diffing: timings (keys ending in _s / _ms / _seconds, duration, elapsed, cpu, wall, and every
+number inside a timings or memory block), ids (run_id, keys ending in _id, uuids, hex tokens, the run token in
+artifact names, model-version row ids, host:pid worker names), timestamps of the run itself (ISO times on the day
+the script runs), paths (the temporary directory, the checkout) and library versions. The JSON outputs are
+flattened to `path -> value` (pairs keyed by SYMBOL/TF) and compared key by key: keys only after (new fields),
+keys only before (removed fields) and changed values; the training and forecast tables on stderr cell by cell
+(seconds and model ids masked) with the walk-forward lines; the HTML pages line by line (and every number a
+changed line showed looked for on the page after); the charts (PNG) by content hash.
 
-    python scripts/compare_outputs.py --before /tmp/before --after . --out bench_results/compare
-    git worktree add /tmp/before 8df0915   # the "before" checkout (docs/house.md)
+    git worktree add /tmp/before 8df0915   # the "before" checkout (result: docs/benchmarks.md, last section)
+    python scripts/compare_outputs.py --before /tmp/before --out bench_results/compare
+    python scripts/compare_outputs.py --before .          # control: this checkout against itself, no difference
 """
 
 from __future__ import annotations

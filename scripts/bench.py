@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench.py                  # full (several minutes; the seed configuration is slow)
     .venv/bin/python scripts/bench.py --quick          # smoke run
     .venv/bin/python scripts/bench.py --skip-whole-run # per-stage part only
+    .venv/bin/python scripts/bench.py --supabase       # part 3 only (the local Supabase stack; was bench_supabase.py)
 
 Two parts, both on the real shared bars (--data-dir), both in temporary folders (nothing is written inside the
 repository except --out):
@@ -15,6 +16,9 @@ repository except --out):
    --workers N` as a separate process, timeframes' default target bars), each repeat on a fresh copy of one
    prepared store, so every repeat starts with the same cold feature cache. Wall time, succeeded pairs and the
    mean ensemble test balanced accuracy per configuration.
+3. `--supabase` (instead of 1 and 2): that whole run with the defaults against the local Supabase stack
+   (scripts/local_supabase.sh), beside an embedded store holding the same bars: wall time, the job's store I/O
+   time and its share, mean ensemble test balanced accuracy, and whether both stores give the same models.
 
 Configurations: "seed" = gb_backend=sklearn_gb, rf_n_estimators=200, workers=1 (pairs one after another);
 "defaults" = the product's Settings defaults, untouched; candidates (--candidates, default "lgbm_rf100" =
@@ -39,21 +43,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-for _p in (str(REPO), str(SCRIPTS)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from bench_models import (  # noqa: E402  (needs the sys.path lines above)
+from bench_common import (
     DEFAULT_DATA_DIR,
+    REPO,
     build_sqlite_template,
     copy_sqlite,
     isolate_environment,
+    load_csvs,
+    log,
     machine_info,
     make_settings,
     median,
     parse_pair,
+    start_local_stack,
+    stop_local_stack,
 )
 
 STAGES: tuple[str, ...] = ("load", "features", "fit_rf", "fit_gb", "predict", "weights", "evaluate", "save")
@@ -124,10 +127,6 @@ CANDIDATES: dict[str, BenchConfig] = {
     )
 }
 DEFAULT_CANDIDATES: tuple[str, ...] = ("lgbm_rf100",)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------ part 1: per stage
@@ -492,6 +491,167 @@ def check_targets(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------- part 3: the whole run on Supabase
+ML_TABLES = "feature_chunks, training_results, model_versions, training_runs, job_leases"
+
+
+def csv_pairs(data_dir: Path, quick: bool) -> list[Path]:
+    files = sorted(data_dir.glob("*_*.csv"))
+    if quick:
+        files = [f for f in files if f.stem.endswith(("_d1", "_w1"))][:8]
+    return files
+
+
+def supabase_job(env: dict[str, str], timeframes: list[str], workers: int) -> tuple[float, dict[str, Any]]:
+    argv = [
+        sys.executable,
+        "-m",
+        "ml.src.training.ensemble_training_job",
+        "--all",
+        "--timeframes",
+        *timeframes,
+        "--workers",
+        str(workers),
+        "--force",
+        "--json",
+        "--quiet",
+    ]
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    if p.returncode not in (0, 1):
+        raise RuntimeError(f"job exited {p.returncode}: {p.stderr[-2000:]}")
+    return wall, json.loads(p.stdout)
+
+
+def supabase_summary(runs: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
+    walls = [w for w, _ in runs]
+    durations = [o["duration_s"] for _, o in runs]
+    io = [o["store_io_s"] for _, o in runs]
+    share = [o["store_io_s"] / o["duration_s"] for _, o in runs if o["duration_s"]]
+    last = runs[-1][1]
+    ok = [r for r in last["results"] if r["status"] == "succeeded"]
+    bal = [r["metrics"]["ensemble"]["test_balanced_accuracy"] for r in ok]
+    return {
+        "wall_median_s": median(walls),
+        "wall_s": [round(w, 2) for w in walls],
+        "job_duration_median_s": median(durations),
+        "store_io_median_s": median(io),
+        "store_io_share_median": median(share) if share else None,
+        "n_succeeded": len(ok),
+        "n_failed": sum(r["status"] == "failed" for r in last["results"]),
+        "mean_ensemble_test_balanced_accuracy": sum(bal) / len(bal) if bal else None,
+        "accuracy_by_pair": {
+            f"{r['symbol']}/{r['timeframe']}": r["metrics"]["ensemble"]["test_balanced_accuracy"] for r in ok
+        },
+    }
+
+
+def bench_supabase(args: argparse.Namespace) -> int:
+    """Part 3 (`--supabase`): the whole run against the local Supabase stack beside an embedded store holding
+    the same bars, the job as its own process per repeat (cold feature cache and empty ledger each time).
+    Medians of wall time, of the job's store I/O time (`store_io_s`) and its share of the job's duration, and the
+    mean ensemble test balanced accuracy (the same bars must give the same models). Was scripts/bench_supabase.py."""
+    out_path: Path = args.out or REPO / "bench_results" / "bench_supabase.json"
+
+    from ml.src.data.supabase_db import SupabaseStore
+
+    files = csv_pairs(args.data_dir, args.quick)
+    if not files:
+        print(f"no CSV files in {args.data_dir}", file=sys.stderr)
+        return 1
+    timeframes = sorted({f.stem.rsplit("_", 1)[1] for f in files}, key=["m15", "h1", "h4", "d1", "w1"].index)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_supabase."))
+    try:
+        stack = start_local_stack(REPO, timeout_s=300)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        import psycopg
+
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "ML_"))}
+        sb_env = {
+            **base_env,
+            "SUPABASE_URL": stack["SUPABASE_URL"],
+            "SUPABASE_SERVICE_ROLE_KEY": stack["SUPABASE_SERVICE_ROLE_KEY"],
+            "ML_MODELS_DIR": str(tmp / "models_sb"),
+        }
+        with SupabaseStore(stack["SUPABASE_URL"], stack["SUPABASE_SERVICE_ROLE_KEY"]) as sb:
+            t0 = time.perf_counter()
+            rows = load_csvs(sb, files)
+            load_sb = time.perf_counter() - t0
+        template = tmp / "template.sqlite3"
+        t0 = time.perf_counter()
+        build_sqlite_template(files, template)
+        load_lite = time.perf_counter() - t0
+        n_rows = sum(rows.values())
+        print(
+            f"loaded {len(files)} files ({n_rows} bars): supabase {load_sb:.1f}s, embedded {load_lite:.1f}s",
+            file=sys.stderr,
+        )
+
+        results: dict[str, list[tuple[float, dict[str, Any]]]] = {"supabase": [], "embedded": []}
+        for i in range(args.repeats):
+            with psycopg.connect(stack["DATABASE_URL"], autocommit=True) as conn:
+                conn.execute(f"truncate {ML_TABLES} cascade")
+            shutil.rmtree(tmp / "models_sb", ignore_errors=True)
+            results["supabase"].append(supabase_job(sb_env, timeframes, args.workers))
+            db = tmp / f"embedded_{i}.sqlite3"
+            copy_sqlite(template, db)
+            lite_env = {
+                **base_env,
+                "SUPABASE_URL": "",
+                "ML_LOCAL_DB": str(db),
+                "ML_MODELS_DIR": str(tmp / f"models_lite_{i}"),
+            }
+            results["embedded"].append(supabase_job(lite_env, timeframes, args.workers))
+            print(
+                f"repeat {i + 1}/{args.repeats}: supabase {results['supabase'][-1][0]:.1f}s, "
+                f"embedded {results['embedded'][-1][0]:.1f}s",
+                file=sys.stderr,
+            )
+    finally:
+        stop_local_stack(stack, REPO)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = {name: supabase_summary(runs) for name, runs in results.items()}
+    sb, lite = summary["supabase"], summary["embedded"]
+    same = sb["accuracy_by_pair"] == lite["accuracy_by_pair"]
+    out = {
+        "benchmark": "bench_supabase",
+        "files": len(files),
+        "bars": n_rows,
+        "timeframes": timeframes,
+        "repeats": args.repeats,
+        "workers": args.workers,
+        "load_s": {"supabase": load_sb, "embedded": load_lite},
+        "summary": summary,
+        "supabase_over_embedded_wall": sb["wall_median_s"] / lite["wall_median_s"],
+        "identical_accuracy_by_pair": same,
+        "loadavg_at_end": os.getloadavg(),
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=1))
+    print(
+        f"{'store':<10} {'wall (median)':>14} {'job':>8} {'store I/O':>10} {'I/O share':>10} {'pairs':>6} "
+        f"{'mean bal.acc':>13}"
+    )
+    for name in ("embedded", "supabase"):
+        s = summary[name]
+        share = s["store_io_share_median"]
+        print(
+            f"{name:<10} {s['wall_median_s']:>13.1f}s {s['job_duration_median_s']:>7.1f}s "
+            f"{s['store_io_median_s']:>9.1f}s {100 * share if share is not None else float('nan'):>9.1f}% "
+            f"{s['n_succeeded']:>6} {100 * (s['mean_ensemble_test_balanced_accuracy'] or 0):>12.2f}"
+        )
+    print(
+        f"supabase / embedded wall: {out['supabase_over_embedded_wall']:.2f}x; "
+        f"same accuracy on every pair: {same}; bar load {load_sb:.1f}s vs {load_lite:.1f}s; results in {out_path}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/bench.py",
@@ -518,8 +678,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        default=REPO / "bench_results" / "bench.json",
-        help="where to write the JSON results, raw samples and medians (default: bench_results/bench.json)",
+        default=None,
+        help="where to write the JSON results, raw samples and medians (default: bench_results/bench.json; "
+        "with --supabase bench_results/bench_supabase.json)",
+    )
+    p.add_argument(
+        "--supabase",
+        action="store_true",
+        help="part 3 only (was scripts/bench_supabase.py): the whole run against the local Supabase stack beside "
+        "the embedded store on the same bars; --quick there means 8 daily/weekly files",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="--supabase: --workers for the job (default 0 = one per core)"
     )
     p.add_argument(
         "--data-dir",
@@ -576,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         print("error: --repeats must be >= 1", file=sys.stderr)
         return 2
+    if args.supabase:
+        return bench_supabase(args)
+    args.out = args.out or REPO / "bench_results" / "bench.json"
     data_dir: Path = args.data_dir.resolve()
     if not data_dir.is_dir():
         print(f"error: --data-dir {data_dir} is not a folder", file=sys.stderr)

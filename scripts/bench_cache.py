@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench_common import median, median_time, start_local_stack, stop_local_stack
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -63,34 +64,6 @@ def data_files(n: int) -> list[Path]:
     if not files:
         raise SystemExit("no daily bars found (ML_TEST_DATA or ml/sample_data)")
     return [files[i % len(files)] for i in range(n)]
-
-
-def median_time(fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
-    samples = []
-    for _ in range(repeats):
-        if setup is not None:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
-def start_stack(repo: Path) -> dict[str, str]:
-    out = subprocess.run(
-        [str(repo / "scripts" / "local_supabase.sh"), "start"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    env = {}
-    for line in out.splitlines():
-        if line.startswith("export "):
-            key, value = line[len("export ") :].split("=", 1)
-            env[key] = value.strip("'")
-    return env
 
 
 def night_files(n: int, rows: int) -> list[Path]:
@@ -163,9 +136,9 @@ def night(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
             servers.append((tree_cpu_s(server) - s0) if server else 0.0)
-        out = {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus)}
+        out = {"wall_s": median(walls), "cpu_s": median(cpus)}
         if server:
-            out["server_cpu_s"] = statistics.median(servers)
+            out["server_cpu_s"] = median(servers)
         return out
 
     def measure(store: Any, clear: Callable[[], None], server: list[int]) -> dict[str, Any]:
@@ -226,7 +199,7 @@ def night(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
 
         from ml.src.data.supabase_db import SupabaseStore
 
-        env = start_stack(repo)
+        env = start_local_stack(repo)
         try:
             with (
                 psycopg.connect(env["DATABASE_URL"], autocommit=True) as pg,
@@ -236,21 +209,28 @@ def night(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
                     store, lambda: pg.execute("truncate public.feature_chunks"), stack_pids(env["STACK_DIR"])
                 )
         finally:
-            subprocess.run(
-                [str(repo / "scripts" / "local_supabase.sh"), "stop", env["STACK_DIR"]],
-                cwd=repo,
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
+            stop_local_stack(env, repo)
     result["load_avg_end"] = os.getloadavg()
     return result
+
+
+def rerun_with_code_of(repo: Path, argv: list[str] | None) -> int | None:
+    """--repo: that checkout's code, not this one's: this script again with `repo` first on PYTHONPATH (it wins
+    over the editable install), once. None when this process already imports `repo`'s code."""
+    if repo == HERE or os.environ.get("BENCH_CACHE_REPO") == str(repo):
+        return None
+    paths = [str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "BENCH_CACHE_REPO": str(repo)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
+    return subprocess.run(cmd, env=env, check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     repo = args.repo.resolve()
-    sys.path.insert(0, str(repo))  # that checkout's code, not this one's
+    code = rerun_with_code_of(repo, argv)
+    if code is not None:
+        return code
     if args.night:
         result = night(args, repo)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -352,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from ml.src.data.supabase_db import SupabaseStore
 
-        env = start_stack(repo)
+        env = start_local_stack(repo)
         try:
             with psycopg.connect(env["DATABASE_URL"], autocommit=True) as pg:
                 table = pg.execute(
@@ -370,13 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 with SupabaseStore(env["SUPABASE_URL"], env["SUPABASE_SERVICE_ROLE_KEY"]) as store:
                     result["stores"]["supabase"] = {"table": table, **measure(store, clear_pg, size_pg)}
         finally:
-            subprocess.run(
-                [str(repo / "scripts" / "local_supabase.sh"), "stop", env["STACK_DIR"]],
-                cwd=repo,
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
+            stop_local_stack(env, repo)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

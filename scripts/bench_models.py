@@ -24,23 +24,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench_common import (
+    DEFAULT_DATA_DIR,
+    REPO,
+    build_sqlite_template,
+    copy_sqlite,
+    csv_path,
+    isolate_environment,
+    machine_info,
+    make_settings,
+    median,
+    parse_pair,
+)
 
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 DEFAULT_SIZES: tuple[int, ...] = (500, 2000, 5000)
 # Pairs with >= 5,200 bars (5,000 + 200 warm-up) covering m15, h1, h4 and d1.
 DEFAULT_PAIRS: tuple[str, ...] = ("MSFT/m15", "QQQ/m15", "SPY/h1", "IBM/h1", "AAPL/h4", "SPY/d1")
@@ -48,129 +53,6 @@ QUICK_PAIRS: tuple[str, ...] = ("SPY/h1", "MSFT/m15")
 QUICK_SIZES: tuple[int, ...] = (500, 2000)
 BACKENDS: tuple[str, ...] = ("sklearn_gb", "hist_gb", "lightgbm")
 SEED_GB = "sklearn_gb"
-
-
-# ------------------------------------------------------------------------------------------------- helpers
-def median(values: Iterable[float]) -> float:
-    return float(statistics.median(list(values)))
-
-
-def machine_info() -> dict[str, Any]:
-    """nproc, CPU model and library versions, for the record."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "git": git_state(),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    try:
-        load1, load5, load15 = os.getloadavg()
-        info["loadavg_at_start"] = [round(load1, 2), round(load5, 2), round(load15, 2)]
-    except OSError:
-        pass
-    try:
-        import lightgbm
-        import numpy
-        import sklearn
-
-        info["versions"] = {
-            "numpy": numpy.__version__,
-            "scikit-learn": sklearn.__version__,
-            "lightgbm": lightgbm.__version__,
-        }
-    except ImportError:
-        pass
-    return info
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured, and whether the working tree had uncommitted changes (read-only git calls)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
-
-
-def isolate_environment(tmp: Path) -> list[str]:
-    """Point ML_LOCAL_DB / ML_MODELS_DIR at `tmp` and drop other ML_* / SUPABASE_* overrides.
-
-    The benchmark must measure the product's defaults, not whatever the caller's shell exports, and must never
-    write into the repository or a real Supabase project. Returns the names of the variables removed.
-    """
-    removed = sorted(k for k in os.environ if k.startswith(("ML_", "SUPABASE_")))
-    for key in removed:
-        del os.environ[key]
-    os.environ["ML_LOCAL_DB"] = str(tmp / "unused.sqlite3")
-    os.environ["ML_MODELS_DIR"] = str(tmp / "models")
-    return removed
-
-
-def make_settings(tmp: Path, **overrides: Any) -> Any:
-    """Settings with explicit overrides; no `.env` file is read, storage points into `tmp`."""
-    from config.settings import Settings
-
-    kwargs: dict[str, Any] = {"local_db": tmp / "unused.sqlite3", "models_dir": tmp / "models", **overrides}
-    return Settings(_env_file=None, **kwargs)  # type: ignore[call-arg]
-
-
-def parse_pair(text: str) -> tuple[str, str]:
-    symbol, sep, timeframe = text.partition("/")
-    if not sep or not symbol or not timeframe:
-        raise argparse.ArgumentTypeError(f"pair {text!r} is not SYMBOL/TF (e.g. SPY/h1)")
-    return symbol.upper(), timeframe
-
-
-def csv_path(data_dir: Path, symbol: str, timeframe: str) -> Path:
-    return data_dir / f"{symbol}_{timeframe}.csv"
-
-
-def load_csvs(store: Any, paths: Sequence[Path]) -> dict[str, int]:
-    """Validate and upsert each CSV (named SYMBOL_TF.csv) into `store`; returns rows per file name."""
-    from ml.src.data.load_bars import load_file
-
-    rows: dict[str, int] = {}
-    for path in paths:
-        loaded = load_file(store, path, None, None)
-        rows[path.name] = loaded.rows
-    return rows
-
-
-def build_sqlite_template(paths: Sequence[Path], target: Path) -> dict[str, int]:
-    """A SQLite store holding the bars of `paths` (no features cached), closed and checkpointed at `target`."""
-    from ml.src.data.local_db import SqliteStore
-
-    store = SqliteStore(target)
-    try:
-        rows = load_csvs(store, paths)
-    finally:  # closing the last connection checkpoints the WAL into the main file
-        store.close()
-    return rows
-
-
-def copy_sqlite(template: Path, target: Path) -> Path:
-    """Copy a closed SQLite file (and any -wal/-shm left over) so each run starts from the same state."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, target)
-    for suffix in ("-wal", "-shm"):
-        side = Path(str(template) + suffix)
-        if side.exists():
-            shutil.copyfile(side, Path(str(target) + suffix))
-    return target
 
 
 # ---------------------------------------------------------------------------------------------- benchmark

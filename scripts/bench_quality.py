@@ -42,17 +42,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from bench_models import (  # noqa: E402  (needs the sys.path lines above)
+from bench_common import (
     DEFAULT_DATA_DIR,
+    REPO,
     build_sqlite_template,
     csv_path,
     isolate_environment,
     machine_info,
     make_settings,
+    median,
     parse_pair,
 )
 
@@ -116,10 +114,6 @@ SKILL_CONFIGS = tuple(
 )
 # Settings that change what prepare_pair builds (the columns of x); the others only change the fit.
 PREP_KEYS = ("vol_features", "context_symbols")
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
 
 
 def mean_se(values: Sequence[float]) -> tuple[float | None, float | None, int]:
@@ -315,7 +309,6 @@ CHILD = textwrap.dedent(
     import os, pickle, sys, time
     from pathlib import Path
     import numpy as np
-    sys.path.insert(0, os.getcwd())
     from config.settings import Settings
     from ml.src.data.local_db import SqliteStore
     from ml.src.data.load_bars import load_file
@@ -418,6 +411,7 @@ def run_before(
         script.write_text(CHILD)
         wall0 = time.perf_counter()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ML_", "SUPABASE_"))}
+        env["PYTHONPATH"] = str(worktree)  # REF's own code first, not this checkout's (installed editable)
         subprocess.run(
             [sys.executable, str(script), pickle.dumps(args).hex()], cwd=worktree, env=env, check=True
         )

@@ -9,7 +9,7 @@
    replaces (the job also writes an artifact and a ledger row per run; the replay writes neither).
 3. With --pairs10: ten d1 pairs of ML_TEST_DATA (../shared/data) replayed at once with --workers 2.
 
-Wall and CPU of each process tree (scripts/proc_meter.py). The machine is shared: medians, and the spread.
+Wall and CPU of each process tree (bench_common.run_metered). The machine is shared: medians, and the spread.
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from proc_meter import run_metered  # noqa: E402
+from bench_common import REPO, median, run_metered
 
 PY = str(REPO / ".venv" / "bin" / "python")
 LAST, EVERY = 500, 21
@@ -54,7 +49,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 def _summary(values: list[float]) -> dict[str, float]:
     return {
-        "median": round(statistics.median(values), 2),
+        "median": round(median(values), 2),
         "min": round(min(values), 2),
         "max": round(max(values), 2),
     }

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_throughput.py --sections pairs ratio
 
 Every measurement runs `python -m ml.src.training.ensemble_training_job ... --json --force` as a separate
-process (scripts/proc_meter.py: wall time, CPU time of the whole process tree, peak memory per process) on a
+process (bench_common.run_metered: wall time, CPU time of the whole process tree, peak memory per process) on a
 fresh copy of a store holding bars only (cold feature cache, empty ledger). Configurations are interleaved in
 every repeat (A B A B) so a shared machine's noise hits them alike; figures are medians over --repeats.
 
@@ -34,7 +34,7 @@ Sections (--sections):
            process: the work around the fit (prepare = bars + features + labels + split; metrics; packing the
            bundle; promotion; persist) against the member fits.
 
-Pairs are real: distinct, non-overlapping 700-bar windows of the shared CSVs (scripts/bench_pairs.py), each
+Pairs are real: distinct, non-overlapping 700-bar windows of the shared CSVs (bench_common.plan_windows), each
 loaded unchanged under its own symbol (`AAPL.0`, `AAPL.1`, ...). Nothing is invented.
 """
 
@@ -54,15 +54,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-for _p in (str(REPO), str(SCRIPTS)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from bench_models import DEFAULT_DATA_DIR, copy_sqlite, machine_info, median  # noqa: E402
-from bench_pairs import Window, load_windows, plan_windows  # noqa: E402
-from proc_meter import Metered, run_metered  # noqa: E402
+from bench_common import (
+    DEFAULT_DATA_DIR,
+    REPO,
+    Metered,
+    Window,
+    copy_sqlite,
+    load_windows,
+    log,
+    machine_info,
+    make_settings,
+    median,
+    plan_windows,
+    run_metered,
+    start_local_stack,
+    stop_local_stack,
+)
 
 JOB = "ml.src.training.ensemble_training_job"
 WINDOW_BARS = 700  # 500 target bars + 200 warm-up
@@ -112,10 +119,6 @@ SOURCE = Config(
     workers=1,
 )
 PRODUCT = Config("product", "product defaults, --workers 0 (one process per core)", {}, workers=0)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------- running a job
@@ -533,8 +536,6 @@ def bench_stages(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], re
     """Per-step CPU of the product path for each pair, in this process (product defaults, one thread)."""
     from datetime import UTC, datetime
 
-    from bench_models import make_settings
-
     from ml.src.data.local_db import SqliteStore
     from ml.src.training import models
     from ml.src.training.pair_result import PairRequest
@@ -610,7 +611,6 @@ def bench_stages(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], re
 
 
 def _prepared(template: Path, tmp: Path, pairs: Sequence[tuple[str, str]], target: int) -> list[Any]:
-    from bench_models import make_settings
 
     from ml.src.data.local_db import SqliteStore
     from ml.src.training.pair_result import PairRequest
@@ -633,7 +633,6 @@ def bench_artifact(
     from datetime import UTC, datetime
 
     import joblib
-    from bench_models import make_settings
 
     from ml.src.training import artifacts
     from ml.src.training.pipeline import build_bundle, fit_pair
@@ -688,7 +687,6 @@ def bench_artifact(
 def bench_forest(template: Path, tmp: Path, sizes: Sequence[int], repeats: int) -> dict[str, Any]:
     """The forest alone (product settings, one thread): every row per tree against the per-tree cap."""
     import sklearn
-    from bench_models import make_settings
     from sklearn.metrics import balanced_accuracy_score
 
     from ml.src.training.models import build_random_forest
@@ -769,19 +767,7 @@ def bench_supabase(
 
     from ml.src.data.supabase_db import SupabaseStore
 
-    started = subprocess.run(
-        [str(REPO / "scripts" / "local_supabase.sh"), "start"], capture_output=True, text=True, timeout=600
-    )
-    if started.returncode != 0:
-        raise RuntimeError(f"local Supabase stack failed to start:\n{started.stderr[-3000:]}")
-    stack = {
-        k: v.strip("'")
-        for k, _, v in (
-            ln[len("export ") :].partition("=")
-            for ln in started.stdout.splitlines()
-            if ln.startswith("export ")
-        )
-    }
+    stack = start_local_stack(REPO, timeout_s=600)
     try:
         with SupabaseStore(stack["SUPABASE_URL"], stack["SUPABASE_SERVICE_ROLE_KEY"]) as sb:
             t0 = time.perf_counter()
@@ -816,13 +802,7 @@ def bench_supabase(
             cells.append((f"product@{n}", PRODUCT, plan[:n], ["--target-bars", str(TARGET_BARS)]))
         return interleaved(cells, job, args.repeats, use_pairs_flag, "supabase")
     finally:
-        subprocess.run(
-            [str(REPO / "scripts" / "local_supabase.sh"), "stop", stack.get("STACK_DIR", "")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        stop_local_stack(stack, REPO)
 
 
 if __name__ == "__main__":

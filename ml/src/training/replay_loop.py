@@ -367,7 +367,7 @@ def _tasks(
             yield _Task(state, k, prep, error)
 
 
-def _finish_pair(state: _PairState, settings: Settings, replay_id: str) -> None:
+def _finish_pair(state: _PairState, settings: Settings) -> None:
     r = state.result
     spec = settings.timeframes[state.plan.timeframe]
     if r.forecasts:
@@ -375,14 +375,14 @@ def _finish_pair(state: _PairState, settings: Settings, replay_id: str) -> None:
         r.n_forecasts = len(r.forecasts)
         r.n_realised = sum(f.realised_label is not None for f in r.forecasts)
         r.record = score_record(r.forecasts, state.priors, spec, settings)
-        # the pair's verdict on its own rows; its q-value comes across the replay's pairs (run_replay)
+        # the pair's verdict on its own rows; its q-value comes across the replay's pairs (run_replay). No
+        # replay_id in it: the replay is the record's own (a job's verdict on these rows names it)
         verdict = judge_replay(
             [f.to_json() for f in r.forecasts],
             state.priors,
             horizon=spec.horizon_bars,
             z=settings.verdict_z,
             fdr=settings.verdict_fdr,
-            replay_id=replay_id,
         )
         r.verdict = verdict.to_dict() if verdict is not None else None
     r.duration_s = time.perf_counter() - state.t0
@@ -459,7 +459,7 @@ def replay_pairs(
     source = _tasks(store, settings, states)
 
     def finish(state: _PairState) -> None:
-        _finish_pair(state, settings, replay_id)
+        _finish_pair(state, settings)
         if on_pair is not None:
             on_pair(state.result)
 

@@ -185,7 +185,7 @@ def replay_series(
         s, r = score[sl], ret[sl]
         ic = float(spearmanr(s, r).statistic) if np.ptp(s) > 0 and np.ptp(r) > 0 else None
         rolling["ts"].append(stamps.iloc[end - 1].isoformat())
-        rolling["hit_rate"].append(None if hr is None else _r(hr))
-        rolling["persistence_hit_rate"].append(None if phr is None else _r(phr))
-        rolling["ic"].append(None if ic is None else _r(ic))
+        rolling["hit_rate"].append(hr)  # full precision: drawn, never recorded
+        rolling["persistence_hit_rate"].append(phr)
+        rolling["ic"].append(ic)
     return {"equity": equity, "rolling": rolling, "n_realised": len(done)}

@@ -279,7 +279,7 @@ def _fmt(v: float | None) -> str:
 def table(rows: list[PairHealth]) -> str:
     head = (
         f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5} {'verdict':<8} {'q':>5} "
-        f"{'live_n':>6} {'live':>6} {'rep_n':>5} {'replay':>6} {'rep_verdict':<11} {'rep_q':>5}  {'flags':<20} reasons"
+        f"{'live_n':>6} {'live':>6}  {'flags':<20} {'rep_n':>5} {'replay':>6} {'rep_verdict':<11} {'rep_q':>5} reasons"
     )
     lines = [head, "-" * len(head)]
     for h in rows:
@@ -289,9 +289,9 @@ def table(rows: list[PairHealth]) -> str:
         lines.append(
             f"{h.symbol:<8} {h.timeframe:<4} {h.runs:>4} {_fmt(h.latest):>7} {_fmt(h.history_mean):>7} "
             f"{h.runs_below_baselines:>5} {h.verdict or '-':<8} {_fmt(h.verdict_q):>5} {live.get('n_realised', 0):>6} "
-            f"{_fmt(live.get('balanced_accuracy')):>6} {rep.get('n_realised') or 0:>5} "
-            f"{_fmt(rec.get('balanced_accuracy')):>6} {rv.get('verdict') or '-':<11} {_fmt(rv.get('q_value')):>5}  "
-            f"{','.join(h.shown):<20} {'; '.join(h.reasons)}"
+            f"{_fmt(live.get('balanced_accuracy')):>6}  {','.join(h.shown):<20} {rep.get('n_realised') or 0:>5} "
+            f"{_fmt(rec.get('balanced_accuracy')):>6} {rv.get('verdict') or '-':<11} {_fmt(rv.get('q_value')):>5} "
+            f"{'; '.join(h.reasons)}"
         )
     if not rows:
         lines.append("no succeeded training results yet")

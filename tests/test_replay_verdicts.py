@@ -148,3 +148,52 @@ def test_the_job_judges_on_the_latest_replay_that_ends_by_its_data_end(
     )
     assert {r["metrics"]["verdict"]["basis"] for r in as_of["results"]} == {"walk_forward"}
     assert store.latest_replay(next(iter(tickers)), "d1", through=last_bar - pd.Timedelta(days=10)) is None
+
+
+def test_stored_rows_without_their_priors_are_not_judged_and_persistence_needs_every_label() -> None:
+    from ml.src.training.verdict import PairedRows
+
+    t0, t1 = "2026-01-05T21:00:00+00:00", "2026-01-06T21:00:00+00:00"
+    forecasts = [
+        {
+            "bar_ts": t0,
+            "trained_through": t0,
+            "label": "BULLISH",
+            "realised_label": "BULLISH",
+            "persistence_label": "BEARISH",
+            "p_bearish": 0.2,
+            "p_neutral": 0.3,
+            "p_bullish": 0.5,
+        },
+        {
+            "bar_ts": t1,
+            "trained_through": t0,
+            "label": "NEUTRAL",
+            "realised_label": "BEARISH",
+            "persistence_label": None,
+            "p_bearish": 0.3,
+            "p_neutral": 0.4,
+            "p_bullish": 0.3,
+        },
+        {
+            "bar_ts": t1,
+            "trained_through": t1,
+            "label": "NEUTRAL",
+            "realised_label": None,
+            "persistence_label": "NEUTRAL",
+            "p_bearish": 0.3,
+            "p_neutral": 0.4,
+            "p_bullish": 0.3,
+        },
+    ]
+    promoted = {"trained_through": t0, "status": "promoted", "reason": "first", "prior": [0.5, 0.2, 0.3]}
+    second = {"trained_through": t1, "status": "promoted", "reason": "expired", "prior": [0.1, 0.6, 0.3]}
+    assert replay_priors(forecasts, [promoted, second]) == [[0.5, 0.2, 0.3], [0.5, 0.2, 0.3], [0.1, 0.6, 0.3]]
+    # a replay stored before its steps kept the prior: no baselines, no verdict (the job keeps its own basis)
+    assert replay_priors(forecasts, [{**promoted, "prior": None}, second]) is None
+    rows = PairedRows.from_replay(forecasts, [[0.5, 0.2, 0.3]] * 3)
+    assert len(rows) == 2  # the unrealised forecast is no evidence
+    assert list(rows.codes) == [2, 0] and list(rows.model_pred) == [2, 1]
+    assert list(rows.baseline_preds) == ["majority"]  # one realised row has no persistence label
+    assert list(rows.baseline_preds["majority"]) == [0, 0]  # the prior's majority class, BEARISH
+    assert judge_replay(forecasts[2:], [[0.1, 0.6, 0.3]], horizon=5, z=2.0) is None

@@ -288,6 +288,12 @@ class ScheduleSettings(BaseModel):
         default_factory=lambda: ["m15", "h1", "h4"]
     )
     schedule_forecast_after_training: bool = True
+    # The replay (python -m ml.src.training.replay) of every active pair's last `schedule_replay_last` bars on
+    # these timeframes, at the schedule's cadence; its rows become the training job's verdict basis. Off by
+    # default (empty cron): a replay refits every pair at every retrain point. E.g. "0 18 * * sun" weekly.
+    schedule_replay_cron: str = ""
+    schedule_replay_timeframes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["d1", "w1"])
+    schedule_replay_last: int = Field(default=250, ge=1, description="bars each scheduled replay walks")
     schedule_misfire_grace_hours: float = Field(default=6.0, gt=0)
     schedule_skip_holidays: bool = True
 
@@ -395,6 +401,7 @@ class Settings(
         "schedule_daily_timeframes",
         "schedule_weekly_timeframes",
         "schedule_forecast_timeframes",
+        "schedule_replay_timeframes",
         mode="before",
     )
     @classmethod

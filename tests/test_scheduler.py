@@ -715,3 +715,70 @@ def test_the_default_forecaster_runs_the_forecast_job(ml_env: Path, monkeypatch:
     monkeypatch.setattr(forecast_job, "main", lambda argv: calls.append(argv) or 0)
     assert cli.forecast_timeframes(["h1", "d1"]) == 0
     assert calls == [["--all", "--timeframes", "h1", "d1", "--quiet"]]
+
+
+# ------------------------------------------------------------------------------------------------ the replay
+class FakeReplayer:
+    def __init__(self, code: int = 0) -> None:
+        self.code = code
+        self.calls: list[tuple[tuple[str, ...], int]] = []
+
+    def __call__(self, timeframes: Sequence[str], last: int) -> int:
+        self.calls.append((tuple(timeframes), last))
+        return self.code
+
+
+def test_the_replay_is_off_by_default(settings: Settings) -> None:
+    assert settings.schedule_replay_cron == ""
+    assert jobs.REPLAY_JOB_ID not in [s.job_id for s in jobs.job_specs(settings)]
+    replayer = FakeReplayer()
+    assert service.run_once(settings, FakeRunner(0), forecaster=FakeRunner(0), replayer=replayer) == 0
+    assert replayer.calls == []
+
+
+def test_the_weekly_replay_of_the_last_n_bars_fires_on_its_cron(
+    ml_env: Path, ledger_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ML_SCHEDULE_REPLAY_CRON", "0 18 * * sun")
+    monkeypatch.setenv("ML_SCHEDULE_REPLAY_LAST", "120")
+    monkeypatch.setenv("ML_SCHEDULE_REPLAY_TIMEFRAMES", "d1")
+    s = Settings()
+    replay = spec(s, jobs.REPLAY_JOB_ID)
+    assert (replay.kind, replay.timeframes, replay.last) == ("replay", ("d1",), 120)
+    # Sundays 18:00 UTC, once a week
+    assert jobs.next_fire_times(replay, utc("2026-11-24T00:00:00"), 2) == [
+        utc("2026-11-29T18:00:00"),
+        utc("2026-12-06T18:00:00"),
+    ]
+    assert (
+        "replay: cron '0 18 * * sun' (UTC), replay of the last 120 bars, timeframes d1"
+        in jobs.format_schedule([replay], utc("2026-11-24T00:00:00"))
+    )
+    replayer, trained = FakeReplayer(1), FakeRunner(0)
+    with freeze_time("2026-11-29T17:59:00Z") as clock:
+        scheduler = service.build_scheduler(
+            s,
+            trained,
+            scheduler_cls=ManualScheduler,
+            executor=DebugExecutor(),
+            store_factory=lambda: SqliteStore(ledger_path),
+            replayer=replayer,
+        )
+        scheduler.start()
+        clock.tick(timedelta(minutes=1))
+        scheduler._process_jobs()
+        scheduler.shutdown(wait=False)
+    assert replayer.calls == [(("d1",), 120)] and trained.calls == []  # a Sunday: no training group fired
+    # --once runs it after the other groups; its exit code counts
+    replayer = FakeReplayer(1)
+    assert service.run_once(s, FakeRunner(0), forecaster=FakeRunner(0), replayer=replayer) == 1
+    assert replayer.calls == [(("d1",), 120)]
+
+
+def test_the_default_replayer_runs_the_replay_command(ml_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.src.cli import replay as replay_cli
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(replay_cli, "main", lambda argv: calls.append(argv) or 0)
+    assert cli.replay_timeframes(["d1", "w1"], 250) == 0
+    assert calls == [["--all", "--timeframes", "d1", "w1", "--last", "250", "--quiet"]]

@@ -1156,3 +1156,36 @@ def test_a_replay_pair_is_stored_whole_exactly_and_apart_from_the_live_record(
     assert done["scope"] == {"pairs": [f"{symbol}:d1"]}
     # nothing of the live record or the registry
     assert store.list_forecasts(symbol, "d1") == [] and store.get_champion(symbol, "d1") is None
+
+
+def test_latest_replay_is_the_pairs_latest_finished_one_ending_by_through_with_its_verdicts(
+    store: TrainingStore, symbol: str
+) -> None:
+    bars = sample_bars("GOOG", "d1", last=10)
+    t0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    early, late, running = (str(uuid.uuid4()) for _ in range(3))
+    assert store.latest_replay(symbol, "d1") is None
+    # early: bars 0-2, finished; late: bars 3-5, finished after it; running: the newest, not finished
+    for i, (rid, offset) in enumerate(((early, 0), (late, 3), (running, 3))):
+        store.start_replay(rid, t0 + timedelta(minutes=i), {}, {})
+        store.record_replay_pair(rid, _replay_pair(symbol, bars.iloc[offset:].reset_index(drop=True)))
+    store.finish_replay(early, "succeeded", t0 + timedelta(minutes=5))
+    store.finish_replay(late, "failed", t0 + timedelta(minutes=6), "another pair failed")
+
+    latest = store.latest_replay(symbol, "d1")
+    assert latest is not None and latest["replay_id"] == late
+    assert [pd.Timestamp(f["bar_ts"]) for f in latest["forecasts"]] == list(bars["ts"].iloc[3:6])
+    assert [s["status"] for s in latest["steps"]] == ["promoted", "kept"]
+    # nothing from after `through`: a run whose data ends at bar 4 gets the replay that ends at bar 2
+    got = store.latest_replay(symbol, "d1", through=bars["ts"].iloc[4])
+    assert got is not None and got["replay_id"] == early
+    assert store.latest_replay(symbol, "d1", through=bars["ts"].iloc[2])["replay_id"] == early
+    assert store.latest_replay(symbol, "d1", through=bars["ts"].iloc[1]) is None
+    assert store.latest_replay(symbol, "w1") is None
+
+    verdict = {"verdict": "no-skill", "basis": "replay", "p_value": 0.25, "q_value": 0.5, "fdr": 0.1}
+    assert store.record_replay_verdicts(late, {(symbol, "d1"): verdict}) == 1
+    (row,) = store.list_replay_pairs(late)
+    assert row["record"]["verdict"] == verdict
+    assert row["record"]["balanced_accuracy"] == 0.5  # the rest of the record untouched
+    assert "verdict" not in store.list_replay_pairs(early)[0]["record"]

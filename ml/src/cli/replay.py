@@ -135,7 +135,7 @@ def summary_table(report: ReplayReport) -> str:
     head = (
         f"{'pair':<12} {'status':<9} {'K':>3} {'retr':>4} {'prom':>4} {'fcst':>5} {'real':>5} "
         f"{'hit':>6} {'bal_acc':>7} {'persist':>7} {'major':>6} {'logloss':>7} {'prior':>6} {'ic':>6} "
-        f"{'ic_p':>6} {'sharpe':>6} {'b&h':>6}"
+        f"{'ic_p':>6} {'sharpe':>6} {'b&h':>6} {'verdict':<8} {'p':>5} {'q':>5}"
     )
     lines = [f"replay {report.replay_id}: {report.status}", head]
 
@@ -154,6 +154,8 @@ def summary_table(report: ReplayReport) -> str:
                 f"{f(r.majority_balanced_accuracy, 6)} {f(r.log_loss, 7)} {f(r.prior_log_loss, 6)} "
                 f"{f(r.ic, 6)} {f(r.ic_p_value, 6)} {f(r.net_sharpe, 6, 2)} {f(r.buy_and_hold_net_sharpe, 6, 2)}"
             )
+            v = p.verdict or {}
+            line += f" {v.get('verdict', '-'):<8} {f(v.get('p_value'), 5)} {f(v.get('q_value'), 5)}"
         if p.error:
             line += f" {p.error}"
         lines.append(line.rstrip())

@@ -1,6 +1,6 @@
 """Command line of the scheduler: `python -m ml.src.scheduler [--print-schedule | --once] [-v]` (`swiftbolt-ml
-schedule`). It hands the scheduler its two runners, the training and forecast commands, so the scheduler knows
-nothing of the layers above it."""
+schedule`). It hands the scheduler its runners, the training, forecast and replay commands, so the scheduler
+knows nothing of the layers above it."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def forecast_timeframes(timeframes: Sequence[str]) -> int:
     from ml.src.cli.forecast import main as forecast_main
 
     return forecast_main(argv)
+
+
+def replay_timeframes(timeframes: Sequence[str], last: int) -> int:
+    """The default replayer: replay every active symbol's last `last` bars on these timeframes; the exit code."""
+    argv = ["--all", "--timeframes", *timeframes, "--last", str(int(last)), "--quiet"]
+    from ml.src.cli.replay import main as replay_main
+
+    return replay_main(argv)
 
 
 def build_parser() -> OneLineParser:
@@ -92,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     restore_logging = configure_logging(args.verbose)
     try:
         if args.once:
-            return run_once(settings, train_timeframes, forecaster=forecast_timeframes)
-        return serve(settings, train_timeframes, forecaster=forecast_timeframes)
+            return run_once(
+                settings, train_timeframes, forecaster=forecast_timeframes, replayer=replay_timeframes
+            )
+        return serve(settings, train_timeframes, forecaster=forecast_timeframes, replayer=replay_timeframes)
     finally:
         restore_logging()

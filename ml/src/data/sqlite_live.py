@@ -3,6 +3,7 @@ apart from the live record)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -176,3 +177,37 @@ class SqliteLiveRecord(SqliteBase):
             (replay_id, symbol, timeframe),
         )
         return [replay_row(r) for r in rows]
+
+    def record_replay_verdicts(self, replay_id, verdicts) -> int:
+        if not verdicts:
+            return 0
+        changed = 0
+        with self._lock:
+            try:
+                with self._conn:  # one transaction: every pair's verdict or none
+                    for (symbol, timeframe), verdict in verdicts.items():
+                        where = "where replay_id = ? and symbol = ? and timeframe = ? and record is not null"
+                        key = (replay_id, symbol, timeframe)
+                        for row_id, raw in self._conn.execute(
+                            f"select id, record from ml_replay_pairs {where}", key
+                        ).fetchall():
+                            record = {**json.loads(raw), "verdict": verdict}
+                            self._conn.execute(
+                                "update ml_replay_pairs set record = ? where id = ?",
+                                (replay_value("record", record), row_id),
+                            )
+                            changed += 1
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot record the verdicts of replay {replay_id}: {exc}") from exc
+        return changed
+
+    def _latest_replay_id(self, symbol, timeframe, through) -> str | None:
+        rows = self._query(
+            "select p.replay_id from ml_replay_pairs p join ml_replays r on r.replay_id = p.replay_id"
+            " where p.symbol = ? and p.timeframe = ? and p.status = 'succeeded'"
+            " and r.finished_at is not null and r.status in ('succeeded', 'failed')"
+            " and (? is null or p.last_bar_ts <= ?)"
+            " order by r.started_at desc, r.finished_at desc limit 1",
+            (symbol, timeframe, through, through),
+        )
+        return str(rows[0]["replay_id"]) if rows else None

@@ -302,6 +302,36 @@ class TrainingStore(ABC):
     def list_replay_forecasts(self, replay_id: str, symbol: str, timeframe: str) -> list[dict]:
         """One pair's replayed forecasts, ascending by bar_ts (timestamps as ISO strings)."""
 
+    @abstractmethod
+    def record_replay_verdicts(
+        self, replay_id: str, verdicts: Mapping[tuple[str, str], dict[str, Any]]
+    ) -> int:
+        """Set `record.verdict` of the replay's pairs (their q-values are known once every pair is done), all
+        or none; returns how many pair rows changed."""
+
+    def latest_replay(
+        self, symbol: str, timeframe: str, through: datetime | pd.Timestamp | None = None
+    ) -> dict | None:
+        """The pair's row of its latest finished replay (by the replay's start) in which the pair succeeded,
+        with its forecasts under "forecasts" (ascending by bar_ts); with `through`, only replays whose last
+        replayed bar is at or before it (nothing from after a run's own data). None when there is none."""
+        checked_pair(symbol, timeframe)
+        replay_id = self._latest_replay_id(symbol, timeframe, None if through is None else format_ts(through))
+        if replay_id is None:
+            return None
+        rows = [
+            r
+            for r in self.list_replay_pairs(replay_id)
+            if (r["symbol"], r["timeframe"]) == (symbol, timeframe)
+        ]
+        if not rows:
+            return None
+        return {**rows[0], "forecasts": self.list_replay_forecasts(replay_id, symbol, timeframe)}
+
+    @abstractmethod
+    def _latest_replay_id(self, symbol: str, timeframe: str, through: str | None) -> str | None:
+        """Hook: the id of latest_replay's replay (`through` as the stores' UTC text), or None."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -218,3 +218,56 @@ class SupabaseLiveRecord(SupabaseBase):
             limit=None,
         )
         return sorted((self._replay_row(r) for r in rows), key=lambda r: pd.Timestamp(r["bar_ts"]))
+
+    def record_replay_verdicts(self, replay_id, verdicts) -> int:
+        if not verdicts:
+            return 0
+        # One SQL function, one transaction: every pair's verdict or none.
+        params = {
+            "p_replay_id": replay_id,
+            "p_verdicts": [
+                {"symbol": symbol, "timeframe": timeframe, "verdict": jsonable(verdict)}
+                for (symbol, timeframe), verdict in verdicts.items()
+            ],
+        }
+        return int(
+            self._rpc(f"record the verdicts of replay {replay_id}", "record_replay_verdicts", params) or 0
+        )
+
+    def _latest_replay_id(self, symbol, timeframe, through) -> str | None:
+        filters: list[tuple[str, str, Any]] = [
+            ("eq", "symbol", symbol),
+            ("eq", "timeframe", timeframe),
+            ("eq", "status", "succeeded"),
+        ]
+        if through is not None:
+            filters.append(("lte", "last_bar_ts", through))
+        pairs = self._select_keyset(
+            f"read replays of {symbol}/{timeframe}",
+            "ml_replay_pairs",
+            "id,replay_id",
+            filters,
+            "id",
+            descending=True,
+            limit=None,
+        )
+        ids = sorted({str(p["replay_id"]) for p in pairs})
+        if not ids:
+            return None
+        res = self._call(
+            f"read replays of {symbol}/{timeframe}",
+            lambda: (
+                self._table("ml_replays")
+                .select("replay_id,started_at,finished_at")
+                .in_("replay_id", ids)
+                .in_("status", ["succeeded", "failed"])
+                .not_.is_("finished_at", "null")
+                .execute()
+            ),
+        )
+        done = sorted(
+            res.data or [],
+            key=lambda r: (pd.Timestamp(r["started_at"]), pd.Timestamp(r["finished_at"])),
+            reverse=True,
+        )
+        return str(done[0]["replay_id"]) if done else None

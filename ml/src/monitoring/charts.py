@@ -347,3 +347,81 @@ def live(forecasts: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | No
     ax.grid(alpha=0.3)
     _dates(ax)
     return Chart(fig, table)
+
+
+def replay_equity(series: Mapping[str, Any] | None) -> Chart:
+    """The replay's calls traded over the whole replay against buy-and-hold (report_data.replay_series)."""
+    eq = (series or {}).get("equity") or {}
+    ts, model, hold = eq.get("ts") or [], eq.get("strategy_net") or [], eq.get("buy_and_hold_net") or []
+    if not ts or len(ts) != len(model) or len(ts) != len(hold):
+        raise NoData("no realised replay forecasts for this pair (python -m ml.src.training.replay)")
+    table = ChartTable(
+        ["hold starts", "replay calls, net equity", "buy and hold, net equity"],
+        [[str(t), _num(m), _num(h)] for t, m, h in zip(ts, model, hold, strict=True)],
+    )
+    x = pd.to_datetime(pd.Series(ts), utc=True)
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot(
+        x,
+        [r[1] for r in table.rows],
+        color=COLORS["model"],
+        lw=1.8,
+        marker="o",
+        ms=2.5,
+        label="replay calls, net",
+    )
+    ax.plot(x, [r[2] for r in table.rows], color=COLORS["hold"], lw=1.4, ls="--", label="buy and hold, net")
+    ax.axhline(1.0, color="#444", lw=0.6)
+    _dates(ax)
+    ax.set_ylabel("equity (start = 1)")
+    ax.set_title(
+        f"Replay: {len(ts)} holds of {eq.get('horizon', '?')} bars, {eq.get('cost_bps_one_way', '?')} bps per side"
+    )
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return Chart(fig, table)
+
+
+def replay_rolling(series: Mapping[str, Any] | None) -> Chart:
+    """Rolling hit rate (beside persistence's) and IC (beside 0) over the replay (report_data.replay_series)."""
+    roll = (series or {}).get("rolling") or {}
+    ts = roll.get("ts") or []
+    if not ts:
+        raise NoData(
+            f"fewer realised replay forecasts than the rolling window ({roll.get('window', '?')}) for this pair"
+        )
+    table = ChartTable(
+        ["window ends", "hit rate", "persistence hit rate", "IC", "IC baseline (no information)"],
+        [
+            [str(t), _num(h), _num(p), _num(ic), 0.0]
+            for t, h, p, ic in zip(
+                ts,
+                roll.get("hit_rate") or [],
+                roll.get("persistence_hit_rate") or [],
+                roll.get("ic") or [],
+                strict=True,
+            )
+        ],
+    )
+    x = pd.to_datetime(pd.Series(ts), utc=True)
+
+    def col(i: int) -> np.ndarray:
+        return np.array([r[i] if r[i] is not None else np.nan for r in table.rows], dtype="float64")
+
+    fig = _figure(7.5, 4.6)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(x, col(1), color=COLORS["model"], lw=1.6, label="hit rate of the calls")
+    top.plot(x, col(2), color=COLORS["persistence"], lw=1.2, ls="--", label="persistence")
+    top.axhline(0.5, color="#444", lw=0.6)
+    top.set_ylabel("hit rate")
+    top.legend(loc="best", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.plot(x, col(3), color=COLORS["model"], lw=1.6, label="IC")
+    bottom.axhline(0.0, color=COLORS["chance"], lw=0.8, ls="--", label="no information (0)")
+    bottom.set_ylabel("Spearman IC")
+    bottom.legend(loc="best", fontsize=8)
+    bottom.grid(alpha=0.3)
+    _dates(bottom)
+    top.set_title(f"Replay, trailing {roll.get('window', '?')} realised forecasts", fontsize=9)
+    return Chart(fig, table)

@@ -30,6 +30,7 @@ from ml.src.inference.live_record import summarise
 from ml.src.monitoring import charts
 from ml.src.monitoring.report import PairHealth, build_report, stored_pair
 from ml.src.monitoring.report_dir import MARKER, MARKER_TEXT, check_report_dir
+from ml.src.training.report_data import replay_series
 
 DIR_MODE, FILE_MODE = 0o755, 0o644
 
@@ -135,6 +136,10 @@ class PairData:
     champion: dict[str, Any] | None
     forecasts: list[dict[str, Any]]
     health: PairHealth | None
+    # the pair's latest finished replay (store.latest_replay: its pair row, forecasts under "forecasts") and
+    # what the page draws of it (report_data.replay_series); None when the pair was never replayed
+    replay: dict[str, Any] | None = None
+    replay_series: dict[str, Any] | None = None
 
     @property
     def result(self) -> dict[str, Any]:
@@ -321,6 +326,105 @@ def _numbers_table(pair: PairData, result: dict[str, Any]) -> str:
     return f"<table><tr><th>measure</th><th>model</th><th>beside</th></tr>{body}</table>"
 
 
+REPLAY_CHARTS: list[tuple[str, str, str]] = [
+    (
+        "replay_equity",
+        "Replay: equity curve against buy-and-hold",
+        "The replay's calls (each bar forecast by the champion of that moment, python -m ml.src.training.replay) "
+        "traded on non-overlapping holds of the horizon, net of fees and slippage, against buy-and-hold on the "
+        "same schedule, over the whole replay. The last values are the replay record's net total returns + 1.",
+    ),
+    (
+        "replay_rolling",
+        "Replay: rolling hit rate and IC",
+        "Over the trailing window of realised replay forecasts: the hit rate of the directional calls beside "
+        "persistence's (the label of the h bars up to the bar), and the Spearman IC of P(bull) - P(bear) with "
+        "the realised return beside 0, what a forecast without information scores.",
+    ),
+]
+
+
+def _replay_record_table(pair: PairData) -> str:
+    """The replay's record beside the live record and the validation score of the run shown (the champion's)."""
+    row = pair.replay or {}
+    rec = row.get("record") or {}
+    verdict = rec.get("verdict") or {}
+    live = pair.live
+    m = pair.result.get("metrics") or {}
+    ens, pers = m.get("ensemble") or {}, m.get("persistence") or {}
+    rows: list[list[Any]] = [
+        ["realised rows", row.get("n_realised"), live.get("n_realised", 0), pair.result.get("n_valid")],
+        [
+            "balanced accuracy",
+            rec.get("balanced_accuracy"),
+            live.get("balanced_accuracy"),
+            ens.get("valid_balanced_accuracy"),
+        ],
+        [
+            "persistence balanced accuracy",
+            rec.get("persistence_balanced_accuracy"),
+            live.get("persistence_balanced_accuracy"),
+            pers.get("valid_balanced_accuracy"),
+        ],
+        ["majority balanced accuracy", rec.get("majority_balanced_accuracy"), None, None],
+        ["hit rate", rec.get("hit_rate"), live.get("hit_rate"), None],
+        ["IC", rec.get("ic"), live.get("ic"), None],
+        ["IC p-value", rec.get("ic_p_value"), None, None],
+        ["log loss", rec.get("log_loss"), None, ens.get("valid_log_loss")],
+        ["prior log loss", rec.get("prior_log_loss"), None, None],
+        ["net Sharpe of the calls", rec.get("net_sharpe"), None, None],
+        ["buy-and-hold net Sharpe", rec.get("buy_and_hold_net_sharpe"), None, None],
+        ["verdict p-value", verdict.get("p_value"), None, None],
+        ["verdict q-value (across the replay's pairs)", verdict.get("q_value"), None, None],
+    ]
+    table = charts.ChartTable(["measure", "replay", "live record", "validation (run shown)"], rows)
+    head = "".join(f'<th scope="col">{_e(c)}</th>' for c in table.columns)
+    body = "".join("<tr>" + "".join(_cell(v) for v in r) + "</tr>" for r in table.rows)
+    return f'<table class="chart-data" data-chart="replay_record"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _replay_section(pair: PairData, img_dir: Path, site: ReportSite) -> list[str]:
+    slug = pair_slug(pair.symbol, pair.timeframe)
+    row = pair.replay
+    if row is None:
+        return [
+            "<h2>Replay</h2>",
+            '<p class="nodata">This pair was never replayed (python -m ml.src.training.replay --pairs '
+            f"{_e(pair.symbol)}:{_e(pair.timeframe)} --last 250).</p>",
+        ]
+    verdict = (row.get("record") or {}).get("verdict") or {}
+    parts = [
+        "<h2>Replay</h2>",
+        f'<p class="note">Replay {_e(row.get("replay_id", "?"))}: the nightly loop re-run over the bars '
+        f"{_e(row.get('first_bar_ts', '?'))} to {_e(row.get('last_bar_ts', '?'))}, retrained every "
+        f"{_e(row.get('retrain_every', '?'))} bars ({_e(row.get('retrains', '?'))} retrains, "
+        f"{_e(row.get('promotions', '?'))} promotions), {_e(row.get('n_forecasts', '?'))} forecasts of which "
+        f"{_e(row.get('n_realised', '?'))} realised. Replay verdict "
+        f'<span class="verdict">{_e(verdict.get("verdict", "n/a"))}</span> (basis replay).</p>',
+        _replay_record_table(pair),
+    ]
+    draws = {
+        "replay_equity": lambda: charts.replay_equity(pair.replay_series),
+        "replay_rolling": lambda: charts.replay_rolling(pair.replay_series),
+    }
+    for key, title, caption in REPLAY_CHARTS:
+        parts.append(f"<h2>{_e(title)}</h2>")
+        try:
+            chart = draws[key]()
+        except charts.NoData as exc:
+            parts.append(f'<p class="nodata">{_e(exc)}</p>')
+            continue
+        path = img_dir / f"{key}.png"
+        chart.figure.savefig(path, format="png", pil_kwargs={"compress_level": 3})
+        site.images.append(path)
+        parts.append(
+            f'<figure data-chart="{key}"><img src="{_e(slug)}/{key}.png" '
+            f'alt="{_e(title)} of {_e(pair.symbol)} {_e(pair.timeframe)}; its numbers are in the table below">'
+            f"<figcaption>{_e(caption)}</figcaption>{chart_table_html(key, chart.table)}</figure>"
+        )
+    return parts
+
+
 def _run_summary(r: dict[str, Any]) -> str:
     split = r.get("split") or {}
     return (
@@ -389,6 +493,7 @@ def _pair_page(pair: PairData, folder: Path, site: ReportSite) -> str:
     if pair.champion_result is not None:
         parts.append(_numbers_table(pair, pair.champion_result))
         parts += _charts(pair, pair.champion_result, all_keys, "", img_dir, site)
+    parts += _replay_section(pair, img_dir, site)
     latest = pair.latest
     if latest is not None:
         parts.append(
@@ -505,6 +610,18 @@ def collect(
         latest: dict[str, Any] | None = mine[-1] if mine else rows[-1]
         if champion_result is not None and latest is champion_result:
             latest = None
+        replay = store.latest_replay(*key)
+        series = (
+            replay_series(
+                replay["forecasts"],
+                horizon=int(replay.get("horizon_bars") or settings.timeframes[key[1]].horizon_bars),
+                fee_bps=settings.trading_fee_bps,
+                slippage_bps=settings.trading_slippage_bps,
+                allow_short=settings.trading_allow_short,
+            )
+            if replay is not None
+            else None
+        )
         out.append(
             PairData(
                 symbol=key[0],
@@ -515,6 +632,8 @@ def collect(
                 champion=champion,
                 forecasts=forecasts.get(key, []),
                 health=by_health.get(key),
+                replay=replay,
+                replay_series=series,
             )
         )
     return Collected(out, refused)

@@ -18,7 +18,9 @@ with one set of thresholds (supabase/migrations/20261202001200_champion_views_an
 twin of assess_pair; tests check they agree). LIVE comes from the forecasts (`forecast_performance` in SQL).
 
 Scores are compared like with like (the model's balanced accuracy with the baselines' balanced accuracy), and
-each pair shows its latest verdict (skill / no-skill / worse, see ml.src.training.verdict).
+each pair shows its latest verdict (skill / no-skill / worse, see ml.src.training.verdict). Beside the live
+record each pair shows its latest finished replay (`replay` in --json: the replay's record and verdict; rep_n,
+replay balanced accuracy, rep_verdict and its q-value across the replay's pairs in the table).
 
 --html DIR also writes the static report with pictures (ml/src/monitoring/html_report.py).
 """
@@ -64,6 +66,8 @@ class PairHealth:
     live: dict[str, Any] | None = None  # LiveRecord.to_dict() of the pair's forecasts
     # the champion vs its best baseline in the latest run (None: not scored)
     beats_baselines: bool | None = None
+    # the pair's latest finished replay (replay_summary): its record and verdict, beside the live record
+    replay: dict[str, Any] | None = None
 
     @property
     def shown(self) -> list[str]:
@@ -238,10 +242,34 @@ def build_report(
         key = stored_pair(row, "ml_forecasts", refused)
         if key is not None:
             forecasts[key].append(row)
-    return [
-        assess_pair(rows, store.get_champion(sym, tf), rules, now, forecasts.get((sym, tf)), settings)
-        for (sym, tf), rows in sorted(by_pair.items(), key=lambda kv: (kv[0][0], TIMEFRAMES.index(kv[0][1])))
-    ]
+    out = []
+    for (sym, tf), rows in sorted(by_pair.items(), key=lambda kv: (kv[0][0], TIMEFRAMES.index(kv[0][1]))):
+        health = assess_pair(
+            rows, store.get_champion(sym, tf), rules, now, forecasts.get((sym, tf)), settings
+        )
+        health.replay = replay_summary(store.latest_replay(sym, tf))
+        out.append(health)
+    return out
+
+
+def replay_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the health report shows of a pair's latest replay (store.latest_replay): which replay, its bars,
+    cadence and counts, its record (the replay's --json `record`, verdict included) and its verdict."""
+    if row is None:
+        return None
+    record = row.get("record") or {}
+    return {
+        "replay_id": str(row.get("replay_id")),
+        "first_bar_ts": row.get("first_bar_ts"),
+        "last_bar_ts": row.get("last_bar_ts"),
+        "retrain_every": row.get("retrain_every"),
+        "retrains": row.get("retrains"),
+        "promotions": row.get("promotions"),
+        "n_forecasts": row.get("n_forecasts"),
+        "n_realised": row.get("n_realised"),
+        "record": record,
+        "verdict": record.get("verdict"),
+    }
 
 
 def _fmt(v: float | None) -> str:
@@ -251,16 +279,19 @@ def _fmt(v: float | None) -> str:
 def table(rows: list[PairHealth]) -> str:
     head = (
         f"{'symbol':<8} {'tf':<4} {'runs':>4} {'latest':>7} {'hist':>7} {'below':>5} {'verdict':<8} {'q':>5} "
-        f"{'live_n':>6} {'live':>6}  {'flags':<20} reasons"
+        f"{'live_n':>6} {'live':>6}  {'flags':<20} {'rep_n':>5} {'replay':>6} {'rep_verdict':<11} {'rep_q':>5} reasons"
     )
     lines = [head, "-" * len(head)]
     for h in rows:
         live = h.live or {}
+        rep = h.replay or {}
+        rec, rv = rep.get("record") or {}, rep.get("verdict") or {}
         lines.append(
             f"{h.symbol:<8} {h.timeframe:<4} {h.runs:>4} {_fmt(h.latest):>7} {_fmt(h.history_mean):>7} "
             f"{h.runs_below_baselines:>5} {h.verdict or '-':<8} {_fmt(h.verdict_q):>5} {live.get('n_realised', 0):>6} "
-            f"{_fmt(live.get('balanced_accuracy')):>6}  "
-            f"{','.join(h.shown):<20} {'; '.join(h.reasons)}"
+            f"{_fmt(live.get('balanced_accuracy')):>6}  {','.join(h.shown):<20} {rep.get('n_realised') or 0:>5} "
+            f"{_fmt(rec.get('balanced_accuracy')):>6} {rv.get('verdict') or '-':<11} {_fmt(rv.get('q_value')):>5} "
+            f"{'; '.join(h.reasons)}"
         )
     if not rows:
         lines.append("no succeeded training results yet")

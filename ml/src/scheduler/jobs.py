@@ -17,6 +17,7 @@ from ml.src.common.market_calendar import NEW_YORK, HolidaySkippingTrigger
 DAILY_JOB_ID = "train-daily"
 WEEKLY_JOB_ID = "train-weekly"
 FORECAST_JOB_ID = "forecast-intraday"
+REPLAY_JOB_ID = "replay"
 
 
 class ScheduleError(ValueError):
@@ -28,7 +29,7 @@ class JobSpec:
     """One scheduled group: which timeframes, when (a 5-field cron expression in UTC), holiday-aware or not.
 
     kind "train" trains the timeframes (then forecasts them, with schedule_forecast_after_training); kind
-    "forecast" only forecasts them.
+    "forecast" only forecasts them; kind "replay" replays every active pair's last `last` bars on them.
     """
 
     job_id: str
@@ -36,6 +37,7 @@ class JobSpec:
     timeframes: tuple[str, ...]
     skip_holidays: bool = False
     kind: str = "train"
+    last: int | None = None  # kind "replay": the bars each pair's replay walks
 
     def trigger(self) -> BaseTrigger:
         if self.skip_holidays:
@@ -71,6 +73,18 @@ def job_specs(settings: ScheduleSettings) -> list[JobSpec]:
             )
         )
         fields.append("schedule_forecast_cron")
+    if settings.schedule_replay_cron.strip():
+        # The replay of the last N bars (off by default): the verdicts' densest evidence, refreshed.
+        specs.append(
+            JobSpec(
+                REPLAY_JOB_ID,
+                settings.schedule_replay_cron.strip(),
+                tuple(settings.schedule_replay_timeframes),
+                kind="replay",
+                last=settings.schedule_replay_last,
+            )
+        )
+        fields.append("schedule_replay_cron")
     for spec, field in zip(specs, fields, strict=True):
         try:
             spec.trigger()
@@ -117,7 +131,9 @@ def format_schedule(specs: Iterable[JobSpec], start: datetime, n: int = 3) -> st
     lines: list[str] = []
     for spec in specs:
         holidays = ", skips NYSE holidays" if spec.skip_holidays else ""
-        what = "forecasts only, " if spec.kind == "forecast" else ""
+        what = {"forecast": "forecasts only, ", "replay": f"replay of the last {spec.last} bars, "}.get(
+            spec.kind, ""
+        )
         lines.append(
             f"{spec.job_id}: cron '{spec.cron}' (UTC), {what}timeframes {' '.join(spec.timeframes)}{holidays}"
         )

@@ -40,6 +40,8 @@ log = logging.getLogger("ml.scheduler")
 _SEVERITY: dict[int, int] = {EXIT_OK: 0, EXIT_LOCKED: 1, EXIT_FAILED: 2, EXIT_USAGE: 3, EXIT_INTERRUPTED: 4}
 
 Runner = Callable[[Sequence[str]], int]
+# replayer(timeframes, last) -> exit code: replays every active pair's last `last` bars on the timeframes
+ReplayRunner = Callable[[Sequence[str], int], int]
 
 # The job id of the work in progress on this thread, for log lines (see JobIdFilter).
 _JOB_ID: contextvars.ContextVar[str] = contextvars.ContextVar("scheduler_job_id", default="-")
@@ -56,12 +58,14 @@ class ScheduledTraining:
         stopping: threading.Event,
         forecaster: Runner | None = None,
         forecast_after_training: bool = True,
+        replayer: ReplayRunner | None = None,
     ) -> None:
         self.spec = spec
         self.runner = runner
         self.stopping = stopping
         self.forecaster = forecaster
         self.forecast_after_training = forecast_after_training
+        self.replayer = replayer
 
     def __call__(self) -> int:
         token = _JOB_ID.set(self.spec.job_id)
@@ -75,6 +79,8 @@ class ScheduledTraining:
                 request_stop()
             if self.spec.kind == "forecast":
                 return self._forecast()
+            if self.spec.kind == "replay":
+                return self._replay()
             log.info("training timeframes %s", " ".join(self.spec.timeframes))
             t0 = time.monotonic()
             code = int(self.runner(self.spec.timeframes))
@@ -98,6 +104,20 @@ class ScheduledTraining:
         finally:
             _JOB_ID.reset(token)
 
+    def _replay(self) -> int:
+        if self.replayer is None:
+            log.warning("no replay runner given: nothing replayed")
+            return EXIT_OK
+        last = int(self.spec.last or 1)
+        log.info("replaying the last %d bars of timeframes %s", last, " ".join(self.spec.timeframes))
+        t0 = time.monotonic()
+        code = int(self.replayer(self.spec.timeframes, last))
+        if code == EXIT_OK:
+            log.info("replay done in %.0fs (exit 0)", time.monotonic() - t0)
+        else:
+            log.error("replay finished in %.0fs with exit code %d", time.monotonic() - t0, code)
+        return code
+
     def _forecast(self) -> int:
         if self.forecaster is None or self.stopping.is_set():
             return EXIT_OK
@@ -120,11 +140,13 @@ def build_scheduler(
     store_factory: StoreFactory | None = None,
     stopping: threading.Event | None = None,
     forecaster: Runner | None = None,
+    replayer: ReplayRunner | None = None,
 ) -> BaseScheduler:
     """A scheduler (not started) with the training jobs and the run-ledger listener.
 
-    runner(timeframes) -> exit code does the training, forecaster(timeframes) the forecasts (None: none); the
-    command line (ml.src.cli.schedule) passes the training and forecast commands, tests pass fakes;
+    runner(timeframes) -> exit code does the training, forecaster(timeframes) the forecasts (None: none),
+    replayer(timeframes, last) the scheduled replay (None: none); the command line (ml.src.cli.schedule) passes
+    the training, forecast and replay commands, tests pass fakes;
     the executor defaults to one worker thread; store_factory opens the ledger's store (default: open_store).
     `stopping` is set by the signal handler: a queued job then returns at once instead of training.
     """
@@ -145,6 +167,7 @@ def build_scheduler(
                 stopping,
                 forecast,
                 settings.schedule_forecast_after_training,
+                replayer,
             ),
             trigger=spec.trigger(),
             id=spec.job_id,
@@ -225,6 +248,7 @@ def serve(
     store_factory: StoreFactory | None = None,
     scheduler_cls: type[BaseScheduler] = BlockingScheduler,
     forecaster: Runner | None = None,
+    replayer: ReplayRunner | None = None,
 ) -> int:
     """Run the scheduler until SIGTERM / Ctrl-C; 0 once the run in progress (if any) has finished."""
     stopping = threading.Event()
@@ -235,6 +259,7 @@ def serve(
         store_factory=store_factory,
         stopping=stopping,
         forecaster=forecaster,
+        replayer=replayer,
     )
     stopper = GracefulStop(scheduler, stopping)
     scheduler.add_listener(stopper.on_started, EVENT_SCHEDULER_STARTED)
@@ -265,6 +290,7 @@ def run_once(
     *,
     store_factory: StoreFactory | None = None,
     forecaster: Runner | None = None,
+    replayer: ReplayRunner | None = None,
 ) -> int:
     """Run every scheduled group now, one after another (each training group followed by its forecasts, then the
     forecast-only group); the worst exit code.
@@ -295,6 +321,7 @@ def run_once(
                 stopping,
                 forecast,
                 settings.schedule_forecast_after_training,
+                replayer,
             )
             started = datetime.now(UTC)
             try:

@@ -98,9 +98,36 @@ def run_replay(
         report.error = status_error
         store.finish_replay(replay_id, "interrupted", datetime.now(UTC), status_error)
         raise
+    from ml.src.data.store import StoreError
+
+    try:
+        settle_replay_verdicts(store, report, settings.verdict_fdr)
+    except (
+        StoreError
+    ) as exc:  # the pairs are stored; without their q-values the replay did not finish its job
+        log.error("replay %s: could not record the verdicts' q-values: %s", replay_id, exc)
+        report.status, report.error = "failed", f"could not record the verdicts' q-values: {exc}"
     report.finish(datetime.now(UTC))
     store.finish_replay(replay_id, report.status, report.finished_at or datetime.now(UTC), report.error)
     return report
+
+
+def settle_replay_verdicts(store: TrainingStore, report: ReplayReport, fdr: float) -> int:
+    """The replay's verdicts under false-discovery control once its pairs are done: Benjamini-Hochberg q-values
+    across its succeeded pairs' p-values (skill needs q <= fdr), into each pair's verdict in memory (--json)
+    and in the store (record.verdict, every pair or none). Returns the number of pairs settled."""
+    from ml.src.training.verdict import apply_fdr_dicts
+
+    judged = {
+        (p.symbol, p.timeframe): p for p in report.pairs if p.status == "succeeded" and p.verdict is not None
+    }
+    if not judged:
+        return 0
+    settled = apply_fdr_dicts({k: p.verdict for k, p in judged.items() if p.verdict is not None}, fdr)
+    for key, p in judged.items():
+        p.verdict = settled[key]
+    store.record_replay_verdicts(report.replay_id, settled)
+    return len(settled)
 
 
 def fmt_score(x: float | None) -> str:

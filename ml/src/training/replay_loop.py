@@ -69,6 +69,7 @@ from ml.src.training.replay_record import (
 )
 from ml.src.training.stats import block_length, ic_with_pvalue
 from ml.src.training.trading_metrics import trading_metrics
+from ml.src.training.verdict import judge_replay
 
 log = logging.getLogger("ml.replay")
 
@@ -374,6 +375,16 @@ def _finish_pair(state: _PairState, settings: Settings) -> None:
         r.n_forecasts = len(r.forecasts)
         r.n_realised = sum(f.realised_label is not None for f in r.forecasts)
         r.record = score_record(r.forecasts, state.priors, spec, settings)
+        # the pair's verdict on its own rows; its q-value comes across the replay's pairs (run_replay). No
+        # replay_id in it: the replay is the record's own (a job's verdict on these rows names it)
+        verdict = judge_replay(
+            [f.to_json() for f in r.forecasts],
+            state.priors,
+            horizon=spec.horizon_bars,
+            z=settings.verdict_z,
+            fdr=settings.verdict_fdr,
+        )
+        r.verdict = verdict.to_dict() if verdict is not None else None
     r.duration_s = time.perf_counter() - state.t0
     r.cpu_s = time.process_time() - state.cpu0
 
@@ -394,22 +405,28 @@ def _consume(
     else:
         r.retrains += 1
         promote, reason = gate(state.champion, task.prep, fitted, settings, at)
+        step_prior: tuple[float, ...] | None = None
         if promote:
             r.promotions += 1
             state.champion = Champion(replay_model(task.prep, fitted, replay_id), at)
-        r.steps.append(RetrainStep(at.to_pydatetime(), "promoted" if promote else "kept", reason))
+            step_prior = tuple(float(x) for x in _prior(state.champion))
+        r.steps.append(RetrainStep(at.to_pydatetime(), "promoted" if promote else "kept", reason, step_prior))
     stop = state.points[task.index + 1] if task.index + 1 < len(state.points) else len(series.bars)
     if state.champion is None:
         return
     h = settings.timeframes[state.plan.timeframe].horizon_bars
     made = segment_forecasts(series, state.champion, t, stop, h)
-    prior = np.asarray(
-        (state.champion.model.metadata.get("decision") or {}).get("prior")
-        or [1 / len(CLASSES)] * len(CLASSES),
-        dtype="float64",
-    )
+    prior = _prior(state.champion)
     r.forecasts.extend(made)
     state.priors.extend([prior] * len(made))
+
+
+def _prior(champion: Champion) -> np.ndarray:
+    """The champion's training class mix: the prior (and majority) baseline of its forecasts."""
+    return np.asarray(
+        (champion.model.metadata.get("decision") or {}).get("prior") or [1 / len(CLASSES)] * len(CLASSES),
+        dtype="float64",
+    )
 
 
 def replay_pairs(

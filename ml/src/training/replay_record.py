@@ -94,13 +94,19 @@ class RetrainStep:
     trained_through: datetime
     status: str  # "promoted" | "kept" (champion kept) | "failed" (could not train: champion kept)
     reason: str
+    # a promoted model's training class mix (bearish, neutral, bullish): the prior and majority baselines of the
+    # forecasts it made, so the replay's verdict can be judged again from the stored rows alone
+    prior: tuple[float, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "trained_through": self.trained_through.isoformat(),
             "status": self.status,
             "reason": self.reason,
         }
+        if self.prior is not None:
+            out["prior"] = [float(x) for x in self.prior]
+        return out
 
 
 @dataclass
@@ -119,10 +125,22 @@ class PairReplay:
     first_bar_ts: datetime | None = None
     last_bar_ts: datetime | None = None
     record: ReplayScores | None = None
+    # the replay's verdict on this pair (verdict.Verdict.to_dict, basis "replay"): its q-value is across the
+    # replay's succeeded pairs once they are all done (replay.settle_replay_verdicts); None until judged
+    verdict: dict[str, Any] | None = None
     steps: list[RetrainStep] = field(default_factory=list)
     forecasts: list[ReplayForecast] = field(default_factory=list)
     duration_s: float = 0.0
     cpu_s: float = 0.0
+
+    def record_json(self) -> dict[str, Any] | None:
+        """The record as --json and the store keep it: the scores, and the verdict under `verdict`."""
+        if self.record is None:
+            return None
+        out = self.record.to_json()
+        if self.verdict is not None:
+            out["verdict"] = self.verdict
+        return out
 
     def to_row(self, replay_id: str) -> dict[str, Any]:
         """The ml_replay_pairs row (timestamps as datetimes; `record` and `steps` as JSON values)."""
@@ -141,7 +159,7 @@ class PairReplay:
             "n_realised": self.n_realised,
             "first_bar_ts": self.first_bar_ts,
             "last_bar_ts": self.last_bar_ts,
-            "record": self.record.to_json() if self.record else None,
+            "record": self.record_json(),
             "steps": [s.to_json() for s in self.steps],
             "duration_s": round(self.duration_s, 3),
         }
@@ -183,7 +201,7 @@ class PairReplay:
             "n_realised": self.n_realised,
             "first_bar_ts": self.first_bar_ts.isoformat() if self.first_bar_ts else None,
             "last_bar_ts": self.last_bar_ts.isoformat() if self.last_bar_ts else None,
-            "record": self.record.to_json() if self.record else None,
+            "record": self.record_json(),
             "steps": [s.to_json() for s in self.steps],
             "duration_s": round(self.duration_s, 3),
         }

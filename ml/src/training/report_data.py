@@ -134,3 +134,58 @@ def feature_importance(
         "members": sorted(used),
         "top": [[feature_names[i], _r(blended[i])] for i in order],
     }
+
+
+REPLAY_WINDOW = 50  # realised forecasts in the replay chart's rolling hit rate and IC
+
+
+def replay_series(
+    forecasts: Sequence[Mapping[str, Any]],
+    *,
+    horizon: int,
+    fee_bps: float,
+    slippage_bps: float,
+    allow_short: bool,
+    window: int = REPLAY_WINDOW,
+) -> dict[str, Any]:
+    """What the report draws of a replay, from its forecast rows (the --json `forecasts` or the store's), over
+    the realised ones in time order:
+
+    * `equity`: equity_curves of the calls and of buy-and-hold on the trading schedule of the replay's record
+      (its last values are the record's net_total_return + 1 and buy_and_hold_net_total_return + 1);
+    * `rolling`: at each realised forecast from the `window`-th on, over the trailing `window` of them: the hit
+      rate of the calls (metrics.hit_rate) beside persistence's (the label of the h bars up to the bar), and the
+      Spearman IC of P(bull) - P(bear) with the realised return beside its no-information baseline 0.
+    """
+    from scipy.stats import spearmanr
+
+    from ml.src.training.metrics import hit_rate
+
+    done = [
+        f for f in forecasts if f.get("realised_label") is not None and f.get("realised_return") is not None
+    ]
+    done.sort(key=lambda f: pd.Timestamp(f["bar_ts"]))
+    pred = np.array([CLASS_CODES[f["label"]] for f in done], dtype=np.int64)
+    y = np.array([CLASS_CODES[f["realised_label"]] for f in done], dtype=np.int64)
+    pers = np.array([CLASS_CODES.get(f.get("persistence_label") or "", -1) for f in done], dtype=np.int64)
+    ret = np.array([f["realised_return"] for f in done], dtype="float64")
+    score = np.array([f["p_bullish"] - f["p_bearish"] for f in done], dtype="float64")
+    ts = [f["bar_ts"] for f in done]
+    equity = equity_curves(
+        pred, ret, ts, horizon=horizon, fee_bps=fee_bps, slippage_bps=slippage_bps, allow_short=allow_short
+    )
+    stamps = pd.to_datetime(pd.Series(ts, dtype="object"), utc=True)
+    w = max(2, int(window))
+    rolling: dict[str, Any] = {"window": w, "ts": [], "hit_rate": [], "persistence_hit_rate": [], "ic": []}
+    for end in range(w, len(done) + 1):
+        sl = slice(end - w, end)
+        hr, _ = hit_rate(y[sl], pred[sl])
+        ok = pers[sl] >= 0
+        phr, _ = hit_rate(y[sl][ok], pers[sl][ok]) if ok.any() else (None, 0)
+        s, r = score[sl], ret[sl]
+        ic = float(spearmanr(s, r).statistic) if np.ptp(s) > 0 and np.ptp(r) > 0 else None
+        rolling["ts"].append(stamps.iloc[end - 1].isoformat())
+        rolling["hit_rate"].append(hr)  # full precision: drawn, never recorded
+        rolling["persistence_hit_rate"].append(phr)
+        rolling["ic"].append(ic)
+    return {"equity": equity, "rolling": rolling, "n_realised": len(done)}

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import pandas as pd
+
 from config.settings import Settings
 from ml.src.common.stop import stop_requested
 from ml.src.data.store import StoreError, TrainingStore
@@ -23,7 +25,7 @@ from ml.src.training.pair_scheduler import PairScheduler, one_line, train_pairs
 from ml.src.training.run_report import RunReport
 from ml.src.training.run_session import RunSession, finish_run, run_scope, start_run, start_sweeps
 from ml.src.training.universe import PairOptions, PlannedPair, cross, named_pairs
-from ml.src.training.verdict import apply_fdr_dicts
+from ml.src.training.verdict import apply_fdr_dicts, judge_replay, replay_priors
 
 __all__ = [
     "PairScheduler",
@@ -48,6 +50,10 @@ def settle_verdicts(
 ) -> int:
     """The run's verdicts under false-discovery control, once its pairs are done.
 
+    First each pair's verdict moves to the densest evidence it has (densest_verdict): the rows of the pair's
+    latest finished replay that ends at or before the run's data end, when there is one, else what the pair was
+    judged on (walk-forward when folds ran, else the test slice).
+
     The Benjamini-Hochberg q-values of the succeeded pairs' p-values (apply_fdr: skill needs q <= fdr) replace
     each result's metrics.verdict in memory (what --json and the summary print) and in the ledger, all pairs in
     one store call (record_verdicts: every verdict or none). A store failure is a warning: the ledger then keeps
@@ -60,6 +66,9 @@ def settle_verdicts(
     }
     if not judged:
         return 0
+    for r in judged.values():
+        assert r.metrics is not None
+        r.metrics["verdict"] = densest_verdict(store, r, r.metrics["verdict"], warn)
     settled = apply_fdr_dicts({k: r.metrics["verdict"] for k, r in judged.items() if r.metrics}, fdr)
     for key, r in judged.items():
         assert r.metrics is not None
@@ -69,6 +78,42 @@ def settle_verdicts(
     except StoreError as exc:
         warn(f"could not record the run's q-values (verdicts stay as written with each pair): {exc}")
     return len(settled)
+
+
+def densest_verdict(
+    store: TrainingStore, result: PairResult, verdict: dict[str, Any], warn: Callable[[str], None]
+) -> dict[str, Any]:
+    """The pair's verdict on the densest honest evidence: the replay rows of its latest finished replay that
+    covers no bar after the run's own data end (basis "replay"), else `verdict` (walk-forward or test) as it
+    is. A replay with no realised row, or stored without its steps' priors, leaves `verdict` as it is; so does a
+    store failure (a warning)."""
+    data_end = (result.split or {}).get("data_end")
+    if data_end is None or result.horizon_bars is None:
+        return verdict
+    try:
+        latest = store.latest_replay(result.symbol, result.timeframe, through=pd.Timestamp(data_end))
+    except StoreError as exc:
+        warn(
+            f"{result.symbol}/{result.timeframe}: could not read its latest replay (verdict on {verdict.get('basis')}): {exc}"
+        )
+        return verdict
+    if latest is None or latest.get("horizon_bars") != result.horizon_bars:
+        return verdict
+    forecasts = latest["forecasts"]
+    priors = replay_priors(forecasts, latest.get("steps") or [])
+    if priors is None:
+        return verdict
+    replayed = judge_replay(
+        forecasts,
+        priors,
+        horizon=result.horizon_bars,
+        z=float(verdict["z"]),
+        fdr=verdict.get("fdr"),
+        replay_id=str(latest["replay_id"]),
+    )
+    if replayed is None:
+        return verdict
+    return replayed.to_dict()
 
 
 def run_job(

@@ -22,12 +22,14 @@ outcome for direction models.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
+import pandas as pd
 
+from ml.src.training.labels import CLASS_CODES
 from ml.src.training.metrics import balanced_accuracy_rows, log_loss_rows
 from ml.src.training.scoring import SlicePredictions
 from ml.src.training.stats import PairedDifference, benjamini_hochberg, block_length, paired_difference
@@ -64,6 +66,35 @@ class PairedRows:
             prior_proba=sp.probas["prior"],
         )
 
+    @classmethod
+    def from_replay(
+        cls, forecasts: Sequence[Mapping[str, Any]], priors: Sequence[Sequence[float]] | Sequence[np.ndarray]
+    ) -> PairedRows:
+        """A replay's realised forecasts as paired rows, oldest first. `forecasts` are forecast rows as the
+        replay's --json and the store give them (label, realised_label, persistence_label, p_bearish,
+        p_neutral, p_bullish), `priors[i]` the training class mix of the model that made forecast i: the prior
+        baseline, and (its argmax, as metrics.decide sends the prior) the majority baseline. Persistence is a
+        baseline only when every realised row has its label."""
+        if len(forecasts) != len(priors):
+            raise ValueError(f"{len(forecasts)} forecasts but {len(priors)} priors")
+        rows = [i for i, f in enumerate(forecasts) if f.get("realised_label") is not None]
+        done = [forecasts[i] for i in rows]
+        prior = np.array([list(priors[i]) for i in rows], dtype="float64").reshape(len(rows), 3)
+        baselines: dict[str, np.ndarray] = {"majority": prior.argmax(axis=1) if rows else np.zeros(0, int)}
+        if all(f.get("persistence_label") for f in done):
+            baselines["persistence"] = np.array(
+                [CLASS_CODES[f["persistence_label"]] for f in done], dtype=int
+            )
+        return cls(
+            codes=np.array([CLASS_CODES[f["realised_label"]] for f in done], dtype=int),
+            model_proba=np.array(
+                [[f["p_bearish"], f["p_neutral"], f["p_bullish"]] for f in done], dtype="float64"
+            ).reshape(len(rows), 3),
+            model_pred=np.array([CLASS_CODES[f["label"]] for f in done], dtype=int),
+            baseline_preds=baselines,
+            prior_proba=prior,
+        )
+
     def __len__(self) -> int:
         return len(self.codes)
 
@@ -80,9 +111,10 @@ class Verdict:
     p_value: float  # one-sided, of balanced_accuracy > 0
     q_value: float | None = None  # Benjamini-Hochberg across the run's succeeded pairs; None until known
     fdr: float | None = None  # the false discovery rate skill is held to (settings.verdict_fdr)
+    replay_id: str | None = None  # the replay whose rows the verdict rests on (basis "replay")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "verdict": self.verdict,
             "basis": self.basis,
             "n": self.n,
@@ -97,6 +129,9 @@ class Verdict:
             "q_value": self.q_value,
             "fdr": self.fdr,
         }
+        if self.replay_id is not None:
+            out["replay_id"] = self.replay_id
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
@@ -115,6 +150,7 @@ class Verdict:
             p_value=float(d["p_value"]) if d.get("p_value") is not None else bal.p_value(),
             q_value=None if d.get("q_value") is None else float(d["q_value"]),
             fdr=None if d.get("fdr") is None else float(d["fdr"]),
+            replay_id=None if d.get("replay_id") is None else str(d["replay_id"]),
         )
 
     def with_q(self, q_value: float, fdr: float) -> Verdict:
@@ -194,6 +230,49 @@ def densest_evidence(
     if walk_forward is not None and len(walk_forward) > 0:
         return WALK_FORWARD, walk_forward
     return TEST, test
+
+
+def replay_priors(
+    forecasts: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]]
+) -> list[list[float]] | None:
+    """Each stored replay forecast's prior: the class mix of the promoted step it was trained through (a
+    forecast's `trained_through` is its model's retrain point). None when a step lacks its prior (a replay
+    stored before steps carried it): the rows cannot be judged without the baselines."""
+    by_point: dict[Any, list[float]] = {}
+    for step in steps:
+        if step.get("status") == "promoted":
+            if step.get("prior") is None:
+                return None
+            by_point[_instant(step["trained_through"])] = [float(x) for x in step["prior"]]
+    out: list[list[float]] = []
+    for f in forecasts:
+        prior = by_point.get(_instant(f["trained_through"]))
+        if prior is None:
+            return None
+        out.append(prior)
+    return out
+
+
+def _instant(ts: Any) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_convert("UTC") if t.tzinfo is not None else t.tz_localize("UTC")
+
+
+def judge_replay(
+    forecasts: Sequence[Mapping[str, Any]],
+    priors: Sequence[Sequence[float]] | Sequence[np.ndarray],
+    *,
+    horizon: int,
+    z: float,
+    fdr: float | None = None,
+    replay_id: str | None = None,
+) -> Verdict | None:
+    """The verdict on a replay's realised forecasts (basis "replay", q-value not yet known); None when none is
+    realised."""
+    rows = PairedRows.from_replay(forecasts, priors)
+    if len(rows) == 0:
+        return None
+    return replace(judge_rows(rows, horizon=horizon, z=z, basis=REPLAY, fdr=fdr), replay_id=replay_id)
 
 
 def apply_fdr(verdicts: Mapping[K, Verdict], fdr: float) -> dict[K, Verdict]:

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from config.settings import Settings
 from ml.src.data.local_db import SqliteStore
+from ml.src.data.store_factory import open_store
 
 pytest_plugins = ["tests.plugins.supabase_stack"]
 
@@ -70,3 +74,27 @@ def trained_store(ml_env: Path, trained_template: dict[str, Path], monkeypatch: 
     shutil.copyfile(trained_template["db"], ml_env / "store.sqlite3")
     monkeypatch.setenv("ML_MODELS_DIR", str(trained_template["models"]))
     return ml_env / "store.sqlite3"
+
+
+@pytest.fixture(params=["embedded", "supabase"])
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    """Each store in turn, from the environment as a user configures it: the store, its settings, a ticker tag
+    unique to the test (the Supabase stack is shared by the session), the store kind and the test's tmp dir."""
+    monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ML_WORKERS", "1")
+    monkeypatch.setenv("ML_LOCAL_DB", str(tmp_path / "store.sqlite3"))
+    if request.param == "embedded":
+        monkeypatch.setenv("SUPABASE_URL", "")
+        monkeypatch.delenv("SUPABASE_SERVICE_ROLE_KEY", raising=False)
+        monkeypatch.delenv("SUPABASE_KEY", raising=False)
+    else:
+        stack = request.getfixturevalue("supabase_stack")
+        monkeypatch.setenv("SUPABASE_URL", stack["SUPABASE_URL"])
+        monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", stack["SUPABASE_SERVICE_ROLE_KEY"])
+    settings = Settings()
+    store = open_store(settings)
+    tag = uuid.uuid4().hex[:6].upper()  # the Supabase stack is shared by the session: own tickers per test
+    yield {"store": store, "settings": settings, "tag": tag, "kind": request.param, "tmp": tmp_path}
+    store.close()

@@ -6,9 +6,6 @@ step; outcomes appear once later bars are loaded, through the next forecast or t
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +14,6 @@ import pytest
 
 from config.settings import Settings
 from ml.src.data.store import TrainingStore
-from ml.src.data.store_factory import open_store
 from ml.src.inference.forecast_job import run_forecasts
 from ml.src.inference.live_record import summarise
 from ml.src.monitoring.report import build_report
@@ -28,28 +24,6 @@ from ml.src.training.run_loop import run_job
 from tests.factories import sample_bars
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["embedded", "supabase"])
-def env(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, Any]]:
-    monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("ML_WORKERS", "1")
-    monkeypatch.setenv("ML_LOCAL_DB", str(tmp_path / "store.sqlite3"))
-    if request.param == "embedded":
-        monkeypatch.setenv("SUPABASE_URL", "")
-        monkeypatch.delenv("SUPABASE_SERVICE_ROLE_KEY", raising=False)
-        monkeypatch.delenv("SUPABASE_KEY", raising=False)
-    else:
-        stack = request.getfixturevalue("supabase_stack")
-        monkeypatch.setenv("SUPABASE_URL", stack["SUPABASE_URL"])
-        monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", stack["SUPABASE_SERVICE_ROLE_KEY"])
-    settings = Settings()
-    store = open_store(settings)
-    tag = uuid.uuid4().hex[:6].upper()  # the Supabase stack is shared by the session: own tickers per test
-    yield {"store": store, "settings": settings, "tag": tag, "kind": request.param}
-    store.close()
 
 
 def load(store: TrainingStore, ticker: str, tf: str, bars: pd.DataFrame) -> None:

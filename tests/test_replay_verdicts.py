@@ -9,46 +9,19 @@ that ends at or before the run's data end, else on walk-forward, else on the tes
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from config.settings import Settings
 from ml.src.cli.replay import main as replay_main
 from ml.src.cli.train import main as train_main
 from ml.src.data.store import TrainingStore
-from ml.src.data.store_factory import open_store
 from ml.src.training.stats import benjamini_hochberg
 from ml.src.training.verdict import judge_replay, replay_priors
 from tests.factories import sample_bars
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["embedded", "supabase"])
-def env(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, Any]]:
-    monkeypatch.setenv("ML_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("ML_WORKERS", "1")
-    monkeypatch.setenv("ML_LOCAL_DB", str(tmp_path / "store.sqlite3"))
-    if request.param == "embedded":
-        monkeypatch.setenv("SUPABASE_URL", "")
-        monkeypatch.delenv("SUPABASE_SERVICE_ROLE_KEY", raising=False)
-        monkeypatch.delenv("SUPABASE_KEY", raising=False)
-    else:
-        stack = request.getfixturevalue("supabase_stack")
-        monkeypatch.setenv("SUPABASE_URL", stack["SUPABASE_URL"])
-        monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", stack["SUPABASE_SERVICE_ROLE_KEY"])
-    settings = Settings()
-    store = open_store(settings)
-    tag = uuid.uuid4().hex[:6].upper()  # the Supabase stack is shared by the session: own tickers per test
-    yield {"store": store, "settings": settings, "tag": tag}
-    store.close()
 
 
 def _load(store: TrainingStore, tickers: dict[str, str], first: int) -> None:

@@ -238,6 +238,14 @@ class ModelSettings(BaseModel):
     refit_on_valid: bool = Field(
         default=False, description="refit the members on train + valid for the saved model"
     )
+    # ML_POOLED_MODELS: per timeframe, also fit each pair a pooled candidate on every pair's training rows known
+    # by its train end, and keep it only where it beats the local model on paired out-of-sample rows (the
+    # promotion gate's rule); metrics.pooling says which. Off: measured in docs/benchmarks.md (issue 20).
+    pooled_models: bool = Field(
+        default=False,
+        description="per timeframe, a pooled candidate over every pair's training rows, kept where it beats "
+        "the local model out of sample",
+    )
 
 
 class EvaluationSettings(BaseModel):

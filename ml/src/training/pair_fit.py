@@ -37,20 +37,27 @@ BASELINE_NAMES = {
 
 
 def evaluate(
-    fit: EnsembleFit, prep: PreparedPair, settings: FitSettings
+    fit: EnsembleFit,
+    prep: PreparedPair,
+    settings: FitSettings,
+    preds: dict[str, SlicePredictions] | None = None,
 ) -> tuple[dict[str, Any], dict[str, SlicePredictions]]:
     """Scores on valid and test for each model, the fitted and the equal-weight blend, and the baselines.
 
     Returns (metrics, the predictions per part). Valid scores of the ensemble are in-sample for its
-    calibration and weights; test scores are out-of-sample for everything.
+    calibration and weights; test scores are out-of-sample for everything. `preds`: the fit's predictions of
+    the pair's valid and test rows when they are not the fit's own parts (a pooled fit, pooled_pair.py),
+    whose prior baseline is then the pair's own train mix.
     """
 
     s = prep.split
     h = prep.spec.horizon_bars
     parts = {"valid": s.valid, "test": s.test}
-    preds = {
-        part: slice_predictions(fit, part, rows, prep.codes, prep.returns, h) for part, rows in parts.items()
-    }
+    if preds is None:
+        preds = {
+            part: slice_predictions(fit, part, rows, prep.codes, prep.returns, h)
+            for part, rows in parts.items()
+        }
     scores = {
         part: score_slice(sp, horizon=h, ic_permutations=settings.ic_permutations, seed=settings.random_state)
         for part, sp in preds.items()
@@ -62,7 +69,7 @@ def evaluate(
     for name, description in BASELINE_NAMES.items():
         out[name]["name"] = description
     out["majority"]["majority_class"] = CLASSES[int(preds["test"].preds["majority"][0])]
-    out["prior"]["class_mix"] = [float(v) for v in fit.prior]
+    out["prior"]["class_mix"] = [float(v) for v in preds["test"].probas["prior"][0]]
     y = {"train": prep.codes[s.train], "valid": preds["valid"].codes, "test": preds["test"].codes}
     out["class_counts"] = {k: class_counts(v) for k, v in y.items()}
     out["class_shares"] = {k: class_shares(v) for k, v in y.items()}
@@ -131,10 +138,6 @@ def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> F
     t0 = time.perf_counter()
     metrics, preds = evaluate(fit, prep, settings)
     timings["evaluate"] = time.perf_counter() - t0
-    test = preds["test"]
-    metrics["charts"] = chart_data(
-        prep, fit.models, fit.weights, test.probas["ensemble"], test.preds["ensemble"], settings
-    )
     wf = None
     oos = None
     if settings.walk_forward_folds > 0:
@@ -157,6 +160,24 @@ def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> F
             wf = result.report
             oos = concat(result.pooled) if result.pooled else None
         timings["walk_forward"] = time.perf_counter() - t0
+    return finish_fit(prep, settings, fit, metrics, preds, wf, oos)
+
+
+def finish_fit(
+    prep: PreparedPair,
+    settings: FitSettings,
+    fit: EnsembleFit,
+    metrics: dict[str, Any],
+    preds: dict[str, SlicePredictions],
+    wf: dict[str, Any] | None,
+    oos: SlicePredictions | None,
+) -> FittedPair:
+    """Charts, the verdict on the densest out-of-sample rows and the bundle's extras of a scored fit."""
+    h = prep.spec.horizon_bars
+    test = preds["test"]
+    metrics["charts"] = chart_data(
+        prep, fit.models, fit.weights, test.probas["ensemble"], test.preds["ensemble"], settings
+    )
     # the densest honest out-of-sample rows: pooled walk-forward blocks when folds ran, else the test slice;
     # its q-value (and so a possible "skill") comes once the run's pairs are done (run_loop.settle_verdicts)
     basis, evidence = densest_evidence(
@@ -184,7 +205,7 @@ def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> F
         models=fit.models,
         weights=fit.weights,
         metrics=metrics,
-        timings=timings,
+        timings=fit.timings,
         bundle_extras=extras,
         test=preds["test"],
         walk_forward=wf,

@@ -132,7 +132,11 @@ def persist_pair(
         feature_version=prep.feature_version,
         trained_at=trained_at,
         weights=fitted.weights,
-        metrics={k: fitted.metrics[k] for k in ("ensemble", "majority", "persistence", "prior", "verdict")},
+        metrics={
+            k: fitted.metrics[k]
+            for k in ("ensemble", "majority", "persistence", "prior", "verdict", "pooling")
+            if k in fitted.metrics
+        },
         is_champion=bool(promotion and promotion.promote),
     )
     _record_or_roll_back(store, result, version, run_id, saved, warn)

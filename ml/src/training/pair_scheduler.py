@@ -25,8 +25,9 @@ from ml.src.training.pipeline import (
     persist_pair,
     prepare_pair,
 )
+from ml.src.training.pooled_pair import pool_peers
 from ml.src.training.registry import decide_promotion, prune_versions
-from ml.src.training.worker import FitSpec, PackedFit, fit_task
+from ml.src.training.worker import FitSpec, PackedFit, fit_pooled_task, fit_task
 
 log = logging.getLogger("ml.training")
 
@@ -61,6 +62,8 @@ class PairScheduler:
             n_threads=1,
             compress=self.settings.artifact_compress,
         )
+        if self.settings.pooled_models:
+            return self.run_pooled(requests, spec)
         for i, req in enumerate(requests):
             if stop_requested():
                 break
@@ -69,9 +72,37 @@ class PairScheduler:
                 key = f"fit-{req.symbol}-{req.timeframe}"
                 self.pending[self.pool.submit(fit_task, prep, spec, key=key)] = (i, prep, t0)
             self.collect(block=False)
-            # at most 2 prepared pairs per slot in flight: bounded memory here, and no worker waits for work
-            while len(self.pending) >= 2 * self.pool.slots:
-                self.collect(block=True)
+            self.bound_in_flight()
+        while self.pending:
+            self.collect(block=True)
+        return [self.results[i] for i in sorted(self.results)]
+
+    def bound_in_flight(self) -> None:
+        # at most 2 prepared pairs per slot in flight: bounded memory here, and no worker waits for work
+        while len(self.pending) >= 2 * self.pool.slots:
+            self.collect(block=True)
+
+    def run_pooled(self, requests: Sequence[PairRequest], spec: FitSpec) -> list[PairResult]:
+        """ML_POOLED_MODELS: every pair is prepared first, since a pair's pooled candidate learns from the
+        other pairs of its timeframe (their rows known by its train end: pooled_pair.py); then each pair's
+        local and pooled fits run on the executor as one task, and the winner is persisted."""
+        prepared: list[tuple[int, PreparedPair, float]] = []
+        for i, req in enumerate(requests):
+            if stop_requested():
+                break
+            prep, t0 = self.prepare(i, req)
+            if prep is not None:
+                prepared.append((i, prep, t0))
+        preps = [p for _, p, _ in prepared]
+        for i, prep, t0 in prepared:
+            if stop_requested():
+                break
+            req = prep.request
+            peers = pool_peers(prep, preps)
+            key = f"fit-{req.symbol}-{req.timeframe}"
+            self.pending[self.pool.submit(fit_pooled_task, prep, peers, spec, key=key)] = (i, prep, t0)
+            self.collect(block=False)
+            self.bound_in_flight()
         while self.pending:
             self.collect(block=True)
         return [self.results[i] for i in sorted(self.results)]

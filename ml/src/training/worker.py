@@ -28,6 +28,7 @@ from ml.src.training.provenance import library_versions
 if TYPE_CHECKING:
     from config.settings import FitSettings
     from ml.src.training.pair_state import FittedPair, PreparedPair
+    from ml.src.training.pooled import PoolMember
 
 # Imported once per worker process before its first task (the learners cost ~1.5 s of CPU to import).
 PRELOAD_MODULES: tuple[str, ...] = (
@@ -35,6 +36,7 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "ml.src.training.pipeline",
     "ml.src.training.models",
     "ml.src.training.walk_forward",
+    "ml.src.training.pooled_pair",
     "ml.src.training.trading_metrics",
     "lightgbm",
     "scipy.stats",  # imported lazily by the information coefficient
@@ -93,6 +95,15 @@ def fit_pair(prep: PreparedPair, settings: FitSettings, n_threads: int = 1) -> F
 def fit_task(prep: PreparedPair, spec: FitSpec) -> PackedFit:
     """The unit of work shipped to a worker: fit the members, the weights and the metrics; pack the bundle."""
     fitted = fit_pair(prep, spec.settings, n_threads=spec.n_threads)
+    return pack_fit(prep, fitted, run_id=spec.run_id, trained_at=datetime.now(UTC), compress=spec.compress)
+
+
+def fit_pooled_task(prep: PreparedPair, peers: list[PoolMember], spec: FitSpec) -> PackedFit:
+    """ML_POOLED_MODELS: fit the local model and the pooled candidate (the timeframe's other pairs' known rows
+    among `peers`), keep the one that wins on paired out-of-sample rows, and pack it."""
+    from ml.src.training.pooled_pair import fit_pair_local_or_pooled
+
+    fitted = fit_pair_local_or_pooled(prep, peers, spec.settings, n_threads=spec.n_threads)
     return pack_fit(prep, fitted, run_id=spec.run_id, trained_at=datetime.now(UTC), compress=spec.compress)
 
 

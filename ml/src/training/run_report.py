@@ -107,6 +107,24 @@ def _walk_forward_line(r: PairResult) -> str | None:
     )
 
 
+def _pooling_line(r: PairResult) -> str | None:
+    """ML_POOLED_MODELS: which model the pair kept, and the paired evidence for it."""
+    p = (r.metrics or {}).get("pooling")
+    if not p:
+        return None
+    evidence = ""
+    if p.get("difference") is not None:
+        se = _num(p.get("std_error"), ".4f")
+        evidence = (
+            f": pooled - local {p['difference']:+.4f} (s.e. {se}, {p.get('n_rows')} rows)"
+            f"; log loss local {_num(p['log_loss'].get('local'), '.3f')}, pooled "
+            f"{_num(p['log_loss'].get('pooled'), '.3f')}, prior {_num(p['log_loss'].get('prior'), '.3f')}"
+        )
+    else:
+        evidence = f": {p.get('reason')}"
+    return f"  pooling {r.symbol}/{r.timeframe} kept {p['selected']}{evidence}"
+
+
 def _fdr_of(report: RunReport) -> str:
     for r in report.results:
         fdr = ((r.metrics or {}).get("verdict") or {}).get("fdr")
@@ -147,9 +165,9 @@ def summary_table(report: RunReport) -> str:
             f"{_num(verdict.get('p_value'), '.3f'):>5} {_num(verdict.get('q_value'), '.3f'):>5} {r.duration_s:>6.2f}"
         )
     for r in report.results:
-        line = _walk_forward_line(r)
-        if line:
-            lines.append(line)
+        for line in (_walk_forward_line(r), _pooling_line(r)):
+            if line:
+                lines.append(line)
     c = report.counts
     lines.append("-" * len(header))
     lines.append(

@@ -125,9 +125,11 @@ def test_local_vs_pooled_selection_is_recorded_per_pair(
             rows = conn.execute(sql, (out["run_id"],)).fetchall()
         assert {sym: sel for sym, _, sel in rows} == selected
 
-    # the summary table says which per pair, with the same numbers
+    # the summary table says which per pair, with the same numbers (the flag stands for the setting)
+    monkeypatch.setenv("ML_POOLED_MODELS", "false")
+    pairs = [f"{t}:d1" for t in tickers]
     code = train_main(
-        ["--pairs", *(f"{t}:d1" for t in tickers), "--walk-forward", "2", "--target-bars", "400", "--force"]
+        ["--pairs", *pairs, "--walk-forward", "2", "--target-bars", "400", "--force", "--pooled-models"]
     )
     table = capsys.readouterr().out
     assert code == 0
@@ -139,10 +141,10 @@ def test_local_vs_pooled_selection_is_recorded_per_pair(
         assert f"kept {choice['selected']}: pooled - local {choice['difference']:+.4f}" in line
         assert f", {choice['n_rows']} rows)" in line
 
-    # without the setting the job is local only, and says nothing about pooling
-    monkeypatch.setenv("ML_POOLED_MODELS", "false")
-    plain = _train(capsys, "--pairs", f"A{tag}:d1")
-    assert "pooling" not in plain["results"][0]["metrics"]
+    # without it the job is local only, and says nothing about pooling
+    monkeypatch.setenv("ML_POOLED_MODELS", "true")
+    plain = _train(capsys, "--pairs", *pairs, "--no-pooled-models")
+    assert all("pooling" not in r["metrics"] for r in plain["results"])
 
 
 def test_a_pooled_fit_never_sees_any_pairs_rows_from_the_pairs_valid_or_test_period(

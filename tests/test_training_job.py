@@ -316,6 +316,7 @@ def test_help_explains_every_flag(capsys) -> None:
         "--as-of",
         "--workers",
         "--json",
+        "--pooled-models",
         "Exit codes",
     ):
         assert flag in text

@@ -78,6 +78,14 @@ def build_parser() -> OneLineParser:
         "(default: ML_WALK_FORWARD_FOLDS, 0 = off)",
     )
     p.add_argument(
+        "--pooled-models",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per timeframe, also fit each pair a pooled candidate on every pair's training rows and keep it "
+        "only where it beats the local model out of sample; metrics.pooling says which "
+        "(default: ML_POOLED_MODELS, off)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="train even pairs whose latest bar was already trained on (default: skip them as 'no new bars')",
@@ -263,6 +271,8 @@ def _checked_settings(args: argparse.Namespace) -> Settings:
         start_pool_server()  # imports the learners on another core while this process gets going
     if args.walk_forward is not None:
         settings = settings.model_copy(update={"walk_forward_folds": args.walk_forward})
+    if args.pooled_models is not None:
+        settings = settings.model_copy(update={"pooled_models": args.pooled_models})
     if not selects_universe(args, settings):
         resolve_pairs(args, settings, None)  # named pairs are checked before anything is opened
     dask_address = args.dask or settings.dask_address

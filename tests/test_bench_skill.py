@@ -68,3 +68,38 @@ def test_skill_aggregate_pairs_variants_pair_by_pair() -> None:
     assert skill["baseline"]["ens_minus_equal.ic"]["mean"] == pytest.approx(0.005)
     table = bq.skill_markdown(skill)
     assert "| variant | 2 | +0.0500 ± 0.0200 |" in table and "+0.0200 ± 0.0100 (2/2)" in table
+
+
+def _fold(codes: np.ndarray, pred: np.ndarray, start: int) -> SlicePredictions:
+    n = len(codes)
+    onehot = np.full((n, 3), 0.1)
+    onehot[np.arange(n), pred] = 0.8
+    neutral = np.ones(n, dtype=int)
+    return SlicePredictions(
+        np.arange(start, start + n),
+        codes,
+        np.where(codes == 2, 0.01, np.where(codes == 0, -0.01, 0.0)),
+        {"ensemble": onehot, "prior": np.tile([1 / 3, 1 / 3, 1 / 3], (n, 1))},
+        {"ensemble": pred, "majority": neutral, "persistence": neutral, "prior": neutral},
+    )
+
+
+def test_nested_selection_chooses_each_fold_on_the_earlier_folds_only() -> None:
+    import bench_pooled_selection as bps
+
+    from config.settings import Settings
+
+    codes = np.tile([0, 1, 2], 20)  # 60 rows per fold, every class
+    right, wrong = codes, (codes + 1) % 3
+    # fold 0: pooled right, local wrong; fold 1: the reverse; fold 2: both right
+    local = [_fold(codes, wrong, 0), _fold(codes, right, 60), _fold(codes, right, 120)]
+    pooled = [_fold(codes, right, 0), _fold(codes, wrong, 60), _fold(codes, right, 120)]
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    sel = bps.nested_selection(local, pooled, horizon=1, settings=settings)
+    # fold 1 is chosen on fold 0 alone (pooled much better there), though pooled is wrong on fold 1 itself;
+    # fold 2 on folds 0 and 1, where the two are level: local, the incumbent
+    assert sel.folds == [1, 2] and sel.chosen_pooled == [True, False]
+    assert sel.selected[0] is pooled[1] and sel.selected[1] is local[2]
+    # a fold that could not be fitted is neither chosen for nor evidence
+    sel = bps.nested_selection([local[0], None, local[2]], [pooled[0], pooled[1], pooled[2]], 1, settings)
+    assert sel.folds == [2] and sel.chosen_pooled == [True]

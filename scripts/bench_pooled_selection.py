@@ -30,11 +30,12 @@ from bench_common import (
     build_sqlite_template,
     csv_path,
     isolate_environment,
+    label_free,
     machine_info,
     make_settings,
+    mean_se,
     parse_pair,
 )
-from bench_quality import label_free, mean_se, prepare_all
 
 KEYS = ("ic", "hit_sign", "ll_gain")
 VARIANTS = ("local", "pooled", "selected")
@@ -181,6 +182,23 @@ def markdown(by_group: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def prepare(
+    pairs: Sequence[tuple[str, str]], store: Any, settings: Any, target: int, log: Any
+) -> dict[str, Any]:
+    """Each pair's window as the job prepares it (a pair without enough bars is left out, with one line)."""
+    from ml.src.training.pipeline import PairFailure, PairRequest, PairSkipped, prepare_pair
+
+    preps: dict[str, Any] = {}
+    for symbol, tf in pairs:
+        try:
+            preps[f"{symbol}/{tf}"] = prepare_pair(
+                store, PairRequest(symbol, tf, target_bars=target), settings
+            )
+        except (PairFailure, PairSkipped) as exc:
+            log(f"{symbol}/{tf}: not prepared: {exc}")
+    return preps
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/bench_pooled_selection.py", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -205,11 +223,11 @@ def main(argv: list[str] | None = None) -> int:
 
         build_sqlite_template(sorted({csv_path(data_dir, s, t) for s, t in pairs}), tmp / "bars.sqlite3")
         store = SqliteStore(tmp / "bars.sqlite3")
+        settings = make_settings(tmp)
         try:
-            preps = prepare_all(pairs, store, tmp, args.target_bars, log)
+            preps = prepare(pairs, store, settings, args.target_bars, log)
         finally:
             store.close()
-        settings = make_settings(tmp)
         rows: dict[str, dict[str, Any]] = {}
         for label, prep in preps.items():
             tf = label.split("/")[1]

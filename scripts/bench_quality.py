@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import statistics
@@ -48,8 +47,10 @@ from bench_common import (
     build_sqlite_template,
     csv_path,
     isolate_environment,
+    label_free,
     machine_info,
     make_settings,
+    mean_se,
     median,
     parse_pair,
 )
@@ -116,15 +117,6 @@ SKILL_CONFIGS = tuple(
 PREP_KEYS = ("vol_features", "context_symbols")
 
 
-def mean_se(values: Sequence[float]) -> tuple[float | None, float | None, int]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None, None, 0
-    m = statistics.fmean(vals)
-    se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
-    return m, se, len(vals)
-
-
 # --------------------------------------------------------------------------------------------- after (HEAD)
 def prep_key(overrides: dict[str, Any]) -> tuple:
     return tuple((k, json.dumps(overrides.get(k))) for k in PREP_KEYS)
@@ -156,33 +148,6 @@ def prepare_all(
         for note in preps[f"{symbol}/{tf}"].notes:
             log(note)
     return preps
-
-
-def label_free(sp: Any, horizon: int) -> dict[str, Any]:
-    """Pooled out-of-sample reading of one pair that does not depend on the label definition (but log loss,
-    which is against the prior of the same labels): IC of the direction score with the realised return, hit
-    rate of the directional calls against the sign of the realised return, log loss and its gain over the prior."""
-    import numpy as np
-
-    from ml.src.training.scoring import score_slice
-
-    scores = score_slice(sp, horizon=horizon)
-    out: dict[str, Any] = {}
-    move = np.sign(sp.returns)
-    for name in ("ensemble", "equal_weight", "rf", "gb"):
-        calls = sp.preds[name] != 1
-        call_sign = np.where(sp.preds[name] == 2, 1.0, -1.0)
-        rows = calls & (move != 0)
-        out[name] = {
-            "ic": scores[name]["ic"],
-            "hit_sign": float((call_sign[rows] == move[rows]).mean()) if rows.any() else None,
-            "n_calls": int(rows.sum()),
-            "log_loss": scores[name]["log_loss"],
-            "ll_gain": scores["prior"]["log_loss"] - scores[name]["log_loss"],
-        }
-    out["prior"] = {"log_loss": scores["prior"]["log_loss"]}
-    out["n_rows"] = len(sp.returns)
-    return out
 
 
 def pair_summary(folds: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
